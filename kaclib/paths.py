@@ -1,0 +1,212 @@
+"""Probability paths between data (``t = 0``) and noise (``t = T``).
+
+Convention (the official Kac-flow code's): time ``t`` runs in ``[0, T]``, ``t = 0`` is data and
+``t = T`` is noise; the regression target is ``u = d x_t / dt`` and samplers integrate from ``T``
+down to ``0`` (``x <- x - h u``).
+
+* :class:`KacPath`: ``x_t = f(t) x0 + K_{g(t)}`` with an independent Kac process per coordinate,
+  target ``f'(t) x0 + g'(t) v(x_t - f(t) x0, g(t))``.
+* :class:`GaussianPath`: the peer, rectified flow ``x_t = (1 - t) x0 + t eps``, target ``eps - x0``.
+* :class:`DiffusionPath`: the Kac path's diffusion limit (``a, c -> inf`` with ``D = c^2/(2a)``
+  fixed), ``x_t = f x0 + sqrt(2 D g) eps``, target ``f' x0 + g' (x_t - f x0)/(2 g)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .kac import KacProcess, check_finite_param
+
+__all__ = ["PathSample", "KacPath", "GaussianPath", "DiffusionPath", "build_path"]
+
+
+@dataclass
+class PathSample:
+    """One draw from a path: the state, its regression target and the times (shape ``(B,)``)."""
+
+    x_t: torch.Tensor
+    target: torch.Tensor
+    t: torch.Tensor
+    x0: torch.Tensor
+    noise: torch.Tensor
+
+
+def _expand_t(t, x0: torch.Tensor) -> torch.Tensor:
+    """Times as a tensor broadcastable to ``x0`` (``(B,)`` -> ``(B, 1, 1, ...)``)."""
+    t = torch.as_tensor(t, dtype=x0.dtype, device=x0.device)
+    if torch.isnan(t).any():
+        raise ValueError("t must not contain NaN")
+    if t.ndim == 0:
+        t = t.expand(x0.shape[:1]) if x0.ndim > 0 else t
+    if t.ndim == 1 and x0.ndim >= 1:
+        if t.shape[0] != x0.shape[0]:
+            raise ValueError(f"t has {t.shape[0]} times but x0 has batch size {x0.shape[0]}")
+        return t.reshape(t.shape + (1,) * (x0.ndim - 1))
+    return t
+
+
+def _check_time_range(t: torch.Tensor, T: float) -> None:
+    if (t < 0).any() or (t > T).any():
+        raise ValueError(f"t must lie in [0, T] = [0, {T}]")
+
+
+_F = {
+    "linear": (lambda t, T: 1 - t / T, lambda t, T: torch.full_like(t, -1.0 / T)),
+    "exp": (lambda t, T: torch.exp(-t), lambda t, T: -torch.exp(-t)),
+}
+_G = {
+    "t": (lambda t, T: t, lambda t, T: torch.ones_like(t)),
+    "t2": (lambda t, T: t * t / T, lambda t, T: 2 * t / T),
+}
+
+
+class _Schedule:
+    """Mean schedule ``f`` and clock ``g`` shared by the Kac path and its diffusion limit."""
+
+    def __init__(self, f: str, g: str, T: float):
+        if f not in _F:
+            raise ValueError(f"f must be one of {sorted(_F)}, got {f!r}")
+        if g not in _G:
+            raise ValueError(f"g must be one of {sorted(_G)}, got {g!r}")
+        self.f_name, self.g_name = f, g
+        self.T = check_finite_param("T", T, positive=True)
+
+    def f(self, t):
+        return _F[self.f_name][0](torch.as_tensor(t), self.T)
+
+    def df(self, t):
+        return _F[self.f_name][1](torch.as_tensor(t), self.T)
+
+    def g(self, t):
+        return _G[self.g_name][0](torch.as_tensor(t), self.T)
+
+    def dg(self, t):
+        return _G[self.g_name][1](torch.as_tensor(t), self.T)
+
+
+class KacPath(_Schedule):
+    """Kac-flow path ``x_t = f(t) x0 + K_{g(t)}``, one independent Kac process per coordinate.
+
+    ``f`` is ``"linear"`` (``1 - t/T``, default) or ``"exp"`` (``exp(-t)``); ``g`` is ``"t"``
+    (default) or ``"t2"`` (``t^2/T``).  With ``f = "linear"``, ``x_T = K_{g(T)}`` is independent of
+    the data; with ``"exp"`` the latent drawn by :meth:`sample_latent` ignores the residual mean
+    ``exp(-T) x0``.
+    """
+
+    name = "kac"
+
+    def __init__(self, a: float = 9.0, c: float = 3.0, f: str = "linear", g: str = "t", T: float = 1.0):
+        super().__init__(f, g, T)
+        self.process = KacProcess(a, c)
+
+    @property
+    def a(self) -> float:
+        return self.process.a
+
+    @property
+    def c(self) -> float:
+        return self.process.c
+
+    def __repr__(self):
+        return f"KacPath(a={self.a}, c={self.c}, f={self.f_name!r}, g={self.g_name!r}, T={self.T})"
+
+    def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        tt = _expand_t(t, x0)
+        _check_time_range(tt, self.T)
+        s = self.g(tt).expand_as(x0).contiguous()
+        noise = self.process.sample(s, generator=generator)
+        x_t = self.f(tt) * x0 + noise
+        target = self.df(tt) * x0 + self.dg(tt) * self.process.velocity(noise, s)
+        return PathSample(x_t=x_t, target=target, t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=noise)
+
+    def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
+        """``u(t, x | x0) = f' x0 + g' v(x - f x0, g)`` at an arbitrary state ``x``."""
+        tt = _expand_t(t, x0)
+        return self.df(tt) * x0 + self.dg(tt) * self.process.velocity(x - self.f(tt) * x0, self.g(tt))
+
+    def sample_latent(self, shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+        s = torch.full(tuple(shape), float(self.g(torch.tensor(self.T))), device=device, dtype=dtype or torch.get_default_dtype())
+        return self.process.sample(s, generator=generator)
+
+    def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:
+        """Per-coordinate bound on the target for data in ``[-data_bound, data_bound]``:
+        ``|f'(t)| data_bound + g'(t) c``."""
+        t = torch.as_tensor(t)
+        return self.df(t).abs() * data_bound + self.dg(t) * self.c
+
+    def config(self) -> dict:
+        return {"kind": "kac", "a": self.a, "c": self.c, "f": self.f_name, "g": self.g_name, "T": self.T}
+
+
+class DiffusionPath(_Schedule):
+    """The Kac path's heat-equation limit: ``x_t = f x0 + sqrt(2 D g(t)) eps``."""
+
+    name = "diffusion"
+
+    def __init__(self, D: float = 0.5, f: str = "linear", g: str = "t", T: float = 1.0):
+        super().__init__(f, g, T)
+        self.D = check_finite_param("D", D, positive=True)
+
+    def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        tt = _expand_t(t, x0)
+        _check_time_range(tt, self.T)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = torch.sqrt(2 * self.D * self.g(tt)) * eps
+        x_t = self.f(tt) * x0 + noise
+        return PathSample(x_t=x_t, target=self.conditional_velocity(x_t, x0, t), t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=noise)
+
+    def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
+        tt = _expand_t(t, x0)
+        g = self.g(tt)
+        return self.df(tt) * x0 + self.dg(tt) * (x - self.f(tt) * x0) / (2 * g)
+
+    def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+        std = math.sqrt(2 * self.D * float(self.g(torch.tensor(self.T))))
+        return std * torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+
+    def config(self) -> dict:
+        return {"kind": "diffusion", "D": self.D, "f": self.f_name, "g": self.g_name, "T": self.T}
+
+
+class GaussianPath:
+    """Rectified flow / Gaussian flow matching: ``x_t = (1 - t) x0 + t eps`` on ``[0, 1]``."""
+
+    name = "gaussian"
+    T = 1.0
+
+    def __repr__(self):
+        return "GaussianPath()"
+
+    def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        tt = _expand_t(t, x0)
+        _check_time_range(tt, self.T)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        x_t = (1 - tt) * x0 + tt * eps
+        return PathSample(x_t=x_t, target=eps - x0, t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=eps)
+
+    def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
+        """``(x - x0)/t``: the velocity of the straight line through ``x0`` and ``x``."""
+        tt = _expand_t(t, x0)
+        return (x - x0) / tt
+
+    def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+
+    def config(self) -> dict:
+        return {"kind": "gaussian", "T": 1.0}
+
+
+def build_path(cfg: dict):
+    """Path from its ``config()`` dictionary (the form saved beside every checkpoint)."""
+    cfg = dict(cfg)
+    kind = cfg.pop("kind")
+    if kind == "kac":
+        return KacPath(**cfg)
+    if kind == "gaussian":
+        return GaussianPath()
+    if kind == "diffusion":
+        return DiffusionPath(**cfg)
+    raise ValueError(f"path kind must be 'kac', 'gaussian' or 'diffusion', got {kind!r}")
