@@ -22,9 +22,10 @@ Dirichlet(1, ..., 1) spacings, i.e. Beta distributed:
 * ``N = 2k, k >= 1``: ``(1 + X/(c s))/2 ~ Beta(k + 1, k)`` for one initial direction and the
   mirror image for the other.
 
-Betas are drawn as ratios of Gamma variates; the Poisson and Gamma samplers are vectorised exact
-rejection samplers written with tensor operations (so they honour a ``torch.Generator`` and run on
-any device).  There is no set-up at all: ``a`` and ``c`` may change between calls.
+The Betas are drawn without rejection from uniforms (see :meth:`KacProcess.sample`), the Poisson
+count by vectorised inversion or transformed rejection; everything is written with tensor
+operations, so it honours a ``torch.Generator`` and runs on any device.  There is no set-up at all:
+``a`` and ``c`` may change between calls.
 """
 
 from __future__ import annotations
@@ -212,10 +213,13 @@ class KacProcess:
     def sample(self, s, generator: torch.Generator | None = None) -> torch.Tensor:
         """One exact draw of ``X_s`` per element of ``s`` (same shape, dtype and device).
 
-        ``N ~ Poisson(a s)`` reversals; the fraction of time spent moving in the initial direction
-        is ``Beta(floor(N/2) + 1, ceil(N/2))`` (``N >= 1``) and 1 for ``N = 0`` (an atom).  The
-        Poisson and Gamma variates come from :func:`poisson` and :func:`standard_gamma`, vectorised
-        exact samplers built from uniform and normal draws of ``generator``.
+        With ``N ~ Poisson(a s)`` reversals, ``W = (1 + X/(c s))/2`` (the fraction of time spent in
+        the initial direction) is 1 for ``N = 0`` (an atom) and ``Beta(floor(N/2) + 1, ceil(N/2))``
+        otherwise.  Both Betas are drawn without rejection from uniforms:
+
+        * ``Beta(m, m)`` by Ulrich's (1984) method: ``2W - 1 = sqrt(1 - U^(2/(2m-1))) cos(2 pi V)``;
+        * ``Beta(k + 1, k) = B W0 + (1 - B)`` with ``W0 ~ Beta(k, k)`` and ``B = U'^(1/(2k)) ~ Beta(2k, 1)``
+          independent (a Gamma-ratio identity: add one exponential spacing to the first part).
         """
         s = _as_tensor(s)
         _check_times(s)
@@ -223,23 +227,34 @@ class KacProcess:
         s = s.reshape(-1)
         front = self.c * s
         u = torch.rand(s.shape, dtype=s.dtype, device=s.device, generator=generator)
-        # one uniform gives the initial direction and, rescaled, a fresh uniform for the clock
-        sign = torch.where(u < 0.5, -front, front)
+        # one uniform gives the initial direction and, rescaled, the uniform of the Poisson inversion
+        signed_front = torch.where(u < 0.5, -front, front)
         if self.a == 0:
-            return sign.reshape(shape)
+            return signed_front.reshape(shape)
         lam = self.a * s
         if bool((lam < 10).all()):
             flips = _poisson_inversion(lam, generator, u=torch.abs(2 * u - 1))
         else:
             flips = poisson(lam, generator=generator)
-        # shapes (floor(N/2) + 1, ceil(N/2)); N = 0 gets a dummy shape 1 and is the atom below
-        half = flips * 0.5
-        shapes = torch.cat([torch.floor(half) + 1, torch.clamp(torch.ceil(half), min=1)])
-        g = standard_gamma(shapes, generator=generator)
-        g1, g2 = g[: s.numel()], g[s.numel():]
-        frac = g1 / (g1 + g2)
-        out = torch.where(flips > 0, sign * (2 * frac - 1), sign)
-        return out.reshape(shape)
+        k = torch.floor(flips * 0.5)
+        odd = flips - 2 * k  # 1 for odd N, 0 for even N
+        m = torch.clamp(k + odd, min=1)  # symmetric Beta(m, m): m = k + 1 (odd) or k (even)
+        u1, v, u2 = torch.rand((3,) + s.shape, dtype=s.dtype, device=s.device, generator=generator)
+        y = torch.sqrt(_one_minus_exp(torch.log(u1) * (2 / (2 * m - 1)))) * torch.cos((2 * math.pi) * v)
+        # even N: y <- B y + (1 - B), B = u2^(1/(2k)); odd N: exponent 0, so 1 - B = 0
+        expo = (1 - odd) / (2 * torch.clamp(k, min=1))
+        one_minus_b = _one_minus_exp(torch.log(torch.clamp(u2, min=torch.finfo(s.dtype).tiny)) * expo)
+        y = y + one_minus_b * (1 - y)
+        y = torch.where(flips > 0, y, 1.0)
+        return (signed_front * y).reshape(shape)
+
+
+def _one_minus_exp(t: torch.Tensor) -> torch.Tensor:
+    """``1 - exp(t)`` for ``t <= 0`` without cancellation: with ``q = tanh(-t/2)``,
+    ``1 - e^t = 2q/(1 + q)`` (exact identity; ``tanh`` is accurate near 0 and much faster than
+    ``expm1`` on CPU)."""
+    q = torch.tanh(-0.5 * t)
+    return 2 * q / (1 + q)
 
 
 def _rejection_loop(propose, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -302,24 +317,25 @@ def poisson(lam: torch.Tensor, generator: torch.Generator | None = None) -> torc
 def _poisson_inversion(lam: torch.Tensor, generator, u: torch.Tensor | None = None) -> torch.Tensor:
     """Sequential search ``N = #{i >= 0 : F(i) < u}`` (rates < 10), vectorised.
 
-    All elements advance together; every 4 terms the elements already decided are dropped, so the
-    work is about ``E[N] + 4`` passes over the tensor rather than ``max N``.
+    All elements advance together for 8 terms; then every 6 terms the elements already decided are
+    dropped, so the work is a few passes over the tensor rather than ``max N``.
     """
     if u is None:
         u = torch.rand(lam.shape, dtype=lam.dtype, device=lam.device, generator=generator)
     p = torch.exp(-lam)
-    cdf = p
+    cdf = p.clone()
     k = (u > cdf).to(lam.dtype)
     out = k
     idx = None  # None: the active set is every element
     lam_a, u_a = lam, u
     i = 0
     while i < 100:  # P(N > 60 | lam < 10) < 1e-25
-        for _ in range(4):
+        for _ in range(8 if i == 0 else 6):
             i += 1
-            p = p * lam_a / i
-            cdf = cdf + p
-            k = k + (u_a > cdf)
+            p = p * lam_a
+            p.div_(i)
+            cdf.add_(p)
+            k.add_((u_a > cdf).to(k.dtype))
         live = u_a > cdf
         if idx is None:
             out = k

@@ -1,0 +1,657 @@
+"""Training velocity models by (conditional) flow matching, with resumable run directories.
+
+The loss (one Monte-Carlo sample per data point)::
+
+    t ~ U[0, T],  (x_t, u) = path.sample(x0, t),  y' = NULL with probability p_uncond else y,
+    L(theta) = mean || model(x_t, t, y') - u ||^2
+
+optimised with Adam, gradient-norm clipping and an exponential moving average of the weights
+(``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)``:
+``ema <- decay * ema + (1 - decay) * theta`` after every step, the first step copies).
+
+* :func:`fit` is the core loop: any velocity module, any tensor data (images or 2D points), an
+  optional run directory.  :func:`train` runs a :class:`TrainConfig` (data set + UNet + path).
+* Determinism: every random draw of step ``k`` on rank ``r`` comes from generators seeded with
+  ``splitmix64(seed, r, k)`` (noise, times, label dropout, the global RNG that dropout layers use),
+  and the data order is a fixed sequence of seeded epoch permutations indexed by ``k``.  A step is
+  thus a pure function of (weights, optimizer state, seed, rank, k): resuming from a checkpoint
+  reproduces an uninterrupted run bit for bit (on the same device and world size).
+* Several processes: under ``torchrun --nproc_per_node=N`` (or any initialised process group) the
+  model is wrapped in ``DistributedDataParallel``; the global batch ``batch_size`` is split evenly
+  across ranks (each rank reads a different slice of the data order and its own noise stream),
+  gradients are averaged, and only rank 0 writes checkpoints and logs.
+
+Command line::
+
+    python -m kaclib.train --config cfg.json --run-dir runs/x [--resume] [--set steps=2000 ...]
+    torchrun --nproc_per_node=4 -m kaclib.train --config cfg.json --run-dir runs/x
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from . import runs
+from .kac import check_finite_param
+from .paths import build_path
+
+__all__ = [
+    "TrainConfig",
+    "FitResult",
+    "TrainResult",
+    "LoadedRun",
+    "fit",
+    "train",
+    "load_run",
+    "resolve_model_config",
+    "init_distributed",
+    "step_seed",
+    "batch_indices",
+    "MUTABLE_FIELDS",
+    "main",
+]
+
+MUTABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
+"""Config fields that may change when a run is resumed (extending ``steps`` continues a run)."""
+
+
+# =============================================================================== configuration
+
+def _default_path() -> dict:
+    return {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_prob(name: str, value, upper_open: bool = False) -> float:
+    v = check_finite_param(name, value, nonneg=True)
+    if v > 1 or (upper_open and v == 1):
+        raise ValueError(f"{name} must lie in [0, 1{')' if upper_open else ']'}, got {value!r}")
+    return v
+
+
+def _check_clip(value) -> float | None:
+    if value is None:
+        return None
+    return check_finite_param("grad_clip", value, positive=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (JSON-serialisable, saved as ``config.json``).
+
+    ``model``: a full UNet config dict, or ``{"preset": name, **overrides}`` (resolved by
+    :meth:`resolved` to the full :class:`kaclib.models.UNetConfig` dict that is saved).
+    ``path``: ``{"kind": "kac", "a", "c", "f", "g", "T"}``, ``{"kind": "gaussian"}`` or
+    ``{"kind": "diffusion", ...}`` (see :func:`kaclib.paths.build_path`).
+    ``batch_size`` is the global batch (split across ranks).  ``grad_clip=None`` disables clipping.
+    ``seed`` drives initialisation, data order and noise; ``data_seed`` the data set's seeded
+    train/val split (``load_dataset(..., seed=data_seed)``).  ``checkpoint_every=0`` checkpoints only
+    at the end.
+    """
+
+    dataset: str = "digits"
+    model: dict = field(default_factory=lambda: {"preset": "digits-tiny"})
+    path: dict = field(default_factory=_default_path)
+    p_uncond: float = 0.1
+    lr: float = 5e-4
+    batch_size: int = 128
+    steps: int = 4000
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    data_seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model must be a dict (UNet config or {{'preset': name, ...}}), got {self.model!r}")
+        if not isinstance(self.path, dict) or "kind" not in self.path:
+            raise ValueError(f"path must be a dict with a 'kind', got {self.path!r}")
+        object.__setattr__(self, "p_uncond", _check_prob("p_uncond", self.p_uncond))
+        object.__setattr__(self, "lr", check_finite_param("lr", self.lr, positive=True))
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("steps", self.steps, 0)
+        object.__setattr__(self, "grad_clip", _check_clip(self.grad_clip))
+        object.__setattr__(self, "ema_decay", _check_prob("ema_decay", self.ema_decay, upper_open=True))
+        _check_int("seed", self.seed, 0)
+        _check_int("checkpoint_every", self.checkpoint_every, 0)
+        _check_int("log_every", self.log_every, 1)
+        _check_int("data_seed", self.data_seed, 0)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self) -> "TrainConfig":
+        """The same config with ``model`` as a full UNet config dict and ``path`` in its full form."""
+        path = build_path(self.path)
+        model = resolve_model_config(self.model, self.dataset)
+        return self.replace(model=model, path=path.config())
+
+
+def resolve_model_config(model: dict, dataset: str | None = None) -> dict:
+    """Full ``UNetConfig`` dict from ``{"preset": name, **overrides}`` or a (partial) config dict.
+
+    When ``dataset`` names an entry of :data:`kaclib.data.DATASETS`, the model's input shape and
+    class count are checked against it.
+    """
+    from .models import UNetConfig, get_preset
+
+    model = dict(model)
+    if "preset" in model:
+        cfg = get_preset(model.pop("preset"), **model)
+    else:
+        cfg = UNetConfig.from_dict(model)
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if dataset is not None:
+        _check_model_matches_dataset(out, dataset)
+    return out
+
+
+def _check_model_matches_dataset(model: dict, dataset: str) -> None:
+    from .data import DATASETS
+
+    info = DATASETS.get(dataset)
+    if info is None:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+    c, h, w = info.image_shape
+    checks = {"in_channels": c, "image_size": h, "num_classes": info.num_classes}
+    bad = [f"model.{k} = {model[k]!r} but {dataset} has {v!r}" for k, v in checks.items() if k in model and model[k] != v]
+    if bad:
+        raise ValueError("model config does not match the data set: " + "; ".join(bad))
+
+
+# =============================================================================== randomness
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def step_seed(*keys: int) -> int:
+    """A 63-bit seed mixing integer keys (``seed, rank, step, stream``) with splitmix64."""
+    h = 0
+    for k in keys:
+        h = _splitmix64(h ^ (int(k) & _MASK64))
+    return h >> 1
+
+
+class _EpochOrder:
+    """An endless data order: epoch ``e`` is ``randperm(N)`` seeded by ``step_seed(seed, -1, e)``."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.pop(min(self._cache))
+            g = torch.Generator().manual_seed(step_seed(self.seed, _MASK64, epoch))
+            self._cache[epoch] = torch.randperm(self.n, generator=g)
+        return self._cache[epoch]
+
+    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
+        epochs, offsets = positions // self.n, positions % self.n
+        out = torch.empty_like(positions)
+        for e in epochs.unique().tolist():
+            sel = epochs == e
+            out[sel] = self.perm(e)[offsets[sel]]
+        return out
+
+
+def batch_indices(order: _EpochOrder, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Data indices of rank ``rank`` at step ``step`` (0-based): its slice of global positions
+    ``[step * B, (step + 1) * B)`` of the epoch sequence (``B`` = global batch)."""
+    per_rank = batch_size // world_size
+    start = step * batch_size + rank * per_rank
+    return order[torch.arange(start, start + per_rank)]
+
+
+# =============================================================================== distributed
+
+def init_distributed(device=None) -> tuple[int, int, torch.device]:
+    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), if not done yet.
+
+    Backend NCCL on CUDA, gloo on CPU; on CUDA each process uses ``cuda:LOCAL_RANK``.
+    Returns ``(rank, world_size, device)``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if want_cuda:
+            local = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    if device is None:
+        device = "cuda" if want_cuda else "cpu"
+    return 0, 1, torch.device(device)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# =============================================================================== the loop
+
+@dataclass
+class FitResult:
+    """``model``: the trained (bare) module; ``ema``: its EMA copy (bare module, eval mode);
+    ``step``: steps done in total; ``start_step``: where this call started (> 0 after a resume);
+    ``losses``: per-step training losses of this call (this rank's batch; CPU float tensor);
+    ``seconds_per_step``: wall time of this call / its steps."""
+
+    model: nn.Module
+    ema: nn.Module
+    step: int
+    start_step: int
+    losses: torch.Tensor
+    seconds_per_step: float
+    run_dir: Path | None = None
+
+
+def _validate_data(data, labels, num_classes, batch_size, world):
+    if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:
+        raise ValueError("data must be a tensor of shape (N, ...) with N >= 1")
+    if not data.is_floating_point():
+        raise ValueError(f"data must be floating point, got {data.dtype}")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor) or labels.shape != (data.shape[0],) or labels.dtype != torch.long:
+            raise ValueError(f"labels must be an int64 tensor of shape ({data.shape[0]},)")
+        _check_int("num_classes", num_classes, 1)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
+    _check_int("batch_size", batch_size, 1)
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
+
+
+def _fit_config(path, steps, batch_size, lr, p_uncond, grad_clip, ema_decay, seed, checkpoint_every, log_every, num_classes):
+    return {
+        "fit": {
+            "batch_size": batch_size, "lr": lr, "p_uncond": p_uncond, "grad_clip": grad_clip,
+            "ema_decay": ema_decay, "seed": seed, "num_classes": num_classes,
+            "steps": steps, "checkpoint_every": checkpoint_every, "log_every": log_every,
+        },
+        "path": path.config(),
+    }
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+def fit(
+    model: nn.Module,
+    path,
+    data: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    num_classes: int | None = None,
+    *,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 5e-4,
+    p_uncond: float = 0.1,
+    grad_clip: float | None = 1.0,
+    ema_decay: float = 0.999,
+    seed: int = 0,
+    device=None,
+    run_dir: str | os.PathLike | None = None,
+    config: dict | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    log_every: int = 100,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> FitResult:
+    """Train ``model(x, t, y) -> u`` on ``path``'s regression target (module docstring's loss).
+
+    ``data`` ``(N, ...)`` float; ``labels`` ``(N,)`` int64 in ``[0, num_classes)`` or ``None``
+    (unconditional: the model gets ``y=None`` and ``p_uncond`` is unused).  Dropped labels become
+    ``num_classes`` (the null class).  ``steps`` is the total step count (a resumed run continues
+    up to it).  With ``run_dir``: ``config`` (default: these hyper-parameters and the path's config)
+    is checked against / written to ``config.json``, checkpoints go there every
+    ``checkpoint_every`` steps and at the end, metrics every ``log_every`` steps; ``resume=True``
+    continues from the checkpoint found there.  ``callback(step, info)`` runs after every step
+    (``info``: ``loss`` tensor, ``grad_norm`` tensor).
+    """
+    _check_int("steps", steps, 0)
+    lr = check_finite_param("lr", lr, positive=True)
+    p_uncond = _check_prob("p_uncond", p_uncond)
+    grad_clip = _check_clip(grad_clip)
+    ema_decay = _check_prob("ema_decay", ema_decay, upper_open=True)
+    _check_int("seed", seed, 0)
+    _check_int("checkpoint_every", checkpoint_every, 0)
+    _check_int("log_every", log_every, 1)
+    rank, world = _dist_info()
+    _validate_data(data, labels, num_classes, batch_size, world)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    is_main = rank == 0
+
+    model = model.to(device)
+    data = data.to(device)
+    labels = labels.to(device) if labels is not None else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+    start = 0
+
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if config is None:
+            config = _fit_config(path, steps, batch_size, lr, p_uncond, grad_clip, ema_decay, seed, checkpoint_every, log_every, num_classes)
+        mutable = [k for k in MUTABLE_FIELDS] + [f"fit.{k}" for k in MUTABLE_FIELDS]
+        exists = runs.prepare_run_dir(run_dir, config, resume=resume, mutable=mutable, write=is_main)
+        if world > 1:
+            dist.barrier()  # rank 0 has recovered / written the directory
+            exists = runs.has_checkpoint(run_dir)
+        if exists:
+            start = _load_checkpoint(run_dir, model, ema, optimizer, device)
+        if is_main:
+            runs.truncate_jsonl(run_dir / runs.METRICS_FILE, start)
+
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=labels is None)
+
+    order = _EpochOrder(data.shape[0], seed)
+    T = float(path.T)
+    losses = torch.zeros(max(steps - start, 0), device=device)
+    window = torch.zeros((), device=device)
+    window_n, t0 = 0, time.perf_counter()
+    last_log_t, last_log_step = t0, start
+    bar = tqdm(total=steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
+    model.train()
+    with torch.random.fork_rng(devices=_rng_devices(device)), bar:
+        for k in range(start, steps):
+            loss, grad_norm = _train_step(
+                net, model, optimizer, ema, path, data, labels, num_classes, order, k, batch_size,
+                rank, world, seed, p_uncond, grad_clip, T, device,
+            )
+            losses[k - start] = loss.detach()
+            window += loss.detach()
+            window_n += 1
+            step = k + 1
+            bar.update(1)
+            if step % log_every == 0 or step == steps:
+                mean = window / window_n
+                if world > 1:
+                    dist.all_reduce(mean)
+                    mean /= world
+                now = time.perf_counter()
+                record = {
+                    "step": step, "loss": float(mean), "grad_norm": float(grad_norm), "lr": lr,
+                    "elapsed_s": now - t0, "sec_per_step": (now - last_log_t) / (step - last_log_step),
+                }
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if is_main and run_dir is not None:
+                    runs.append_jsonl(run_dir / runs.METRICS_FILE, record)
+                window.zero_()
+                window_n, last_log_t, last_log_step = 0, now, step
+            if run_dir is not None and is_main and ((checkpoint_every and step % checkpoint_every == 0) or step == steps):
+                _save_checkpoint(run_dir, model, ema, optimizer, step, seed, world)
+            if callback is not None:
+                callback(step, {"loss": loss.detach(), "grad_norm": grad_norm})
+    elapsed = time.perf_counter() - t0
+    ema_module = ema.module.eval()
+    model.eval()
+    return FitResult(
+        model=model, ema=ema_module, step=max(steps, start), start_step=start, losses=losses.cpu(),
+        seconds_per_step=elapsed / max(steps - start, 1), run_dir=run_dir,
+    )
+
+
+def _train_step(net, model, optimizer, ema, path, data, labels, num_classes, order, k, batch_size,
+                rank, world, seed, p_uncond, grad_clip, T, device):
+    """One optimisation step; every random draw comes from ``step_seed(seed, rank, k, ...)``."""
+    s_global = step_seed(seed, rank, k, 1)  # dropout and other users of the global RNG
+    torch.default_generator.manual_seed(s_global)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(s_global)
+    g = torch.Generator(device=device).manual_seed(step_seed(seed, rank, k, 0))
+    idx = batch_indices(order, k, batch_size, rank, world).to(device)
+    x0 = data[idx]
+    b = x0.shape[0]
+    t = torch.rand(b, generator=g, device=device, dtype=x0.dtype) * T
+    ps = path.sample(x0, t, generator=g)
+    y = None
+    if labels is not None:
+        y = labels[idx]
+        drop = torch.rand(b, generator=g, device=device) < p_uncond
+        y = torch.where(drop, torch.full_like(y, num_classes), y)
+    pred = net(ps.x_t, t, y)
+    loss = torch.mean((pred - ps.target) ** 2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = grad_clip if grad_clip is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    ema.update_parameters(model)
+    with torch.no_grad():  # buffers are copied, not averaged (integer buffers cannot be)
+        for b_ema, b_model in zip(ema.module.buffers(), model.buffers()):
+            b_ema.copy_(b_model)
+    return loss, grad_norm.detach()
+
+
+# =============================================================================== checkpoints
+
+def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int, world: int) -> None:
+    meta = {"step": str(step)}
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "ema_n_averaged": int(ema.n_averaged),
+        "seed": seed,
+        "world_size": world,
+        "rng": "per-step: torch.Generator seeded with step_seed(seed, rank, step, stream)",
+    }
+    runs.save_checkpoint(run_dir, {
+        runs.MODEL_FILE: runs.weights_bytes(model, meta),
+        runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
+        runs.STATE_FILE: runs.save_torch_bytes(state),
+    })
+
+
+def _load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> int:
+    state = runs.load_state(run_dir, device="cpu")
+    runs.load_weights(model, run_dir / runs.MODEL_FILE)
+    runs.load_weights(ema.module, run_dir / runs.EMA_FILE)
+    ema.n_averaged.fill_(state["ema_n_averaged"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+# =============================================================================== configs -> runs
+
+@dataclass
+class TrainResult:
+    """``model``/``ema``: trained bare modules (eval mode); ``path``: the path object;
+    ``config``: the resolved :class:`TrainConfig`; ``step``: steps done; ``losses``: per-step
+    losses of this call; ``seconds_per_step``; ``run_dir``."""
+
+    model: nn.Module
+    ema: nn.Module
+    path: object
+    config: TrainConfig
+    step: int
+    losses: torch.Tensor
+    seconds_per_step: float
+    run_dir: Path | None
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | os.PathLike | None,
+    device=None,
+    resume: bool = False,
+    progress: bool = True,
+    data_root: str | os.PathLike | None = None,
+    callback: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train ``config`` (data set, UNet, path) into ``run_dir`` (``None``: nothing written).
+
+    Joins the ``torchrun`` process group when ``WORLD_SIZE > 1`` (and leaves it at the end when it
+    created it).  ``device`` defaults to CUDA when available.
+    """
+    from .data import load_dataset
+    from .models import UNetConfig, build_model
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    created_group = not (dist.is_available() and dist.is_initialized())
+    rank, world, dev = init_distributed(device)
+    created_group = created_group and world > 1
+    try:
+        cfg = config.resolved()
+        data = load_dataset(cfg.dataset, "train", root=data_root, seed=cfg.data_seed)
+        path = build_path(cfg.path)
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        model = build_model(UNetConfig.from_dict(cfg.model), path=path)
+        res = fit(
+            model, path, data.images, data.labels, data.num_classes,
+            steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, p_uncond=cfg.p_uncond,
+            grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, seed=cfg.seed, device=dev,
+            run_dir=run_dir, config=cfg.to_dict(), resume=resume,
+            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+            progress=progress, callback=callback,
+        )
+    finally:
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
+    return TrainResult(
+        model=res.model, ema=res.ema, path=path, config=cfg, step=res.step, losses=res.losses,
+        seconds_per_step=res.seconds_per_step, run_dir=Path(run_dir) if run_dir is not None else None,
+    )
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready for sampling: ``model`` (eval mode, on ``device``), its ``path``, the
+    run's ``config`` (a :class:`TrainConfig` for runs made by :func:`train`, else the raw dict)
+    and the checkpoint's ``step``."""
+
+    model: nn.Module
+    path: object
+    config: TrainConfig | dict
+    step: int
+
+
+def load_run(run_dir: str | os.PathLike, ema: bool = True, device="cpu") -> LoadedRun:
+    """Model + path of a run directory (EMA weights by default).
+
+    Needs ``config.json`` with ``"model"`` (a full UNet config dict) and ``"path"`` entries, as
+    written by :func:`train` (distillation runs follow the same layout).
+    """
+    from .models import UNetConfig, build_model
+
+    run_dir = Path(run_dir)
+    raw = runs.read_config(run_dir)
+    if "model" not in raw or "path" not in raw:
+        raise ValueError(f"{run_dir}/{runs.CONFIG_FILE} lacks 'model' or 'path': not a model run")
+    if os.access(run_dir, os.W_OK):
+        runs.recover_checkpoint(run_dir)
+    weights = run_dir / (runs.EMA_FILE if ema else runs.MODEL_FILE)
+    if not weights.is_file():
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {weights.name})")
+    path = build_path(raw["path"])
+    model = build_model(UNetConfig.from_dict(raw["model"]), path=path)
+    runs.load_weights(model, weights)
+    model.to(device).eval()
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as fh:
+        step = int((fh.metadata() or {}).get("step", -1))
+    try:
+        config = TrainConfig.from_dict(raw)
+    except (ValueError, TypeError):
+        config = raw
+    return LoadedRun(model=model, path=path, config=config, step=step)
+
+
+# =============================================================================== command line
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _apply_overrides(d: dict, items: list[str]) -> dict:
+    """``key=value`` / ``model.channels=32`` overrides (values parsed as JSON when possible)."""
+    d = json.loads(json.dumps(d))
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value)
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kaclib.train", description="Train a velocity model.")
+    parser.add_argument("--config", help="TrainConfig JSON file (default: TrainConfig())")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (dotted keys)")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    base = json.loads(Path(args.config).read_text()) if args.config else TrainConfig().to_dict()
+    cfg = TrainConfig.from_dict(_apply_overrides(base, args.set))
+    res = train(cfg, args.run_dir, device=args.device, resume=args.resume, progress=not args.no_progress, data_root=args.data_root)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(res.run_dir), "step": res.step, "seconds_per_step": res.seconds_per_step}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
