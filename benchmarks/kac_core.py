@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import best_time, format_table, write_results  # noqa: E402
+from common import best_time, format_table, markdown_table, write_results  # noqa: E402
 from test_kac import ks_bound_99, ks_distance  # noqa: E402
 
 from kaclib.kac import KacProcess  # noqa: E402
@@ -163,7 +163,17 @@ def main(argv=None) -> dict:
     print()
     print(f"set-up: ours none; table {M} x {table.Q} built in {build_s:.1f} s, {table.nbytes / 2**20:.0f} MB")
     print("targets:", targets)
-    payload = {"a": a, "c": c, "quick": args.quick, "throughput_values_per_s": speed, "ks": ks, "setup": setup,
+    summary = "\n\n".join([
+        f"Kac process `(a, c) = ({a:g}, {c:g})`, values per second (best of {repeats}), {torch.get_num_threads()} thread(s):",
+        markdown_table(["shape", "sample: ours", "sample: table", "speed-up", "velocity: ours", "velocity: table (float64)", "speed-up"],
+                       [[k, r["ours_sample"], r["table_sample"], round(r["sample_speedup"], 2), r["ours_velocity"],
+                         r["table_velocity"], round(r["velocity_speedup"], 2)] for k, r in speed.items()]),
+        f"Kolmogorov-Smirnov distance to the exact CDF ({n_ks:,} draws):",
+        markdown_table(["s", "ours", "table", "99% bound"], [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()]),
+        f"Set-up: ours none; the table ({M:,} times x {table.Q} quantiles) took {build_s:.1f} s and "
+        f"{table.nbytes / 2**20:.0f} MB. Targets: " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in targets.items()) + ".",
+    ])
+    payload = {"a": a, "c": c, "quick": args.quick, "summary_markdown": summary, "throughput_values_per_s": speed, "ks": ks, "setup": setup,
                "targets": targets}
     if not args.no_write and not args.quick:
         print("wrote", write_results("kac_core", payload))
