@@ -26,9 +26,14 @@ def cache_root() -> Path:
     return Path(root)
 
 
+#: Bumped whenever a change in kaclib alters what a cached artifact would contain for the same
+#: config (2: GroupNorm no longer erases the time/class embedding), so stale results are never reused.
+CACHE_VERSION = 2
+
+
 def config_hash(config: dict, length: int = 12) -> str:
-    """Stable short hash of a JSON-serialisable configuration."""
-    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    """Stable short hash of a JSON-serialisable configuration (and :data:`CACHE_VERSION`)."""
+    blob = json.dumps({"config": config, "cache_version": CACHE_VERSION}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
 

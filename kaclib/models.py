@@ -159,8 +159,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def _groups(channels: int, max_groups: int) -> int:
-    """Largest group count ``<= max_groups`` dividing ``channels``."""
-    return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
+    """Largest group count ``<= max_groups`` dividing ``channels`` with at least 4 channels per group
+    (2 if the channels are too few).
+
+    A group of ONE channel is an instance norm: it subtracts each channel's own mean and so erases
+    the per-channel time/class embedding that :class:`ResBlock` adds before ``norm2`` — the network
+    would ignore ``t`` and ``y`` entirely (a bug found in this project's first teachers).
+    """
+    for per_group in (4, 2):
+        ok = [g for g in range(1, min(max_groups, channels // per_group) + 1) if channels % g == 0]
+        if ok:
+            return max(ok)
+    return 1
 
 
 def _norm(channels: int, max_groups: int) -> nn.GroupNorm:

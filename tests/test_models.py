@@ -204,3 +204,24 @@ def test_mlp_velocity_shapes_bound_and_errors():
         MLPVelocity(head="bounded")
     with pytest.raises(ValueError, match="hidden"):
         MLPVelocity(hidden=0)
+
+
+@pytest.mark.parametrize("name", ["smoke", "digits-tiny", "mnist-small"])
+def test_output_depends_on_time_and_class(name):
+    """The time/class embedding must reach the output. (Regression: with one channel per GroupNorm
+    group the per-channel embedding added before the norm was erased and the network ignored t, y.)"""
+    torch.manual_seed(0)
+    model = build_model(get_preset(name))
+    torch.nn.init.normal_(model.conv_out.weight)
+    cfg = model.cfg
+    x = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size)
+    t = torch.full((4,), 0.5)
+    base = model(x, t, torch.zeros(4, dtype=torch.long))
+    other_class = model(x, t, torch.full((4,), 3))
+    other_time = model(x, 0.5 * t, torch.zeros(4, dtype=torch.long))
+    scale = base.abs().mean()
+    assert (base - other_class).abs().mean() > 1e-2 * scale
+    assert (base - other_time).abs().mean() > 1e-2 * scale
+    for m in model.modules():
+        if isinstance(m, torch.nn.GroupNorm):
+            assert m.num_channels // m.num_groups >= 2
