@@ -33,6 +33,26 @@ class Profile:
     mc_samples: int  # Monte Carlo draws in chapter 1
     distill_iters: int  # iterations per ladder stage
     seeds: tuple = (0,)
+    # The Kac teacher (kaclib.evaluation.teacher_config).  Chosen on digits by
+    # benchmarks/teacher_search.py (results/teacher_search.json): of (a, c) in {(9, 3), (25, 2)} x
+    # g in {t, t2} x head in {free, bounded}, (25, 2, t2, free) had the best 100-step and 4-step
+    # AB-2 FID-digits (one seed, 500 steps; the eight 100-step FIDs lay within 0.3, the 4-step ones
+    # within 0.45 of each other: a weak preference).
+    kac_a: float = 25.0
+    kac_c: float = 2.0
+    kac_f: str = "linear"
+    kac_g: str = "t2"
+    head: str = "free"  # "free" or "bounded" (kaclib.models)
+    p_uncond: float = 0.1  # label dropout for classifier-free guidance
+    # EMA decay of the teacher's weights: 0.999 suits long runs; for a budget of ~1,000 steps an EMA of
+    # 0.999 still holds 0.999^1000 = 37% of the initial weights (benchmarks/teacher.py uses 0.995)
+    ema_decay: float = 0.999
+    # teacher sampling weight (v_u + w (v_c - v_u)): benchmarks/teacher.py's sweep over
+    # {0, 1, 1.2, 1.5, 2, 3} found w = 1 best by FID-digits (w = 0 about 8x worse; w > 1 reaches
+    # 100% class accuracy at a higher FID), 2 seeds, results/teacher.json
+    guidance_w: float = 1.0
+    # distillation (kaclib.distill): the ladder of step counts; starts at teacher_steps
+    distill_ladder: tuple = (100, 20, 4, 2, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,13 +61,13 @@ class Profile:
 PROFILES = {
     "smoke": Profile(
         name="smoke", device="cpu", dataset="digits", model_preset="smoke", train_steps=30, batch_size=32,
-        n_eval=128, teacher_steps=8, toy_train_steps=100, toy_samples=256, mc_samples=20_000,
-        distill_iters=5,
+        ema_decay=0.9, n_eval=128, teacher_steps=8, toy_train_steps=100, toy_samples=256, mc_samples=20_000,
+        distill_iters=5, distill_ladder=(8, 4, 2, 1),
     ),
     "cpu": Profile(
-        name="cpu", device="cpu", dataset="digits", model_preset="digits-tiny", train_steps=4000, batch_size=128,
-        n_eval=1797, teacher_steps=100, toy_train_steps=3000, toy_samples=2000, mc_samples=200_000,
-        distill_iters=500,
+        name="cpu", device="cpu", dataset="digits", model_preset="digits-tiny", train_steps=1500, batch_size=128,
+        ema_decay=0.995, n_eval=600, teacher_steps=100, toy_train_steps=3000, toy_samples=2000, mc_samples=200_000,
+        distill_iters=300,
     ),
     "gpu": Profile(
         name="gpu", device="cuda", dataset="mnist5k", model_preset="mnist-small", train_steps=40_000, batch_size=256,

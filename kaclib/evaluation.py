@@ -1,0 +1,454 @@
+"""Sampling and scoring trained velocity models: the evaluation protocol of every table.
+
+* :func:`generate` draws images from a (guided) velocity model with a fixed-step solver.  One
+  seed per image (the EDM protocol): image ``i``'s latent ``x_T`` comes from its own
+  ``torch.Generator`` seeded with ``step_seed(seed, i)``, on the CPU, so the images do not depend
+  on the batch size, on how many images are drawn (the first ``k`` of ``n`` are the ``k`` of a
+  smaller call) or on the device the latents are moved to.
+* :class:`Evaluator` holds a data set's feature net and its real-data FID statistics (the
+  ``train`` split) once; :meth:`Evaluator.score` gives ``FID-<dataset>`` and class accuracy of a
+  generated set, :meth:`Evaluator.floor` the metric's floor (real ``val`` images scored the same
+  way).  The feature-net FID is NOT comparable with Inception FIDs in papers: tables carry
+  :attr:`Evaluator.metric_name` (``"FID-digits"``), never bare "FID".
+* :func:`evaluate_run` = :func:`generate` + :meth:`Evaluator.score` as one JSON-ready dict.
+* :func:`get_teacher` trains a :class:`~kaclib.train.TrainConfig` once and caches the run
+  directory (:func:`kaclib.artifacts.load_or_compute`, keyed by the resolved config), so the book,
+  the benchmarks and the distillation ladder share one teacher.
+
+Guidance convention (see :mod:`kaclib.guidance`): ``w = 0`` unconditional, ``w = 1`` plain
+conditional (one network pass per evaluation), other ``w`` the batched guided field
+``v_u + w (v_c - v_u)`` (two passes per evaluation); ``w = None`` (or a model without classes) is
+unconditional sampling.
+
+A note on the floor: it is the FID of the ``val`` split (360 digits) against the ``train``
+statistics.  FID estimates are biased upwards at small sample sizes, so a generated set larger
+than the val split can score *below* the floor; read values near or under it as "as good as this
+metric can tell".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .guidance import GuidedVelocity, check_guidance_weight
+from .solvers import SOLVERS, sample
+from .train import step_seed
+
+__all__ = [
+    "Generated",
+    "Scores",
+    "Evaluator",
+    "generate",
+    "balanced_labels",
+    "image_latents",
+    "model_num_classes",
+    "evaluate_run",
+    "resolve_model",
+    "get_teacher",
+    "teacher_dir",
+    "teacher_config",
+]
+
+
+# =============================================================================== generation
+
+@dataclass
+class Generated:
+    """Output of :func:`generate`.
+
+    ``images`` ``(N, C, H, W)`` float32 on the CPU (not clamped), ``labels`` ``(N,)`` int64 (or
+    ``None`` for unconditional sampling); ``steps`` solver steps, ``nfe`` right-hand-side
+    evaluations and ``network_passes`` forward passes per image (a guided evaluation costs 2);
+    ``seconds``: wall time of the ODE integration (all images), ``latent_seconds``: wall time
+    spent drawing the per-image latents (reported apart: the per-image generators cost about
+    1 ms per Kac image on a CPU whatever the step count), ``seconds_per_image`` =
+    ``seconds / N``; ``trajectory`` ``(steps + 1, N, C, H, W)`` with ``return_trajectory``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    steps: int
+    nfe: int
+    network_passes: int
+    seconds: float
+    seconds_per_image: float
+    method: str = "ab2"
+    w: float | None = 1.0
+    seed: int = 0
+    latent_seconds: float = 0.0
+    trajectory: torch.Tensor | None = None
+
+    def summary(self) -> dict:
+        """The scalar fields (JSON-ready)."""
+        return {
+            "n": int(self.images.shape[0]), "steps": self.steps, "method": self.method, "w": self.w,
+            "seed": self.seed, "nfe": self.nfe, "network_passes": self.network_passes,
+            "seconds": self.seconds, "seconds_per_image": self.seconds_per_image,
+            "latent_seconds": self.latent_seconds,
+        }
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def model_num_classes(model) -> int:
+    """Real classes of a velocity model (0: unconditional only): ``model.cfg.num_classes`` for a
+    UNet, ``model.num_classes`` for an MLP; unwraps :class:`GuidedVelocity` / DDP ``.module``."""
+    for obj in (model, getattr(model, "module", None), getattr(model, "model", None)):
+        if obj is None:
+            continue
+        cfg = getattr(obj, "cfg", None)
+        if cfg is not None and hasattr(cfg, "num_classes"):
+            return int(cfg.num_classes)
+        if isinstance(getattr(obj, "num_classes", None), int):
+            return int(obj.num_classes)
+    return 0
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """``[0, 1, ..., K-1, 0, 1, ...]`` (``n`` labels, int64): equal class counts up to one."""
+    _check_int("n", n, 1)
+    _check_int("num_classes", num_classes, 1)
+    return torch.arange(n, dtype=torch.long) % num_classes
+
+
+def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0) -> torch.Tensor:
+    """Latents ``x_T`` of images ``start .. start + n - 1``: image ``i`` from a CPU generator seeded
+    with ``step_seed(seed, i)`` (float32, CPU)."""
+    out = []
+    for i in range(start, start + n):
+        g = torch.Generator().manual_seed(step_seed(seed, i))
+        out.append(path.sample_latent((1, *image_shape), generator=g, dtype=torch.float32))
+    return torch.cat(out)
+
+
+def _velocity_for(model, w, num_classes: int):
+    """``(velocity, conditional?)`` for weight ``w`` (``None``: unconditional)."""
+    if w is None or num_classes == 0:
+        return model, False
+    if w == 1.0:
+        return model, True
+    return GuidedVelocity(model, w, num_classes), True
+
+
+def generate(
+    model: nn.Module,
+    path,
+    labels,
+    steps: int,
+    method: str = "ab2",
+    w: float | None = 1.0,
+    num_classes: int | None = None,
+    seed: int = 0,
+    batch_size: int = 500,
+    device=None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    image_shape=None,
+) -> Generated:
+    """Sample images from ``model`` on ``path`` with ``steps`` steps of ``method`` (T -> 0).
+
+    Parameters
+    ----------
+    labels:
+        ``(N,)`` int labels in ``[0, num_classes)``, or an int ``N`` (balanced labels
+        :func:`balanced_labels` when the model has classes, else unconditional).
+    w:
+        Guidance weight (``v_u + w (v_c - v_u)``): ``1`` plain conditional, ``0`` unconditional
+        through the null class (the labels are kept, so class accuracy shows chance level), other
+        values guided (2 passes per evaluation); ``None`` samples unconditionally and returns
+        ``labels=None``.  Ignored (unconditional, ``labels=None``) for a model without classes.
+    num_classes:
+        The null class index (default: read from the model).
+    seed:
+        Image ``i``'s latent comes from a generator seeded with ``step_seed(seed, i)``: results do
+        not depend on ``batch_size``.
+    device:
+        Where the network runs (default: the model's device); latents are drawn on the CPU.
+    image_shape:
+        ``(C, H, W)``; default from a UNet's config.
+
+    The model is put in ``eval()`` mode for the call and restored.  Returns :class:`Generated`.
+    """
+    _check_int("steps", steps, 1)
+    if method not in SOLVERS:
+        raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
+    if w is not None:
+        w = check_guidance_weight(w)
+    _check_int("seed", seed, 0)
+    _check_int("batch_size", batch_size, 1)
+    if num_classes is None:
+        num_classes = model_num_classes(model)
+    else:
+        _check_int("num_classes", num_classes, 0)
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        n = _check_int("labels (a count)", labels, 1)
+        labels = balanced_labels(n, num_classes) if num_classes > 0 else None
+    elif labels is None:
+        raise ValueError("labels must be an (N,) tensor of class labels or an int count N")
+    else:
+        labels = torch.as_tensor(labels)
+        if labels.ndim != 1 or labels.shape[0] < 1 or labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"labels must be a non-empty 1-D integer tensor, got shape {tuple(labels.shape)}")
+        labels = labels.long().cpu()
+        if num_classes > 0 and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
+        n = labels.shape[0]
+    if image_shape is None:
+        cfg = getattr(model, "cfg", None)
+        if cfg is None or not hasattr(cfg, "image_size"):
+            raise ValueError("image_shape is needed for a model without a UNet config")
+        image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    image_shape = tuple(int(s) for s in image_shape)
+    if device is None:
+        params = list(model.parameters())
+        device = params[0].device if params else torch.device("cpu")
+    device = torch.device(device)
+
+    velocity, conditional = _velocity_for(model, w, num_classes)
+    was_training = model.training
+    model.eval()
+    images, trajs = [], []
+    nfe = passes = 0
+    solve_s = latent_s = 0.0
+    try:
+        bar = tqdm(total=n, disable=not progress, desc=f"{method} {steps} steps, w={w}", leave=False)
+        with bar:
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                t0 = time.perf_counter()
+                x_T = image_latents(path, b, image_shape, seed=seed, start=start).to(device)
+                latent_s += time.perf_counter() - t0
+                y = labels[start : start + b].to(device) if conditional else None
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                res = sample(velocity, x_T, steps, method, T=float(path.T), y=y, return_trajectory=return_trajectory)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                solve_s += time.perf_counter() - t0
+                images.append(res.x.float().cpu())
+                if return_trajectory:
+                    trajs.append(res.trajectory.float().cpu())
+                nfe, passes = res.nfe, res.network_passes
+                bar.update(b)
+    finally:
+        model.train(was_training)
+    return Generated(
+        images=torch.cat(images), labels=labels if conditional else None, steps=steps, nfe=nfe, network_passes=passes,
+        seconds=solve_s, seconds_per_image=solve_s / n, method=method,
+        w=(w if conditional else None), seed=seed, latent_seconds=latent_s,
+        trajectory=torch.cat(trajs, dim=1) if return_trajectory else None,
+    )
+
+
+# =============================================================================== scoring
+
+@dataclass
+class Scores:
+    """``fid``: FID on the feature net (label ``metric_name``, e.g. ``"FID-digits"``);
+    ``accuracy``: fraction classified as their label (``None`` without labels); ``n``: images."""
+
+    fid: float
+    accuracy: float | None
+    metric_name: str
+    n: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Evaluator:
+    """A data set's scoring kit, built once: feature net + real-data FID statistics.
+
+    ``Evaluator("digits")`` loads (or trains and caches) :func:`kaclib.metrics.get_feature_net`,
+    and fits the reference statistics to the ``train`` split (its first ``n_ref`` images when
+    given).  ``score(images, labels)`` returns :class:`Scores`; ``floor()`` the FID of the real
+    ``val`` split against the same reference (the metric's floor), ``floor_accuracy`` the feature
+    net's accuracy on it.  ``root`` / ``cache_dir`` as in :func:`kaclib.data.load_dataset` and
+    :func:`kaclib.metrics.get_feature_net`.
+    """
+
+    def __init__(self, dataset: str, device="cpu", n_ref: int | None = None, root=None, cache_dir=None,
+                 seed: int = 0, batch_size: int = 500):
+        from .data import DATASETS, load_dataset
+        from .metrics import FIDReference, get_feature_net, metric_name
+
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
+        if n_ref is not None:
+            _check_int("n_ref", n_ref, 2)
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.root, self.batch_size = root, batch_size
+        self.metric_name = metric_name(dataset)
+        info = get_feature_net(dataset, cache_dir=cache_dir, seed=seed, device=self.device, root=root)
+        self.feature_net = info.net
+        self.feature_accuracy = info.accuracy
+        real = load_dataset(dataset, "train", root=root, limit=n_ref)
+        self.n_ref = real.images.shape[0]
+        self.image_shape = tuple(real.image_shape)
+        self.reference = FIDReference(real.images, self.feature_net, batch_size=batch_size, device=self.device)
+        self._floor: Scores | None = None
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
+        """FID-<dataset> of ``images`` against the train statistics, and class accuracy vs ``labels``."""
+        from .metrics import class_accuracy
+
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
+                             f"got {tuple(getattr(images, 'shape', ()))}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or infinite values (a diverged sampler?)")
+        fid = self.reference.score(images)
+        acc = None
+        if labels is not None:
+            acc = class_accuracy(images.to(self.device), torch.as_tensor(labels).to(self.device), self.feature_net)
+        return Scores(fid=fid, accuracy=acc, metric_name=self.metric_name, n=int(images.shape[0]))
+
+    def floor_scores(self) -> Scores:
+        """:class:`Scores` of the real ``val`` split (cached): the floor FID and its accuracy."""
+        if self._floor is None:
+            from .data import load_dataset
+
+            val = load_dataset(self.dataset, "val", root=self.root)
+            self._floor = self.score(val.images, val.labels)
+        return self._floor
+
+    def floor(self) -> float:
+        """The metric's floor: FID-<dataset> of the real ``val`` split (equals
+        :func:`kaclib.metrics.fid_floor` when ``n_ref`` is ``None``)."""
+        return self.floor_scores().fid
+
+
+# =============================================================================== runs
+
+def resolve_model(run, device="cpu"):
+    """``(model, path, config)`` from a run directory, a :class:`~kaclib.train.LoadedRun`, a
+    :class:`~kaclib.train.TrainResult` (its EMA model) or a ``(model, path)`` pair."""
+    from .train import LoadedRun, TrainResult, load_run
+
+    if isinstance(run, (str, os.PathLike)):
+        loaded = load_run(run, device=device)
+        return loaded.model, loaded.path, loaded.config
+    if isinstance(run, LoadedRun):
+        return run.model, run.path, run.config
+    if isinstance(run, TrainResult):
+        return run.ema, run.path, run.config
+    if isinstance(run, tuple) and len(run) == 2:
+        return run[0], run[1], None
+    raise ValueError("run must be a run directory, a LoadedRun, a TrainResult or a (model, path) pair, "
+                     f"got {type(run).__name__}")
+
+
+def evaluate_run(
+    run,
+    steps: int,
+    method: str = "ab2",
+    w: float | None = 1.0,
+    n: int | None = None,
+    seed: int = 0,
+    evaluator: Evaluator | None = None,
+    batch_size: int = 500,
+    device=None,
+    progress: bool = False,
+) -> dict:
+    """Generate ``n`` images (balanced labels) and score them: a JSON-ready dict.
+
+    ``run``: anything :func:`resolve_model` takes.  ``n`` defaults to the evaluator's reference
+    size.  ``evaluator`` defaults to ``Evaluator(<the run's data set>)`` (only a run with a
+    config knows it).  Keys: ``metric_name``, ``fid``, ``accuracy``, ``n``, ``steps``, ``method``,
+    ``w``, ``seed``, ``nfe``, ``network_passes``, ``seconds``, ``seconds_per_image``,
+    ``latent_seconds``.
+    """
+    model, path, config = resolve_model(run, device=device or "cpu")
+    if evaluator is None:
+        dataset = config.get("dataset") if isinstance(config, dict) else getattr(config, "dataset", None)
+        if dataset is None:
+            raise ValueError("evaluator is needed when the run's data set is unknown")
+        evaluator = Evaluator(dataset, device=device or "cpu")
+    if n is None:
+        n = evaluator.n_ref
+    _check_int("n", n, 2)
+    gen = generate(model, path, n, steps, method=method, w=w, seed=seed, batch_size=batch_size,
+                   device=device, progress=progress)
+    scores = evaluator.score(gen.images, gen.labels)
+    return {"metric_name": scores.metric_name, "fid": scores.fid, "accuracy": scores.accuracy, **gen.summary()}
+
+
+# =============================================================================== teachers
+
+def teacher_config(profile=None, path: str = "kac", seed: int | None = None, **changes):
+    """The :class:`~kaclib.train.TrainConfig` of a profile's teacher.
+
+    ``profile``: a :class:`~kaclib.profiles.Profile` or its name (default: the current profile).
+    ``path="kac"`` uses the profile's ``kac_a``, ``kac_c``, ``kac_g``, ``kac_f`` and ``head``;
+    ``path="gaussian"`` the Gaussian peer with the same network (free head), budget and seed.
+    ``seed`` defaults to the profile's first seed; ``changes`` replace TrainConfig fields.
+    """
+    from .profiles import Profile, get_profile
+    from .train import TrainConfig
+
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    if path == "kac":
+        path_cfg = {"kind": "kac", "a": float(prof.kac_a), "c": float(prof.kac_c), "f": prof.kac_f,
+                    "g": prof.kac_g, "T": 1.0}
+        head = prof.head
+    elif path == "gaussian":
+        path_cfg, head = {"kind": "gaussian"}, "free"
+    else:
+        raise ValueError(f"path must be 'kac' or 'gaussian', got {path!r}")
+    cfg = TrainConfig(
+        dataset=prof.dataset, model={"preset": prof.model_preset, "head": head}, path=path_cfg,
+        p_uncond=prof.p_uncond, batch_size=prof.batch_size, steps=prof.train_steps, ema_decay=prof.ema_decay,
+        seed=prof.seeds[0] if seed is None else seed,
+    )
+    return cfg.replace(**changes) if changes else cfg
+
+
+def teacher_dir(config, root=None) -> Path:
+    """Where :func:`get_teacher` keeps (or will keep) the teacher of ``config``; check
+    ``(teacher_dir(cfg) / "config.json").exists()`` to know whether it is trained already."""
+    from .artifacts import cache_root, config_hash
+    from .train import TrainConfig
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    root = Path(root) if root is not None else cache_root()
+    return root / f"teacher-{config_hash(config.resolved().to_dict())}"
+
+
+def get_teacher(config, device=None, progress: bool = True, root=None, data_root=None) -> Path:
+    """Run directory of a trained teacher for ``config`` (a TrainConfig): trained once, then cached.
+
+    The directory is ``<cache>/teacher-<hash>/`` with ``<hash>`` the hash of the *resolved* config
+    (full UNet config and path), via :func:`kaclib.artifacts.load_or_compute`: an interrupted
+    training leaves nothing behind, a changed config never reuses a stale teacher.  Load it with
+    :func:`kaclib.train.load_run`.  ``root`` overrides the cache root (default
+    :func:`kaclib.artifacts.cache_root`).  Example::
+
+        run_dir = get_teacher(teacher_config("cpu"))
+        teacher = load_run(run_dir)
+    """
+    from .artifacts import load_or_compute
+    from .train import TrainConfig, train
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    resolved = config.resolved()
+
+    def compute(tmp: Path) -> None:
+        train(resolved, tmp, device=device, progress=progress, data_root=data_root)
+
+    return load_or_compute("teacher", resolved.to_dict(), compute, root=root)

@@ -1,0 +1,212 @@
+"""kaclib.evaluation: one seed per image, NFE bookkeeping, guidance weights, the Evaluator's
+FID against its floor, evaluate_run and the cached teacher."""
+
+import math
+
+import pytest
+import torch
+
+from kaclib.data import load_dataset
+from kaclib.evaluation import (
+    Evaluator,
+    balanced_labels,
+    evaluate_run,
+    generate,
+    get_teacher,
+    image_latents,
+    model_num_classes,
+    teacher_config,
+    teacher_dir,
+)
+from kaclib.models import build_model, get_preset
+from kaclib.paths import GaussianPath, KacPath
+from kaclib.train import TrainConfig, load_run
+
+torch.set_num_threads(1)
+
+
+def smoke_model(path, seed=0):
+    """A smoke UNet whose (zero-initialised) output layer is randomised, so samples depend on it."""
+    torch.manual_seed(seed)
+    m = build_model(get_preset("smoke"), path=path)
+    with torch.no_grad():
+        m.conv_out.weight.normal_(0, 0.05)
+        m.conv_out.bias.normal_(0, 0.05)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def kac():
+    path = KacPath(9.0, 3.0)
+    return smoke_model(path), path
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    # the feature net comes from the default cache ($KACLIB_CACHE_DIR or ~/.cache/kaclib): it is
+    # keyed by its training spec and deterministic, and trained there (about 10 s) when missing
+    return Evaluator("digits")
+
+
+# ----------------------------------------------------------------------------------- generate
+
+def test_generate_is_deterministic_and_batch_size_independent(kac):
+    model, path = kac
+    labels = balanced_labels(7, 10)
+    a = generate(model, path, labels, 4, "ab2", w=1.5, seed=3, batch_size=500)
+    b = generate(model, path, labels, 4, "ab2", w=1.5, seed=3, batch_size=3)
+    c = generate(model, path, labels, 4, "ab2", w=1.5, seed=3, batch_size=500)
+    assert a.images.shape == (7, 1, 8, 8)
+    assert torch.equal(a.images, c.images)  # deterministic
+    torch.testing.assert_close(a.images, b.images, rtol=1e-5, atol=1e-5)  # batch size does not matter
+    # one seed per image: the first 4 of 7 are the 4 of a smaller call, another seed differs
+    d = generate(model, path, labels[:4], 4, "ab2", w=1.5, seed=3, batch_size=2)
+    torch.testing.assert_close(a.images[:4], d.images, rtol=1e-5, atol=1e-5)
+    e = generate(model, path, labels, 4, "ab2", w=1.5, seed=4)
+    assert not torch.allclose(a.images, e.images)
+    assert a.seconds > 0 and a.seconds_per_image == pytest.approx(a.seconds / 7)
+
+
+def test_latents_are_per_image_and_follow_the_path():
+    path = KacPath(9.0, 3.0)
+    z = image_latents(path, 5, (1, 8, 8), seed=1)
+    z2 = image_latents(path, 3, (1, 8, 8), seed=1, start=2)
+    assert torch.equal(z[2:], z2)
+    # finite speed: x_T = K_{g(T)} lies in [-c g(T), c g(T)]
+    assert z.abs().max() <= 3.0 + 1e-6
+    g = image_latents(GaussianPath(), 2000, (1, 8, 8), seed=0)
+    assert abs(g.std().item() - 1) < 0.02
+
+
+@pytest.mark.parametrize("method,w,nfe,passes", [
+    ("euler", 1.0, 5, 5), ("midpoint", 1.0, 10, 10), ("ab2", 1.0, 5, 5),
+    ("ab2", 2.0, 5, 10), ("midpoint", 1.5, 10, 20), ("euler", 0.0, 5, 5), ("euler", None, 5, 5),
+])
+def test_nfe_and_network_passes(kac, method, w, nfe, passes):
+    model, path = kac
+    g = generate(model, path, 3, 5, method, w=w)
+    assert (g.steps, g.nfe, g.network_passes) == (5, nfe, passes)
+    assert g.labels is None if w is None else torch.equal(g.labels, torch.tensor([0, 1, 2]))
+
+
+def test_guidance_weights(kac):
+    model, path = kac
+    labels = torch.tensor([1, 4, 7])
+    uncond = generate(model, path, labels, 3, "euler", w=None)
+    w0 = generate(model, path, labels, 3, "euler", w=0.0)
+    w1 = generate(model, path, labels, 3, "euler", w=1.0)
+    w2 = generate(model, path, labels, 3, "euler", w=2.0)
+    torch.testing.assert_close(uncond.images, w0.images)  # w = 0 is the null-class field
+    assert not torch.allclose(w1.images, w0.images)  # the labels matter
+    # w = 2 extrapolates: one Euler step from the same x_T moves by v_u + 2 (v_c - v_u)
+    one = {w: generate(model, path, labels, 1, "euler", w=w).images for w in (0.0, 1.0, 2.0)}
+    torch.testing.assert_close(one[2.0] - one[0.0], 2 * (one[1.0] - one[0.0]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"w": float("nan")}, "w must be finite"),
+    ({"w": float("inf")}, "w must be finite"),
+    ({"w": "big"}, "w must be a real number"),
+    ({"steps": 0}, "steps"),
+    ({"steps": -2}, "steps"),
+    ({"method": "rk4"}, "method"),
+    ({"labels": torch.tensor([0, 10])}, "labels must lie"),
+    ({"labels": torch.tensor([0.5])}, "labels"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"seed": -1}, "seed"),
+])
+def test_generate_rejects_bad_input(kac, kwargs, match):
+    model, path = kac
+    args = {"labels": 2, "steps": 2, "method": "euler", "w": 1.0}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        generate(model, path, args.pop("labels"), args.pop("steps"), **args)
+
+
+def test_model_num_classes_and_unconditional_model():
+    path = GaussianPath()
+    torch.manual_seed(0)
+    m = build_model(get_preset("smoke", num_classes=0), path=path)
+    assert model_num_classes(m) == 0 and model_num_classes(smoke_model(path)) == 10
+    g = generate(m, path, 4, 2, "euler", w=2.0)  # no classes: unconditional, 1 pass
+    assert g.labels is None and g.w is None and g.network_passes == 2
+
+
+def test_trajectory(kac):
+    model, path = kac
+    g = generate(model, path, 5, 3, "ab2", batch_size=2, return_trajectory=True)
+    assert g.trajectory.shape == (4, 5, 1, 8, 8)
+    torch.testing.assert_close(g.trajectory[-1], g.images)
+    torch.testing.assert_close(g.trajectory[0], image_latents(path, 5, (1, 8, 8), seed=0))
+
+
+# ----------------------------------------------------------------------------------- Evaluator
+
+def test_evaluator_real_data_near_floor_noise_far(evaluator):
+    assert evaluator.metric_name == "FID-digits"
+    floor = evaluator.floor_scores()
+    assert floor.metric_name == "FID-digits" and floor.n == len(load_dataset("digits", "val"))
+    assert 0 < evaluator.floor() == floor.fid < 10
+    assert floor.accuracy > 0.95
+    # real (training) images score at or below the floor, with high accuracy
+    train = load_dataset("digits", "train")
+    real = evaluator.score(train.images[:400], train.labels[:400])
+    assert real.fid < 1.5 * floor.fid and real.accuracy > 0.95 and real.n == 400
+    # noise is far away, at chance accuracy
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(400, 1, 8, 8, generator=g) * 2 - 1
+    bad = evaluator.score(noise, balanced_labels(400, 10))
+    assert bad.fid > 20 * floor.fid and bad.accuracy < 0.3
+    assert evaluator.score(noise).accuracy is None
+
+
+def test_evaluator_errors(evaluator):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        Evaluator("svhn")
+    with pytest.raises(ValueError, match="shape"):
+        evaluator.score(torch.zeros(10, 1, 28, 28))
+    with pytest.raises(ValueError, match="NaN"):
+        evaluator.score(torch.full((10, 1, 8, 8), float("nan")))
+
+
+def test_evaluate_run_dict(kac, evaluator):
+    model, path = kac
+    r = evaluate_run((model, path), steps=2, method="midpoint", w=1.5, n=20, seed=1, evaluator=evaluator)
+    assert r["metric_name"] == "FID-digits" and math.isfinite(r["fid"]) and 0 <= r["accuracy"] <= 1
+    assert (r["n"], r["steps"], r["nfe"], r["network_passes"], r["w"]) == (20, 2, 4, 8, 1.5)
+    assert r["seconds_per_image"] > 0
+    with pytest.raises(ValueError, match="evaluator is needed"):
+        evaluate_run((model, path), steps=2, n=4)
+
+
+# ----------------------------------------------------------------------------------- teachers
+
+def test_teacher_config_follows_the_profile():
+    from kaclib.profiles import get_profile
+
+    prof = get_profile("cpu")
+    k = teacher_config("cpu")
+    assert k.path == {"kind": "kac", "a": prof.kac_a, "c": prof.kac_c, "f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
+    assert k.model == {"preset": prof.model_preset, "head": prof.head} and k.steps == prof.train_steps
+    g = teacher_config("cpu", path="gaussian", seed=1)
+    assert g.path == {"kind": "gaussian"} and g.model["head"] == "free" and g.seed == 1
+    assert (g.steps, g.batch_size, g.model["preset"]) == (k.steps, k.batch_size, k.model["preset"])
+    with pytest.raises(ValueError, match="path must be"):
+        teacher_config("cpu", path="heat")
+
+
+def test_get_teacher_trains_once(tmp_path):
+    cfg = TrainConfig(model={"preset": "smoke"}, steps=3, batch_size=16, log_every=1, checkpoint_every=0)
+    assert not teacher_dir(cfg, root=tmp_path).exists()
+    d1 = get_teacher(cfg, progress=False, root=tmp_path)
+    assert d1 == teacher_dir(cfg, root=tmp_path)
+    run = load_run(d1)
+    assert run.step == 3 and run.config.resolved() == cfg.resolved()
+    stamp = (d1 / "ema.safetensors").stat().st_mtime_ns
+    d2 = get_teacher(cfg, progress=False, root=tmp_path)  # cached: no retraining
+    assert d2 == d1 and (d2 / "ema.safetensors").stat().st_mtime_ns == stamp
+    d3 = get_teacher(cfg.replace(seed=1), progress=False, root=tmp_path)
+    assert d3 != d1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+    with pytest.raises(ValueError, match="TrainConfig"):
+        get_teacher({"steps": 3}, root=tmp_path)
