@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from kaclib.tables import format_table, markdown_table  # noqa: F401  (re-exported for the scripts)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -42,24 +44,6 @@ def machine_info() -> dict:
     }
 
 
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        if abs(v) >= 1e5 or abs(v) < 1e-3:
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
-
-
 def write_results(name: str, payload: dict, command: str | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "command": command or "python " + " ".join(sys.argv),
@@ -80,9 +64,3 @@ def best_time(fn, repeats: int = 7, warmup: int = 1) -> float:
         best = min(best, time.perf_counter() - t0)
     return best
 
-
-def markdown_table(headers: list[str], rows: list[list]) -> str:
-    """A GitHub-flavoured Markdown table (numbers formatted like :func:`format_table`)."""
-    lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in rows]
-    return "\n".join(lines)

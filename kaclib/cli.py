@@ -36,6 +36,9 @@ import sys
 import time
 from pathlib import Path
 
+from .runs import apply_overrides
+from .tables import format_table
+
 __all__ = ["main", "build_parser", "CLIError"]
 
 PROG = "kaclib"
@@ -250,48 +253,6 @@ def _profile(name: str | None):
     from .profiles import get_profile
 
     return get_profile(name)
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def apply_overrides(d: dict, items: list[str]) -> dict:
-    """``KEY=VALUE`` overrides on a (nested) dict; values parsed as JSON when possible."""
-    d = json.loads(json.dumps(d))
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            if not isinstance(node.get(p, {}), dict):
-                raise CLIError(f"--set {item}: {p!r} is not a nested field")
-            node = node.setdefault(p, {})
-        node[leaf] = _parse_value(value)
-    return d
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        if v == 0:
-            return "0"
-        return f"{v:.3e}" if abs(v) >= 1e5 or abs(v) < 1e-3 else f"{v:.4g}"
-    return str(v)
-
-
-def format_table(headers: list[str], rows: list[list]) -> str:
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _read_run(run_dir: str) -> dict:

@@ -350,3 +350,28 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int, key: str = "step") ->
         return
     keep = [r for r in read_jsonl(path) if r.get(key, -1) <= max_step]
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep).encode())
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(d: Mapping, items: Iterable[str]) -> dict:
+    """``KEY=VALUE`` overrides (``model.base_channels=32`` for nested fields) on a copy of a config
+    dict; values are parsed as JSON when possible (``steps=10`` is an int, ``f=exp`` a string)."""
+    d = json.loads(json.dumps(d))
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = d
+        for p in parents:
+            if not isinstance(node.get(p, {}), dict):
+                raise ValueError(f"--set {item}: {p!r} is not a nested field")
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value)
+    return d

@@ -613,28 +613,6 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device="cpu") -> Load
 
 # =============================================================================== command line
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _apply_overrides(d: dict, items: list[str]) -> dict:
-    """``key=value`` / ``model.channels=32`` overrides (values parsed as JSON when possible)."""
-    d = json.loads(json.dumps(d))
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = d
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = _parse_value(value)
-    return d
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaclib.train", description="Train a velocity model.")
     parser.add_argument("--config", help="TrainConfig JSON file (default: TrainConfig())")
@@ -646,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     base = json.loads(Path(args.config).read_text()) if args.config else TrainConfig().to_dict()
-    cfg = TrainConfig.from_dict(_apply_overrides(base, args.set))
+    cfg = TrainConfig.from_dict(runs.apply_overrides(base, args.set))
     res = train(cfg, args.run_dir, device=args.device, resume=args.resume, progress=not args.no_progress, data_root=args.data_root)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"run_dir": str(res.run_dir), "step": res.step, "seconds_per_step": res.seconds_per_step}))
