@@ -831,7 +831,7 @@ def _tile_trace(tile: np.ndarray, visible: bool = True, hover: str = "value %{z:
     return go.Image(z=rgb, visible=visible, hoverinfo="skip")
 
 
-def _image_axes(fig, tile_shape, row_labels=None, h: int | None = None, pad: int = 1):
+def _image_axes(fig, row_labels=None, h: int | None = None, pad: int = 1):
     fig.update_xaxes(visible=False, constrain="domain")
     fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, showgrid=False, zeroline=False,
                      constrain="domain", showticklabels=bool(row_labels), ticks="",
@@ -852,10 +852,8 @@ def image_grid_figure(images, ncol: int, title: str, row_labels=None):
 
     tile = image_tile(images, ncol)
     fig = go.Figure(_tile_trace(tile))
-    h = _f32(images).shape[2]
-    _image_axes(fig, tile.shape, row_labels, h)
     style(fig, title, None, None, height=_grid_height(tile.shape), legend="none")
-    fig.update_xaxes(visible=False)
+    _image_axes(fig, row_labels, _f32(images).shape[2])  # after style: no axis lines on an image
     return fig
 
 
@@ -876,10 +874,8 @@ def image_grid_slider_figure(image_sets: list, labels: list[str], prefix: str, n
                   args=[{"visible": [j == k for j in range(len(tiles))]}, {"title.text": titles[k]}])
              for k, lab in enumerate(labels)]
     fig.update_layout(sliders=[_slider(steps, prefix, active, y=-0.02)])
-    h = _f32(image_sets[0]).shape[2]
-    _image_axes(fig, tiles[0].shape, row_labels, h)
     style(fig, titles[active], None, None, height=_grid_height(tiles[0].shape), legend="none")
-    fig.update_xaxes(visible=False)
+    _image_axes(fig, row_labels, _f32(image_sets[0]).shape[2])  # after style: no axis lines on an image
     return fig
 
 
@@ -1034,8 +1030,8 @@ def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple 
         fig.add_annotation(x=(xs[k] + xs[k + 1]) / 2, y=0.62, text=f"N = {n}", showarrow=False, font=dict(size=12),
                            row=1, col=1)
     if single_stage is not None:
-        fig.add_annotation(x=xs[-1], y=-0.95, text=f"ablation: one stage {teacher_steps} -> {single_stage[0]} (N = {single_stage[1]})",
-                           showarrow=False, font=dict(size=12, color="#555"), row=1, col=1)
+        fig.add_annotation(x=xs[-1] + 0.7, y=-0.95, text=f"ablation: one stage {teacher_steps} -> {single_stage[0]} (N = {single_stage[1]})",
+                           showarrow=False, xanchor="right", font=dict(size=12, color="#555"), row=1, col=1)
     fig.update_xaxes(visible=False, range=[xs[0] - 1, xs[-1] + 1], row=1, col=1)
     fig.update_yaxes(visible=False, range=[-1.2, 1.0], row=1, col=1)
     # bottom panel: a sketch of one student step from t_k to t_{k+1} = t_k - T/M against the frozen
@@ -1061,7 +1057,7 @@ def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple 
     fig.add_annotation(x=tk1, y=curve(tk1), text="teacher end at t_k+1", showarrow=True, ax=40, ay=-35, row=2, col=1)
     fig.update_xaxes(title_text="time t (sampling runs from 1 to 0)", autorange="reversed", row=2, col=1)
     fig.update_yaxes(title_text="a coordinate of x", row=2, col=1)
-    return style(fig, "Endpoint-only distillation", None, None, height=640)
+    return style(fig, "Endpoint-only distillation", None, None, height=640, legend="bottom")
 
 
 def ratio_bars_figure(labels: list[str], groups: dict, title: str, y_title: str, reference: float | None = 1.0):
