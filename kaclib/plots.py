@@ -101,14 +101,15 @@ def _legend_rows(fig) -> int:
     """Rows a horizontal legend needs at the book's width (greedy packing of the entries)."""
     names, seen = [], set()
     for tr in fig.data:
-        if tr.showlegend is False or not tr.name:
+        # some trace types (go.Image, ...) have no legend properties at all
+        if getattr(tr, "showlegend", False) is False or not getattr(tr, "name", None):
             continue
-        key = tr.legendgroup or tr.name
+        key = getattr(tr, "legendgroup", None) or tr.name
         if key in seen:
             continue
         seen.add(key)
         names.append(tr.name)
-    if len(names) < 2 and not any(tr.showlegend for tr in fig.data):
+    if len(names) < 2 and not any(getattr(tr, "showlegend", False) for tr in fig.data):
         return 0
     rows, used = 1, 0
     for n in names:

@@ -177,3 +177,13 @@ def test_colors_by_series_name():
 def test_html_table_escapes():
     html = plots.html_table(["a", "b<"], [[1, "<x>"]], caption="cap")
     assert "&lt;x&gt;" in html and "b&lt;" in html and "cap" in html
+
+
+def test_style_accepts_traces_without_legend_properties():
+    """go.Image has no showlegend/legendgroup: styling a figure of RGB tiles must not crash."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Image(z=np.zeros((4, 4, 3), dtype=np.uint8)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], name="line"))
+    assert plots.style(fig) is not None
