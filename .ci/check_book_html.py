@@ -10,7 +10,11 @@ page is loaded from disk (``file://``) with the network emulated offline, and th
   plot with its ``svg.main-svg`` and at least one trace;
 * the page requested anything that is not a local file (``http(s)://`` etc.) or a request failed;
 * the page logged a console error or threw an uncaught exception;
-* an ``<img>`` did not load, or MathJax reported an error.
+* an ``<img>`` did not load, or MathJax reported an error;
+* a plotly slider (``c``, ``xi``, ``w``, time, ...) does not work: every slider of every figure is
+  clicked, with real mouse events, at the end of its rail away from its current step, and the
+  slider must move and the figure's data (trace data, visibility or title) must change
+  (``--no-sliders`` skips this).
 
 Chromium is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``;
 standard library only).  Flags as measured in the project's toolchain notes: ``--headless
@@ -199,7 +203,98 @@ def static_problems(page: Path) -> list[str]:
     return probs
 
 
-def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout: float) -> tuple[list[str], dict]:
+# the sliders of the page's figures, and for one of them: where to click and what the figure shows
+SLIDERS_JS = r"""
+(() => {
+  window.__kacSig = function (gd) {
+    let s = JSON.stringify((gd.data || []).map(t => [t.visible, t.x, t.y, t.z, t.text]));
+    s += JSON.stringify(gd.layout && gd.layout.title && gd.layout.title.text);
+    let h = 0;
+    for (let i = 0; i < s.length; i++) { h = (Math.imul(31, h) + s.charCodeAt(i)) | 0; }
+    return h;
+  };
+  window.__kacSlider = function (i, k, scroll) {
+    const gd = document.querySelectorAll('div.plotly-graph-div')[i];
+    const opts = gd.layout.sliders[k];
+    const n = opts.steps.length, active = opts.active || 0;
+    // plotly draws only the visible sliders, in order
+    const drawnIndex = gd.layout.sliders.slice(0, k).filter(s => s.visible !== false).length;
+    const group = gd.querySelectorAll('.slider-group')[drawnIndex];
+    if (scroll) {
+      for (let e = gd; e; e = e.parentElement) { if (e.tagName === 'DETAILS') { e.open = true; } }  // folded away
+      (group ? group.querySelector('.slider-rail-rect') : gd).scrollIntoView({block: 'center'});
+    }
+    const out = {id: gd.id, n: n, active: active, sig: window.__kacSig(gd),
+                 label: (opts.currentvalue && opts.currentvalue.prefix) || ('slider ' + k)};
+    if (!group) { return JSON.stringify(out); }
+    const touch = group.querySelector('.slider-rail-touch-rect').getBoundingClientRect();
+    const rail = group.querySelector('.slider-rail-rect').getBoundingClientRect();
+    if (touch.width < 4 || rail.height <= 0) { return JSON.stringify(out); }
+    out.target = active < n - 1 ? n - 1 : 0;
+    out.x = out.target === 0 ? touch.left + 2 : touch.right - 2;
+    out.y = rail.top + rail.height / 2;
+    const hit = document.elementFromPoint(out.x, out.y);  // what a reader's click would land on
+    out.covered = !(hit && gd.contains(hit));
+    return JSON.stringify(out);
+  };
+  const list = [];
+  document.querySelectorAll('div.plotly-graph-div').forEach((gd, i) => {
+    const sl = (gd.layout && gd.layout.sliders) || [];
+    sl.forEach((s, k) => { if ((s.steps || []).length > 1 && s.visible !== false) { list.push([i, k]); } });
+  });
+  return JSON.stringify(list);
+})()
+"""
+
+
+def _js(ch: Chromium, session: str, expr: str, timeout: float):
+    res = ch.send("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=session, timeout=timeout)
+    if "exceptionDetails" in res:
+        raise RuntimeError(res["exceptionDetails"].get("exception", {}).get("description") or res["exceptionDetails"].get("text"))
+    value = res.get("result", {}).get("value")
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _click(ch: Chromium, session: str, x: float, y: float) -> None:
+    for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+        ch.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left" if kind != "mouseMoved" else "none",
+                                              "buttons": 1 if kind == "mousePressed" else 0, "clickCount": 1},
+                session=session)
+
+
+def click_sliders(ch: Chromium, session: str, timeout: float) -> tuple[list[str], int]:
+    """Click every plotly slider of the page away from its step; the slider must move and the
+    figure's data change.  Returns (problems, sliders clicked)."""
+    problems, done = [], 0
+    for i, k in _js(ch, session, SLIDERS_JS, timeout) or []:
+        before = _js(ch, session, f"window.__kacSlider({i}, {k}, true)", timeout)
+        name = f"figure {before['id'] or '#' + str(i)}, slider '{before['label'].strip()}'"
+        ch.pump(0.3)  # the scroll settles
+        before = _js(ch, session, f"window.__kacSlider({i}, {k}, false)", timeout)
+        if "x" not in before:
+            problems.append(f"{name}: not drawn or not visible, so it cannot be clicked")
+            continue
+        if before.get("covered"):
+            problems.append(f"{name}: another element covers the slider at ({before['x']:.0f}, {before['y']:.0f})")
+            continue
+        _click(ch, session, before["x"], before["y"])
+        deadline = time.monotonic() + 5.0
+        while True:
+            ch.pump(0.1)
+            after = _js(ch, session, f"window.__kacSlider({i}, {k}, false)", timeout)
+            moved, changed = after["active"] != before["active"], after["sig"] != before["sig"]
+            if (moved and changed) or time.monotonic() > deadline:
+                break
+        done += 1
+        if not moved:
+            problems.append(f"{name}: a click on the rail did not move it (step {before['active']} of {before['n']})")
+        elif not changed:
+            problems.append(f"{name}: moved to step {after['active']} but the figure's data did not change")
+    return problems, done
+
+
+def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout: float,
+               sliders: bool = True) -> tuple[list[str], dict]:
     url = page.resolve().as_uri()
     target = ch.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = ch.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -231,6 +326,13 @@ def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout
         if info.get("drawn", 0) >= info.get("graphs", 0) or time.monotonic() > probe_deadline:
             break
         ch.pump(0.5)
+    if sliders and info.get("drawn", 0) >= info.get("graphs", 0):
+        try:
+            slider_problems, info["sliders"] = click_sliders(ch, session, timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            slider_problems, info["sliders"] = [f"slider check failed: {str(exc).splitlines()[0]}"], 0
+        problems += slider_problems
+        ch.send("Runtime.evaluate", {"expression": "window.scrollTo(0, 0)"}, session=session)
     ch.pump(0.5)  # late console messages
     if info.get("undrawn"):
         problems.append(f"{len(info['undrawn'])} of {info['graphs']} plotly figure(s) did not draw: {', '.join(info['undrawn'][:5])}")
@@ -289,6 +391,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", default=[], help="only pages matching this glob (repeatable)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per page to load and draw (default 60)")
     ap.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH)")
+    ap.add_argument("--no-sliders", action="store_true", help="do not click the plotly sliders")
     args = ap.parse_args(argv)
 
     root = Path(args.build)
@@ -314,27 +417,28 @@ def main(argv=None) -> int:
         print(f"check_book_html: could not start {binary}: {exc}", file=sys.stderr)
         return 2
     failures: dict[str, list[str]] = {}
-    total_figs = 0
+    total_figs = total_sliders = 0
     t0 = time.monotonic()
     try:
         for page in pages:
             rel = str(page.relative_to(root))
             probs = static_problems(page)
             try:
-                p2, info = check_page(ch, page, root, shots, args.timeout)
+                p2, info = check_page(ch, page, root, shots, args.timeout, sliders=not args.no_sliders)
             except Exception as exc:
                 p2, info = [f"checker error: {exc}"], {}
             probs += p2
             total_figs += int(info.get("drawn", 0))
+            total_sliders += int(info.get("sliders", 0))
             status = "ok  " if not probs else "FAIL"
             print(f"[{status}] {rel}: {info.get('drawn', 0)}/{info.get('graphs', 0)} plotly figures drawn, "
-                  f"MathJax {info.get('mathjax', '?')}", flush=True)
+                  f"{info.get('sliders', 0)} sliders clicked, MathJax {info.get('mathjax', '?')}", flush=True)
             if probs:
                 failures[rel] = probs
     finally:
         ch.close()
     dt = time.monotonic() - t0
-    print(f"checked {len(pages)} pages, {total_figs} figures drawn, in {dt:.1f} s")
+    print(f"checked {len(pages)} pages, {total_figs} figures drawn, {total_sliders} sliders clicked, in {dt:.1f} s")
     if failures:
         print("\nProblems:")
         for rel, probs in failures.items():

@@ -1,11 +1,17 @@
-"""Kac core benchmark: our exact table-free sampler and closed-form velocity against the official
-Kac-flow code's method (an inverse-CDF table over a grid of times with bilinear interpolation,
-velocity in float64), implemented here from its description and run in the same process.
+"""Kac core benchmark, all in one process:
 
-    python benchmarks/kac_core.py            # full run (about 2 minutes on 2 cores)
-    python benchmarks/kac_core.py --quick    # small sizes, for a smoke check
+1. our exact table-free sampler and closed-form velocity against the official Kac-flow code's
+   method (an inverse-CDF table over a grid of times with bilinear interpolation, velocity in
+   float64), implemented here from its description;
+2. latents for 1,000 digits (1x8x8): the counter-based per-image latents of
+   ``kaclib.evaluation.image_latents`` (Kac and Gaussian paths) against ``torch.randn`` of the same
+   shape, and against the former per-image ``torch.Generator`` loop;
+3. the 1-step students' end-to-end sampling time (latents + one Euler step = one pass of the cpu
+   profile's UNet, through ``kaclib.evaluation.generate``), Kac path against Gaussian path.  The
+   networks are untrained: the time depends only on the architecture.
 
-Writes benchmarks/results/kac_core.json.
+    python benchmarks/kac_core.py --threads 1    # full run (a few minutes), writes results/kac_core.json
+    python benchmarks/kac_core.py --quick        # small sizes, a correctness run (writes nothing)
 """
 
 from __future__ import annotations
@@ -93,10 +99,70 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def legacy_image_latents(path, n: int, image_shape, seed: int = 0) -> torch.Tensor:
+    """The former per-image latents: one ``torch.Generator`` per image, in a Python loop."""
+    from kaclib.train import step_seed
+
+    out = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(step_seed(seed, i))
+        out.append(path.sample_latent((1, *image_shape), generator=g, dtype=torch.float32))
+    return torch.cat(out)
+
+
+def latent_timing(n: int, repeats: int) -> dict:
+    """Seconds for the latents of ``n`` digits (1x8x8) on the cpu profile's Kac path and the
+    Gaussian path, against ``torch.randn`` of the same shape (best of ``repeats``)."""
+    from kaclib.evaluation import image_latents
+    from kaclib.paths import GaussianPath, KacPath
+    from kaclib.profiles import get_profile
+
+    prof = get_profile("cpu")
+    kac = KacPath(prof.kac_a, prof.kac_c, f=prof.kac_f, g=prof.kac_g)
+    shape = (1, 8, 8)
+    out = {"n": n, "shape": list(shape), "kac_path": repr(kac)}
+    out["randn_s"] = best_time(lambda: torch.randn(n, *shape), repeats)
+    out["kac_s"] = best_time(lambda: image_latents(kac, n, shape), repeats)
+    out["gaussian_s"] = best_time(lambda: image_latents(GaussianPath(), n, shape), repeats)
+    out["kac_legacy_loop_s"] = best_time(lambda: legacy_image_latents(kac, n, shape), max(1, repeats // 3))
+    out["kac_over_randn"] = out["kac_s"] / out["randn_s"]
+    out["gaussian_over_randn"] = out["gaussian_s"] / out["randn_s"]
+    out["legacy_over_new"] = out["kac_legacy_loop_s"] / out["kac_s"]
+    return out
+
+
+def student_timing(n: int, repeats: int) -> dict:
+    """End-to-end seconds of a 1-step student (latents + one Euler step through
+    ``kaclib.evaluation.generate``) on the Kac and the Gaussian path, same UNet (the cpu profile's
+    preset), untrained weights; best of ``repeats``."""
+    from kaclib.evaluation import generate
+    from kaclib.models import build_model, get_preset
+    from kaclib.paths import GaussianPath, KacPath
+    from kaclib.profiles import get_profile
+
+    prof = get_profile("cpu")
+    paths = {"kac": KacPath(prof.kac_a, prof.kac_c, f=prof.kac_f, g=prof.kac_g), "gaussian": GaussianPath()}
+    out = {"n": n, "preset": prof.model_preset, "solver": "euler, 1 step, w = 1 (one network pass)",
+           "weights": "untrained (timing depends only on the architecture)"}
+    for name, path in paths.items():
+        torch.manual_seed(0)
+        model = build_model(get_preset(prof.model_preset, head="free"))
+        best = {"total_s": float("inf")}
+        for r in range(repeats + 1):  # the first run warms up
+            t0 = time.perf_counter()
+            g = generate(model, path, n, 1, method="euler", w=1.0, seed=r)
+            total = time.perf_counter() - t0
+            if r and total < best["total_s"]:
+                best = {"total_s": total, "latent_s": g.latent_seconds, "network_s": g.seconds}
+        out[name] = best
+    out["kac_over_gaussian"] = out["kac"]["total_s"] / out["gaussian"]["total_s"]
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small table and sample sizes")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="small sizes, a correctness run (writes nothing)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -105,6 +171,7 @@ def main(argv=None) -> dict:
     M = 1000 if args.quick else 10_000
     n_ks = 20_000 if args.quick else 100_000
     repeats = 3 if args.quick else 9
+    n_images = 200 if args.quick else 1000
 
     # ---- set-up: ours has none; the table is built once per (a, c)
     rss0 = max_rss_mb()
@@ -112,7 +179,8 @@ def main(argv=None) -> dict:
     table = TableSampler(proc, M=M)
     build_s = time.perf_counter() - t0
     setup = {
-        "ours": {"build_seconds": 0.0, "bytes": 0, "note": "no set-up: exact Poisson/Gamma/Beta construction"},
+        "ours": {"build_seconds": 0.0, "bytes": 0,
+                 "note": "no stored table: exact Poisson (per-call CDF of a few dozen terms per distinct time) / Beta construction"},
         "table": {"build_seconds": build_s, "bytes": table.nbytes, "M": M, "Q": table.Q,
                   "peak_rss_increase_mb": max_rss_mb() - rss0},
     }
@@ -145,9 +213,17 @@ def main(argv=None) -> dict:
             "bound_99": ks_bound_99(n_ks),
         }
 
+    # ---- latents and 1-step students, end to end
+    latents = latent_timing(n_images, 3 * repeats)
+    students = student_timing(n_images, repeats)
+
+    cifar = speed["cifar10 128x3x32x32"]
     targets = {
-        "sample_speedup_ge_2": all(r["sample_speedup"] >= 2 for r in speed.values()),
+        "sample_speedup_cifar_ge_1": cifar["sample_speedup"] >= 1,
+        "sample_speedup_cifar_ge_2 (stretch)": cifar["sample_speedup"] >= 2,
         "velocity_speedup_ge_2": all(r["velocity_speedup"] >= 2 for r in speed.values()),
+        "kac_latents_within_10x_randn": latents["kac_over_randn"] <= 10,
+        "kac_1step_student_within_1.3x_gaussian": students["kac_over_gaussian"] <= 1.3,
         "ks_not_worse": all(v["ours"] <= max(v["table"], v["bound_99"]) for v in ks.values()),
         "setup_under_1s_64mb": setup["ours"]["build_seconds"] <= 1 and setup["ours"]["bytes"] <= 64 * 2**20,
     }
@@ -161,20 +237,37 @@ def main(argv=None) -> dict:
     print(format_table(["s", "KS ours", "KS table", "99% bound"],
                        [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()]))
     print()
+    lat_rows = [["torch.randn", latents["randn_s"] * 1e3, 1.0],
+                ["Gaussian path (counter-based)", latents["gaussian_s"] * 1e3, latents["gaussian_over_randn"]],
+                [f"Kac path {latents['kac_path']} (counter-based)", latents["kac_s"] * 1e3, latents["kac_over_randn"]],
+                ["Kac path, former per-image generators", latents["kac_legacy_loop_s"] * 1e3,
+                 latents["kac_legacy_loop_s"] / latents["randn_s"]]]
+    print(format_table([f"latents of {n_images} digits", "ms", "x randn"], lat_rows))
+    print()
+    stu_rows = [[k, students[k]["total_s"], students[k]["latent_s"], students[k]["network_s"]] for k in ("kac", "gaussian")]
+    print(format_table([f"1-step student, {n_images} digits", "total s", "latents s", "network s"], stu_rows))
+    print()
     print(f"set-up: ours none; table {M} x {table.Q} built in {build_s:.1f} s, {table.nbytes / 2**20:.0f} MB")
     print("targets:", targets)
     summary = "\n\n".join([
-        f"Kac process `(a, c) = ({a:g}, {c:g})`, values per second (best of {repeats}), {torch.get_num_threads()} thread(s):",
+        f"Kac process `(a, c) = ({a:g}, {c:g})`, values per second (best of {repeats}), {torch.get_num_threads()} thread(s), "
+        "one time per image drawn from U[0, 1]:",
         markdown_table(["shape", "sample: ours", "sample: table", "speed-up", "velocity: ours", "velocity: table (float64)", "speed-up"],
                        [[k, r["ours_sample"], r["table_sample"], round(r["sample_speedup"], 2), r["ours_velocity"],
                          r["table_velocity"], round(r["velocity_speedup"], 2)] for k, r in speed.items()]),
         f"Kolmogorov-Smirnov distance to the exact CDF ({n_ks:,} draws):",
         markdown_table(["s", "ours", "table", "99% bound"], [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()]),
+        f"Latents of {n_images:,} digits (1x8x8), one seed per image (`kaclib.evaluation.image_latents`, best of {3 * repeats}):",
+        markdown_table(["latents", "ms", "x torch.randn"], [[r[0], round(r[1], 3), round(r[2], 1)] for r in lat_rows]),
+        f"1-step students, {n_images:,} digits end to end (latents + one pass of the `{students['preset']}` UNet, "
+        f"untrained weights, best of {repeats}): Kac {students['kac']['total_s']:.3f} s "
+        f"(latents {students['kac']['latent_s']:.4f} s), Gaussian {students['gaussian']['total_s']:.3f} s "
+        f"(latents {students['gaussian']['latent_s']:.4f} s): {students['kac_over_gaussian']:.2f}x.",
         f"Set-up: ours none; the table ({M:,} times x {table.Q} quantiles) took {build_s:.1f} s and "
         f"{table.nbytes / 2**20:.0f} MB. Targets: " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in targets.items()) + ".",
     ])
-    payload = {"a": a, "c": c, "quick": args.quick, "summary_markdown": summary, "throughput_values_per_s": speed, "ks": ks, "setup": setup,
-               "targets": targets}
+    payload = {"a": a, "c": c, "quick": args.quick, "summary_markdown": summary, "throughput_values_per_s": speed, "ks": ks,
+               "latents": latents, "students_1step": students, "setup": setup, "targets": targets}
     if not args.no_write and not args.quick:
         print("wrote", write_results("kac_core", payload))
     return payload

@@ -1,6 +1,6 @@
 """Fill the README's measured blocks from the committed benchmark results.
 
-    python benchmarks/render_readme.py
+    python benchmarks/render_readme.py [NAME ...]
 
 Each block ``<!-- bench:NAME --> ... <!-- /bench:NAME -->`` is replaced by the ``summary_markdown`` of
 ``benchmarks/results/NAME.json``, followed by the command and the machine that produced it.
@@ -10,53 +10,75 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kaclib.tables import COMPARISON_HEADER, comparison_rows, markdown_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _md(header, rows) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-
 def _floor_note(res) -> str:
     f = res["floor"]
-    return (f"Floor column: real held-out digits (n = {f.get('n', 359)}) against the train statistics, "
-            f"{f['fid']:.3f}. The feature network was trained on the train split, so generated sets that "
-            "resemble the training images score *below* it: read differences against the seed spread.")
+    return (f"Floor: unseen real images (the `test` split: no generator, feature net or reference statistic saw "
+            f"them), class-balanced like the generated sets, n = {f['n']}: {res.get('metric', res.get('metric_name'))} "
+            f"{f['fid']:.3f}, KID {f['kid']:.3f}. `±` is the half-width of the 95% confidence interval over seeds.")
+
+
+def _comparisons(res) -> str:
+    return "Paired comparisons (per-seed differences, shared latents; verdict from the 95% CI):\n\n" + markdown_table(
+        COMPARISON_HEADER, comparison_rows(res["comparisons"]))
 
 
 def _teacher(res) -> str:
-    t = res["tables"]
-    s = res["settings"]
+    t, s = res["tables"], res["settings"]
     return "\n\n".join([
-        f"Teachers: {s['train_steps']} training steps, {len(s['seeds'])} seeds (mean ± spread), "
-        f"{s['n_eval']} images per FID-digits, {s['threads']} thread.",
-        "```text\n" + t["headline"] + "\n```",
+        f"Teachers ({s['train_steps']} training steps; under-trained: {s['under_trained_steps']}), seeds {s['seeds']}, "
+        f"n = {s['n_eval']} images per estimate, {s['threads']} thread. Guidance (AB-2):",
         "```text\n" + t["guidance"] + "\n```",
-        _floor_note(res),
+        f"Solvers at equal NFE: paired RMSE to the {s['reference']} reference, and FID:",
+        "```text\n" + t["solvers"] + "\n```",
+        _floor_note(res), _comparisons(res),
     ])
 
 
 def _ladder(res) -> str:
-    tab = res["table"]
-    tim = res["timing"]["sample_s_per_1000"]
-    tg = res["targets"]
-    return "\n\n".join([
-        f"FID-digits (mean ± spread over seeds {res['seeds']}), n = {res['n_eval']}; equal budgets "
+    tab, tg = res["table"], res["targets"]
+    parts = [
+        f"{res['metric']} (mean ± 95% CI over seeds {res['seeds']}), n = {res['n_eval']}; equal budgets "
         f"({res['budget']['kac']['iters']} student iterations, {res['budget']['kac']['teacher_passes']:,} "
         "teacher passes x samples) for the ladder and the single stage:",
-        _md(tab["header"], tab["rows"]),
-        f"Best 1-step student / 100-step teacher: {tg['best_1step_fid_over_teacher100']:.2f} "
-        f"(target 1.5). Back-to-back sampling time per 1,000 images: 1-step student "
-        f"{tim['student_1']:.2f} s, guided 100-step teacher {tim['teacher_100']:.1f} s "
-        f"({tim['teacher_100'] / tim['student_1']:.0f}x). Benchmark wall time {tg['benchmark_minutes']:.1f} min.",
-        _floor_note(res),
-    ])
+        markdown_table(tab["header"], tab["rows"]),
+        f"Best 1-step student / {res['distill_config']['ladder'][0]}-step teacher: "
+        f"{tg['best_1step_fid_over_teacher100']:.2f} (target 1.5).",
+    ]
+    tim = res.get("timing", {}).get("sample_s_per_1000")
+    if tim:
+        top = res["distill_config"]["ladder"][0]
+        parts.append(f"Back-to-back sampling time per 1,000 images, latents included: 1-step student {tim['student_1']:.3f} s"
+                     + (f" (Gaussian-path 1-step student {tim['gaussian_student_1']:.3f} s)" if "gaussian_student_1" in tim else "")
+                     + f", {top}-step teacher {tim[f'teacher_{top}']:.2f} s.")
+    return "\n\n".join(parts + [_floor_note(res), _comparisons(res)])
 
 
-RENDERERS = {"teacher": _teacher, "ladder": _ladder}
+def _metric_sanity(res) -> str:
+    parts = []
+    for name, r in res["datasets"].items():
+        rows = [[k, f"{v['fid']['mean']:.3f} ± {v['fid']['half_width']:.3f}", f"{v['kid']['mean']:.3f} ± {v['kid']['half_width']:.3f}",
+                 f"{v['precision']['mean']:.3f}", f"{v['recall']['mean']:.3f}", f"{v['memorisation_ratio']['mean']:.3f}"]
+                for k, v in r["results"].items()]
+        mono = ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in r["monotone"].items())
+        parts += [f"**{name}**: feature net from {r['protocol']['feature_net']} (accuracy on `test` "
+                  f"{r['protocol']['feature_net_test_accuracy']:.3f}); reference: {r['protocol']['reference']}; "
+                  f"n = {r['n']}, seeds {r['seeds']}.",
+                  markdown_table(["set", "FID", "KID", "precision", "recall", "memorisation ratio"], rows),
+                  f"Monotone in the strength of each degradation: {mono}.",
+                  markdown_table(COMPARISON_HEADER, comparison_rows(r["comparisons"]))]
+    return "\n\n".join(parts)
+
+
+RENDERERS = {"teacher": _teacher, "ladder": _ladder, "metric_sanity": _metric_sanity}
 
 
 def render_block(name: str) -> str | None:
@@ -73,10 +95,11 @@ def render_block(name: str) -> str | None:
             f" (commit {m.get('git_commit', '?')}).\n\n{summary}")
 
 
-def main() -> None:
+def main(names: list[str] | None = None) -> None:
+    """Render every block of the README (or only ``names``)."""
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name in re.findall(r"<!-- bench:([\w-]+) -->", text):
+    for name in names or re.findall(r"<!-- bench:([\w-]+) -->", text):
         block = render_block(name)
         if block is None:
             continue
@@ -87,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

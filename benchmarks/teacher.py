@@ -1,34 +1,27 @@
-"""The guided Kac-flow teacher on digits, against the Gaussian-path peer (same network, budget, seed).
+"""The Kac-flow teacher on digits, on the held-out protocol: guidance, solvers, finite speed.
 
-Trains (or loads from the artifact cache, :func:`kaclib.evaluation.get_teacher`) the ``cpu``
-profile's Kac teacher config (:func:`kaclib.evaluation.teacher_config`: ``kac_a``, ``kac_c``,
-``kac_g``, ``head``) and its Gaussian-path peer for each seed -- by default with a reduced budget
-(1200 steps, EMA 0.995) that fits a busy 2-core machine; ``--train-steps 0 --ema-decay 0`` uses the
-profile's own budget (the teachers the book trains) -- then measures with FID-digits
-(the feature-net FID: NOT comparable with Inception FIDs) and class accuracy:
+For each training seed ``s`` this trains (or loads from the artifact cache,
+:func:`kaclib.evaluation.get_teacher`) the profile's Kac teacher, its Gaussian-path peer (same
+network, budget and seed) and an under-trained Kac teacher (``--under-steps``), samples every set
+from the same latents (seed ``1000 + s``) and scores it with :class:`kaclib.evaluation.Evaluator`
+(FID-<dataset> on the project's own feature net, KID, precision / recall, accuracy):
 
-1. guidance sweep: AB-2, 100 steps, ``w`` in {0, 1, 1.2, 1.5, 2, 3} for the Kac teacher; the best
-   mean ``w*`` is the guided teacher.  The peer is scored at ``w`` in {0, 1, w*};
-2. headline: Euler, midpoint and AB-2 at 100 steps and ``w*`` (true NFE and network passes);
-3. steps without distillation: AB-2 at 1, 2, 4, 20, 100 steps and ``w*``;
-4. the learned Kac velocity against the finite-speed bounds (``c sqrt(d)`` and per coordinate
-   ``|f'| + g' c``), conditional and guided (the exact guided field's bound is ``(2w - 1)`` times
-   that for ``w >= 1``);
-5. training and sampling time.
+1. guidance: ``w`` on a grid that covers both readings of the paper's 1.2 (``v_u + w (v_c - v_u)``
+   gives 1.2; ``(1 + w') v_c - w' v_u`` gives ``w = 1 + w' = 2.2``) and beyond, at 100 AB-2 steps,
+   at 4 AB-2 steps and for the under-trained teacher;
+2. solvers at equal NFE (4 - 20) against a 1,000-step AB-2 reference from the same latents:
+   the paired per-image RMSE (free of feature-net noise) and FID;
+3. the learned velocity against the right finite-speed bound ``|f'(t)| + g'(t) c`` per coordinate,
+   along the sampling trajectories (:mod:`kaclib.velocity_checks`), conditional and guided;
+4. the paired comparisons of the claims, with 95% CIs and verdicts (:mod:`kaclib.stats`).
 
-Headline numbers are the mean and the spread (half the range) over the seeds, with the metric's
-floor (real val images against the same train statistics) beside them.  Teachers are cached by
-their resolved config, so runs with the same budget (the book, the ladder benchmark) reuse them.
-
-    python benchmarks/teacher.py                 # default: 2 seeds, 1200 training steps, n = 400 per FID
-    python benchmarks/teacher.py --train-steps 0 --ema-decay 0   # the profile's own budget (4000 steps)
-    python benchmarks/teacher.py --quick         # a smoke run of the script (tiny budget, no JSON)
+    python benchmarks/teacher.py                    # cpu profile, seeds 0,1,2: results/teacher.json
+    python benchmarks/teacher.py --quick            # a smoke run of the script (writes no JSON)
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,237 +31,168 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_results  # noqa: E402
 
-from kaclib import runs  # noqa: E402
-from kaclib.data import load_dataset  # noqa: E402
-from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config, teacher_dir  # noqa: E402
-from kaclib.guidance import GuidedVelocity, guided_bound  # noqa: E402
-from kaclib.metrics import velocity_norm_stats  # noqa: E402
+from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config  # noqa: E402
+from kaclib.guidance import GuidedVelocity  # noqa: E402
 from kaclib.profiles import get_profile  # noqa: E402
+from kaclib.sample_quality import paired_rmse  # noqa: E402
+from kaclib.solvers import time_grid  # noqa: E402
+from kaclib.stats import compare, mean_ci  # noqa: E402
 from kaclib.train import load_run  # noqa: E402
+from kaclib.velocity_checks import trajectory_bound_stats  # noqa: E402
 
-WS = (0.0, 1.0, 1.2, 1.5, 2.0, 3.0)
-STEPS = (1, 2, 4, 20, 100)
-SOLVERS = ("euler", "midpoint", "ab2")
-VEL_TIMES = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0)
-
-
-def mean_spread(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (max(values) - min(values)) / 2
-
-
-def pm(values, digits=3):
-    m, s = mean_spread(values)
-    if m is None:
-        return "-"
-    return f"{m:.{digits}f}" if len(values) < 2 else f"{m:.{digits}f} ± {s:.{digits}f}"
+WS = (0.0, 1.0, 1.2, 1.5, 2.0, 2.2, 3.0)
+NFES = (4, 8, 12, 20)
+SOLVER_STEPS = {"euler": 1, "midpoint": 2, "ab2": 1}  # NFE per step
+METRICS = ("fid", "kid", "precision", "recall", "accuracy")
 
 
 class Bench:
-    def __init__(self, evaluator, n, sample_seed, teacher_steps, progress):
-        self.evaluator, self.n, self.sample_seed = evaluator, n, sample_seed
-        self.teacher_steps, self.progress = teacher_steps, progress
-        self.rows = []
+    """Scores of named rows, one value per seed in the order of ``seeds``."""
 
-    def score(self, name, seed, run, steps, method, w):
-        for r in self.rows:
-            if (r["path"], r["seed"], r["steps"], r["method"], r["w"]) == (name, seed, steps, method, w):
-                return r
-        gen = generate(run.model, run.path, self.n, steps, method=method, w=w, seed=self.sample_seed,
-                       progress=self.progress)
-        sc = self.evaluator.score(gen.images, gen.labels)
-        row = {"path": name, "seed": seed, "fid": sc.fid, "accuracy": sc.accuracy, **gen.summary()}
-        self.rows.append(row)
-        return row
+    def __init__(self, evaluator, n, seeds, progress):
+        self.ev, self.n, self.seeds, self.progress = evaluator, n, seeds, progress
+        self.values: dict[str, dict[str, list]] = {}
+        self.meta: dict[str, dict] = {}
 
-    def get(self, name, steps, method, w, key="fid"):
-        return [r[key] for r in self.rows if (r["path"], r["steps"], r["method"], r["w"]) == (name, steps, method, w)]
+    def run(self, row, seed, run, steps, method, w, reference=None, **extra):
+        g = generate(run.model, run.path, self.n, steps, method=method, w=w, seed=1000 + seed, progress=self.progress)
+        sc = self.ev.score(g.images, g.labels).to_dict()
+        vals = {m: sc[m] for m in METRICS}
+        if reference is not None:
+            vals["paired_rmse_to_reference"] = float(paired_rmse(g.images, reference).mean())
+        for m, v in vals.items():
+            self.values.setdefault(row, {}).setdefault(m, []).append(v)
+        self.meta[row] = {"steps": steps, "method": method, "w": w, "nfe": g.nfe, "network_passes": g.network_passes,
+                          **extra}
+        return g
+
+    def summary(self) -> dict:
+        return {row: {**self.meta[row], **{m: {"values": v, **mean_ci(v).to_dict()} for m, v in ms.items()}}
+                for row, ms in self.values.items()}
+
+    def cell(self, row, m="fid", d=3):
+        if row not in self.values:
+            return "-"
+        ci = mean_ci(self.values[row][m])
+        return f"{ci.mean:.{d}f} ± {ci.half_width:.{d}f}"
 
 
-def train_info(run_dir: Path, wall: float, cached: bool) -> dict:
-    log = runs.read_jsonl(run_dir / runs.METRICS_FILE)
-    last = log[-1] if log else {}
-    return {"train_seconds": last.get("elapsed_s"), "seconds_per_step": (last.get("elapsed_s") or 0) / max(last.get("step", 1), 1),
-            "final_loss": last.get("loss"), "wall_this_call": wall, "cached": cached, "run_dir": str(run_dir)}
+def comparisons(bench: Bench, steps: int) -> list[dict]:
+    v, out = bench.values, []
 
+    def add(claim, a, b, metrics=("fid", "kid"), direction="<"):
+        for m in metrics:
+            if a in v and b in v:
+                out.append(compare(claim, m, a, v[a][m], b, v[b][m], direction=direction).to_dict())
 
-def velocity_rows(run, data, w_star, seed):
-    gen = torch.Generator().manual_seed(seed)
-    cond = velocity_norm_stats(run.model, run.path, data, VEL_TIMES, n=256, generator=gen, y="data")
-    guided_field = GuidedVelocity(run.model, w_star, 10)
-    gen = torch.Generator().manual_seed(seed)
-    guided = velocity_norm_stats(guided_field, run.path, data, VEL_TIMES, n=256, generator=gen, y="data")
-    out = []
-    for i, t in enumerate(VEL_TIMES):
-        out.append({
-            "t": t, "speed_bound": cond.speed_bound, "norm_bound": cond.norm_bound[i],
-            "model_norm_mean": cond.model_norm_mean[i], "model_norm_max": cond.model_norm_max[i],
-            "target_norm_max": cond.target_norm_max[i],
-            "coord_ratio_max": cond.coord_ratio_max[i], "violation_fraction": cond.violation_fraction[i],
-            "target_coord_ratio_max": cond.target_coord_ratio_max[i],
-            "guided_w": w_star, "guided_norm_max": guided.model_norm_max[i],
-            "guided_coord_ratio_max": guided.coord_ratio_max[i],
-            "guided_bound_factor": guided_bound(w_star, 1.0),
-        })
+    add("guidance helps: the conditional field (w = 1) beats unconditional sampling (w = 0)",
+        f"kac/w=1/{steps}", f"kac/w=0/{steps}")
+    for setting in (f"{steps}", "4", f"{steps}/under-trained"):
+        for w in (1.2, 2.2, 2.0):
+            add(f"w = {w:g} beats w = 1 ({setting} steps)" if "under" not in setting else
+                f"w = {w:g} beats w = 1 (under-trained teacher, {steps} steps)",
+                f"kac/w={w:g}/{setting}", f"kac/w=1/{setting}")
+    add(f"the Kac teacher beats the Gaussian-path peer ({steps} AB-2 steps, w = 1)", f"kac/w=1/{steps}",
+        f"gaussian/w=1/{steps}")
+    for nfe in NFES:
+        for s in ("ab2", "midpoint"):
+            add(f"{s} is closer than Euler to the 1,000-step reference at NFE {nfe}", f"solver/{s}/nfe={nfe}",
+                f"solver/euler/nfe={nfe}", metrics=("paired_rmse_to_reference",))
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    ap.add_argument("--profile", default="cpu", help="profile whose teacher is benchmarked (default cpu)")
-    ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1)")
-    ap.add_argument("--n-eval", type=int, default=400, help="generated images per FID (default 400)")
-    ap.add_argument("--train-steps", type=int, default=1200,
-                    help="training steps of every teacher (default 1200: a reduced budget that fits this shared "
-                         "machine; 0 = the profile's train_steps)")
-    ap.add_argument("--ema-decay", type=float, default=0.995,
-                    help="EMA decay (default 0.995 for the reduced budget; 0 = TrainConfig's default 0.999)")
-    ap.add_argument("--train-only", default=None, metavar="PATHS",
-                    help="only train (or find cached) the teachers of these paths (kac,gaussian), then exit")
-    ap.add_argument("--sample-seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="tiny budget to check the script (writes no JSON)")
-    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--profile", default="cpu")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    ap.add_argument("--n-eval", type=int, default=None, help="images per estimate (default: the profile's, capped "
+                                                              "at the unseen real images of the floor)")
+    ap.add_argument("--under-steps", type=int, default=300, help="training steps of the under-trained teacher")
+    ap.add_argument("--quick", action="store_true", help="smoke profile, one seed, no JSON")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    prof = get_profile("smoke" if args.quick else args.profile)
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    ev = Evaluator(prof.dataset)
+    n = min(args.n_eval or prof.n_eval, ev.max_n)
+    S = prof.teacher_steps
+    under = min(args.under_steps, prof.train_steps)
+    bench = Bench(ev, n, seeds, args.progress)
+    floors = [ev.floor(n, seed=s) for s in seeds]
+    velocity, training = {}, {}
 
-    prof = get_profile(args.profile)
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [0, 1]
-    changes = {}
-    if args.train_steps:
-        changes["steps"] = args.train_steps
-    if args.ema_decay:
-        changes["ema_decay"] = args.ema_decay
-    n = args.n_eval
-    if args.quick:
-        changes, n, seeds, args.no_save = {"steps": 20}, 40, seeds[:1], True
-    teacher_steps = prof.teacher_steps
+    for s in seeds:
+        dirs = {name: get_teacher(cfg, progress=args.progress) for name, cfg in {
+            "kac": teacher_config(prof, seed=s), "gaussian": teacher_config(prof, path="gaussian", seed=s),
+            "under": teacher_config(prof, seed=s, steps=under)}.items()}
+        training[s] = {k: str(d) for k, d in dirs.items()}
+        runs_ = {k: load_run(d) for k, d in dirs.items()}
+        kac = runs_["kac"]
+        for w in WS:  # 1. guidance
+            bench.run(f"kac/w={w:g}/{S}", s, kac, S, "ab2", w)
+            bench.run(f"kac/w={w:g}/4", s, kac, 4, "ab2", w)
+            bench.run(f"kac/w={w:g}/{S}/under-trained", s, runs_["under"], S, "ab2", w, train_steps=under)
+        for w in (0.0, 1.0):
+            bench.run(f"gaussian/w={w:g}/{S}", s, runs_["gaussian"], S, "ab2", w)
+        ref = generate(kac.model, kac.path, n, 10 * S, method="ab2", w=1.0, seed=1000 + s).images  # 2. solvers
+        for nfe in NFES:
+            for method, per in SOLVER_STEPS.items():
+                bench.run(f"solver/{method}/nfe={nfe}", s, kac, nfe // per, method, 1.0, reference=ref)
+        velocity[s] = {}  # 3. finite speed along the trajectories
+        for w in (1.0, 2.0):
+            g = generate(kac.model, kac.path, n, S, method="ab2", w=w, seed=1000 + s, return_trajectory=True)
+            field = kac.model if w == 1.0 else GuidedVelocity(kac.model, w, kac.model.cfg.num_classes)
+            velocity[s][f"w={w:g}"] = trajectory_bound_stats(field, kac.path, g.trajectory, time_grid(S),
+                                                            labels=g.labels).to_dict()
+        print(f"seed {s} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
-    if args.train_only:
-        for name in args.train_only.split(","):
-            for seed in seeds:
-                t0 = time.perf_counter()
-                run_dir = get_teacher(teacher_config(prof, path=name, seed=seed, **changes), progress=args.progress)
-                print(f"teacher {name} seed {seed}: {run_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        return 0
-
-    evaluator = Evaluator(prof.dataset)
-    floor = evaluator.floor_scores()
-    data = load_dataset(prof.dataset, "train")
-    bench = Bench(evaluator, n, args.sample_seed, teacher_steps, args.progress)
-    models, training, configs = {}, [], {}
-
-    def save(status):
-        if args.no_save:
-            return
-        write_results("teacher", {"status": status, "rows": bench.rows, "training": training,
-                                  "configs": configs}, command="python " + " ".join(sys.argv))
-
-    # ---- train (or load) every teacher
-    for name in ("kac", "gaussian"):
-        for seed in seeds:
-            cfg = teacher_config(prof, path=name, seed=seed, **changes)
-            configs[f"{name}-{seed}"] = cfg.resolved().to_dict()
-            cached = (teacher_dir(cfg) / "config.json").is_file()
-            t0 = time.perf_counter()
-            run_dir = get_teacher(cfg, progress=args.progress)
-            info = {"path": name, "seed": seed, **train_info(run_dir, time.perf_counter() - t0, cached)}
-            training.append(info)
-            models[(name, seed)] = load_run(run_dir)
-            print(f"teacher {name} seed {seed}: {run_dir} (train {info['train_seconds']:.0f} s"
-                  f"{', cached' if info['cached'] else ''}; {time.perf_counter() - t_start:.0f} s so far)", flush=True)
-    save("partial")
-
-    # ---- 1. guidance sweep (AB-2, 100 steps)
-    for seed in seeds:
-        for w in WS:
-            bench.score("kac", seed, models[("kac", seed)], teacher_steps, "ab2", w)
-        save("partial")
-    w_star = min(WS, key=lambda w: statistics.fmean(bench.get("kac", teacher_steps, "ab2", w)))
-    for seed in seeds:
-        for w in sorted({0.0, 1.0, w_star}):
-            bench.score("gaussian", seed, models[("gaussian", seed)], teacher_steps, "ab2", w)
-    print(f"guidance sweep done: w* = {w_star} ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
-    save("partial")
-
-    # ---- 2. headline solvers at 100 steps and w*; 3. steps without distillation
-    for name in ("kac", "gaussian"):
-        for seed in seeds:
-            for method in SOLVERS:
-                bench.score(name, seed, models[(name, seed)], teacher_steps, method, w_star)
-            for steps in STEPS:
-                bench.score(name, seed, models[(name, seed)], steps, "ab2", w_star)
-        save("partial")
-    print(f"solvers and steps done ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
-
-    # ---- 4. velocity bounds (Kac)
-    velocity = {seed: velocity_rows(models[("kac", seed)], data, w_star, seed) for seed in seeds}
-
-    # ---- tables
-    metric = evaluator.metric_name
-    guided_fid = bench.get("kac", teacher_steps, "ab2", w_star)
-    unguided_fid = bench.get("kac", teacher_steps, "ab2", 0.0)
-    target_met = max(guided_fid) < min(unguided_fid)
-
-    head_rows = []
-    for name in ("kac", "gaussian"):
-        for method in SOLVERS:
-            rs = [r for r in bench.rows if (r["path"], r["steps"], r["method"], r["w"]) == (name, teacher_steps, method, w_star)]
-            head_rows.append([name, method, teacher_steps, w_star, rs[0]["nfe"], rs[0]["network_passes"],
-                              pm([r["fid"] for r in rs]), pm([r["accuracy"] for r in rs]), floor.fid,
-                              pm([r["seconds_per_image"] * 1e3 for r in rs], 2)])
-    t_head = format_table(["path", "solver", "steps", "w", "NFE", "passes", f"{metric} (mean ± spread)", "accuracy",
-                           "floor", "ms/image"], head_rows)
-    w_rows = []
-    for w in WS:
-        w_rows.append([w, pm(bench.get("kac", teacher_steps, "ab2", w)), pm(bench.get("kac", teacher_steps, "ab2", w, "accuracy")),
-                       pm(bench.get("gaussian", teacher_steps, "ab2", w)) if bench.get("gaussian", teacher_steps, "ab2", w) else "-",
-                       bench.get("kac", teacher_steps, "ab2", w, "network_passes")[0]])
-    t_w = format_table(["w", f"Kac {metric}", "Kac accuracy", f"Gaussian {metric}", "passes"], w_rows)
-    s_rows = []
-    for steps in STEPS:
-        kr = [r for r in bench.rows if (r["path"], r["steps"], r["method"], r["w"]) == ("kac", steps, "ab2", w_star)]
-        s_rows.append([steps, kr[0]["nfe"], kr[0]["network_passes"], pm(bench.get("kac", steps, "ab2", w_star)),
-                       pm(bench.get("gaussian", steps, "ab2", w_star))])
-    t_steps = format_table(["AB-2 steps", "NFE", "passes", f"Kac {metric}", f"Gaussian {metric}"], s_rows)
+    metric = ev.metric_name
+    floor = {m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")}
+    comps = comparisons(bench, S)
+    w_rows = [[f"{w:g}", f"{w - 1:g}", bench.cell(f"kac/w={w:g}/{S}"), bench.cell(f"kac/w={w:g}/{S}", "kid"),
+               bench.cell(f"kac/w={w:g}/{S}", "precision"), bench.cell(f"kac/w={w:g}/{S}", "recall"),
+               bench.cell(f"kac/w={w:g}/{S}", "accuracy"), bench.cell(f"kac/w={w:g}/4"),
+               bench.cell(f"kac/w={w:g}/{S}/under-trained")] for w in WS]
+    t_w = format_table(["w", "w' = w - 1", f"{metric} ({S} steps)", "KID", "precision", "recall", "accuracy",
+                        f"{metric} (4 steps)", f"{metric} (under-trained, {under} training steps)"], w_rows)
+    s_rows = [[nfe] + [bench.cell(f"solver/{m}/nfe={nfe}", "paired_rmse_to_reference", 4) for m in SOLVER_STEPS]
+              + [bench.cell(f"solver/{m}/nfe={nfe}") for m in SOLVER_STEPS] for nfe in NFES]
+    t_s = format_table(["NFE"] + [f"RMSE {m}" for m in SOLVER_STEPS] + [f"{metric} {m}" for m in SOLVER_STEPS], s_rows)
     v_rows = []
-    for i, t in enumerate(VEL_TIMES):
-        vs = [velocity[s][i] for s in seeds]
-        v_rows.append([t, max(v["model_norm_max"] for v in vs), vs[0]["speed_bound"], vs[0]["norm_bound"],
-                       max(v["coord_ratio_max"] for v in vs), max(v["violation_fraction"] for v in vs),
-                       max(v["guided_coord_ratio_max"] for v in vs), vs[0]["guided_bound_factor"]])
-    t_vel = format_table(["t", "max ||u_model||", "c sqrt(d)", "(|f'|+g'c) sqrt(d)", "max |u|/coord bound",
-                          "violating coords", f"max |u_w|/coord bound (w={w_star})", "(2w-1) (exact guided)"], v_rows)
-    t_train = format_table(["path", "seed", "train s", "s/step", "final loss", "cached"],
-                           [[r["path"], r["seed"], r["train_seconds"], r["seconds_per_step"], r["final_loss"], r["cached"]]
-                            for r in training])
-    for title, tab in (("headline (100 steps, guided)", t_head), ("guidance sweep (AB-2, 100 steps)", t_w),
-                       ("steps without distillation (AB-2, w*)", t_steps), ("velocity vs the finite-speed bounds (Kac)", t_vel),
-                       ("training", t_train)):
+    for k, t in enumerate(velocity[seeds[0]]["w=1"]["times"]):
+        if k % max(1, S // 10) and k != len(velocity[seeds[0]]["w=1"]["times"]) - 1:
+            continue
+        v_rows.append([f"{t:.2f}", f"{velocity[seeds[0]]['w=1']['bound'][k]:.3f}"]
+                      + [f"{max(velocity[s][w]['ratio_max'][k] for s in seeds):.3f} / "
+                         f"{max(velocity[s][w]['violation_fraction'][k] for s in seeds):.4f}" for w in ("w=1", "w=2")])
+    t_v = format_table(["t", "|f'|+g'c", "w = 1: max ratio / violating", "w = 2: max ratio / violating"], v_rows)
+    mc = {m: mean_ci(v) for m, v in floor.items()}
+    print(f"\n{metric}, n = {n}, seeds {seeds}, mean ± 95% CI half-width; floor (unseen real) "
+          f"{mc['fid'].mean:.3f} ± {mc['fid'].half_width:.3f}, KID {mc['kid'].mean:.3f}")
+    for title, tab in (("guidance", t_w), ("solvers at equal NFE", t_s), ("finite speed along trajectories", t_v)):
         print(f"\n## {title}\n{tab}")
+    print("\n## comparisons")
+    for c in comps:
+        print(f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
+              f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]")
     total = time.perf_counter() - t_start
-    print(f"\nfloor: {metric} {floor.fid:.3f} (real val n = {floor.n}), accuracy {floor.accuracy:.3f}")
-    print(f"target: guided AB-2 (w* = {w_star}) {pm(guided_fid)} vs unguided (w = 0) {pm(unguided_fid)}: "
-          f"{'met' if target_met else 'MISSED'}; total {total:.0f} s")
-
-    if not args.no_save:
+    print(f"total {total:.0f} s")
+    if not args.quick:
         out = write_results("teacher", {
-            "status": "complete",
-            "settings": {"profile": prof.name, "seeds": seeds, "n_eval": n, "sample_seed": args.sample_seed,
-                         "teacher_steps": teacher_steps, "threads": args.threads, "ws": list(WS), "steps": list(STEPS),
-                         "train_steps": configs[f"kac-{seeds[0]}"]["steps"]},
-            "metric_name": metric, "floor": floor.to_dict(), "w_star": w_star,
-            "target_guided_beats_unguided": {"guided_w": w_star, "guided_fid": guided_fid, "unguided_fid": unguided_fid,
-                                             "met": target_met},
-            "spread": "half the range over the seeds",
-            "tables": {"headline": t_head, "guidance": t_w, "steps": t_steps, "velocity": t_vel, "training": t_train},
-            "rows": bench.rows, "velocity": velocity, "training": training, "configs": configs,
+            "settings": {"profile": prof.name, "seeds": seeds, "n_eval": n, "teacher_steps": S,
+                         "train_steps": prof.train_steps, "under_trained_steps": under, "threads": args.threads,
+                         "ws": list(WS), "nfes": list(NFES), "reference": f"AB-2, {10 * S} steps, w = 1"},
+            "protocol": "generators learn from 'train'; feature net from 'feature'; statistics from 'ref'; floor = "
+                        "unseen real 'test' images at the same n and class balance; latents 1000 + seed shared "
+                        "by every row of a seed; '±' = 95% CI half-width over seeds",
+            "metric_name": metric, "floor": {"fid": mc["fid"].mean, "kid": mc["kid"].mean, "values": floor, "n": n},
+            "results": bench.summary(), "comparisons": comps, "velocity_along_trajectories": velocity,
+            "tables": {"guidance": t_w, "solvers": t_s, "velocity": t_v}, "training": training,
             "total_seconds": total,
-        }, command="python " + " ".join(sys.argv))
+        })
         print(f"wrote {out}")
     return 0
 

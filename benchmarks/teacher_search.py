@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     evaluator = Evaluator("digits")
-    floor = evaluator.floor_scores()
+    floor = evaluator.floor(min(args.n_eval, evaluator.max_n))
     data = load_dataset("digits", "train")
     rows = []
     configs = list(itertools.product(AC, GS, HEADS))

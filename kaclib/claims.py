@@ -71,6 +71,17 @@ class Claim:
     measured: str
     holds: bool | None = None
     source: str = ""
+    verdict: str | None = None  # "holds" / "fails" / "inconclusive" from a paired CI (kaclib.stats)
+
+    @classmethod
+    def from_comparison(cls, claim: str, comparison, source: str = "", where: str = "") -> "Claim":
+        """A claim whose verdict is read from a paired comparison's 95% CI
+        (:func:`kaclib.stats.compare`, or its ``to_dict()`` from a committed benchmark JSON)."""
+        c = comparison if isinstance(comparison, dict) else comparison.to_dict()
+        lo, hi = c["ci95"]
+        measured = (f"{c['metric']}: {c['a']} - {c['b']} = {c['diff_mean']:+.4g}, 95% CI [{lo:+.4g}, {hi:+.4g}] "
+                    f"over {len(c['diff_values'])} paired seeds" + (f" ({where})" if where else ""))
+        return cls(claim, measured, source=source, verdict=c["verdict"])
 
     def __post_init__(self):
         if not isinstance(self.claim, str) or not self.claim:
@@ -79,6 +90,12 @@ class Claim:
             raise ValueError("measured must be a string (format the number where it is computed)")
         if self.holds is not None:
             self.holds = bool(self.holds)
+        if self.verdict is not None:
+            from .stats import VERDICTS
+
+            if self.verdict not in VERDICTS:
+                raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+            self.holds = {"holds": True, "fails": False, "inconclusive": None}[self.verdict]
 
 
 def claims_dir(profile: str | None = None) -> Path:
@@ -240,6 +257,13 @@ def collect(toc: str | os.PathLike = "_toc.yml", folder: str | os.PathLike | Non
 
 
 _OUTCOME = {True: ("holds", "#1a7f37"), False: ("fails", "#cf222e"), None: ("measured", "#57606a")}
+_COLOUR = {"holds": "#1a7f37", "fails": "#cf222e", "inconclusive": "#9a6700"}
+
+
+def _outcome(c: dict) -> tuple[str, str]:
+    """Word and colour of a recorded claim: its CI verdict if it has one, else checked / measured."""
+    v = c.get("verdict")
+    return (v, _COLOUR[v]) if v else _OUTCOME[c.get("holds")]
 
 
 def table_html(entries: list[dict]) -> str:
@@ -255,7 +279,7 @@ def table_html(entries: list[dict]) -> str:
             rows.append(f"<tr><td colspan='2'><em>{note}</em></td><td>{link}</td><td></td></tr>")
             continue
         for c in rec["claims"]:
-            word, colour = _OUTCOME[c.get("holds")]
+            word, colour = _outcome(c)
             src = f"<br><small>{html.escape(c['source'])}</small>" if c.get("source") else ""
             rows.append(
                 f"<tr><td>{html.escape(c['claim'])}{src}</td><td>{html.escape(c['measured'])}</td>"
@@ -278,7 +302,7 @@ def table_text(entries: list[dict]) -> str:
             lines.append(f"{e['chapter']}: {e['status']}")
             continue
         for c in rec.get("claims", []):
-            lines.append(f"{e['chapter']}: {c['claim']} -> {c['measured']} [{_OUTCOME[c.get('holds')][0]}]")
+            lines.append(f"{e['chapter']}: {c['claim']} -> {c['measured']} [{_outcome(c)[0]}]")
     return "\n".join(lines)
 
 

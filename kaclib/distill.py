@@ -79,8 +79,10 @@ student's FID is worse than ``(1 + gate_tol)`` times the teacher's, training con
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -94,7 +96,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from . import accel as _accel
 from . import runs
+from .accel import AccelConfig
 from .guidance import GuidedVelocity, check_guidance_weight
 from .kac import check_finite_param
 from .solvers import SOLVERS
@@ -125,7 +129,9 @@ STATES = ("forward", "rollout")
 TARGETS = ("online", "pool")
 RESULT_FILE = "result.json"
 POOL_FILE = "pool.safetensors"
-MUTABLE_FIELDS = ("distill.checkpoint_every", "distill.log_every")
+MAX_BATCH = 16384  # as kaclib.train.MAX_BATCH
+MAX_POOL = 10**6  # a 10^6-tuple CIFAR-10 pool already holds 23 GiB
+MUTABLE_FIELDS = ("distill.checkpoint_every", "distill.log_every") + tuple(f"distill.accel.{k}" for k in _accel.MUTABLE_ON_RESUME)
 
 # generator streams of step_seed(seed, stage, iteration, stream)
 _S_BATCH, _S_GLOBAL, _S_POOL, _S_WALKERS, _S_ORDER = 0, 1, 2, 3, 4
@@ -233,7 +239,10 @@ class DistillConfig:
     ``n`` updates is ``min(ema_decay, (1 + n)/(10 + n))``, so no share of the initial (teacher)
     weights lingers at the end of a short stage.  ``warmup_iters``: linear learning-rate warm-up of
     each stage's fresh Adam.  ``dataset``: data for forward states (default: the teacher's).
-    ``gate*``: the optional quality gate (module docstring).
+    ``gate*``: the optional quality gate (module docstring).  ``accel``: the accelerator switches
+    (:class:`kaclib.accel.AccelConfig`: bf16 autocast of student and teacher passes, fused Adam,
+    channels-last weights, TF32; the default decides per device); :func:`run_ladder` records them
+    resolved, and :meth:`to_dict` leaves the default out (configs serialise as before the field).
     """
 
     ladder: tuple = (100, 20, 4, 2, 1)
@@ -261,8 +270,10 @@ class DistillConfig:
     gate_seed: int = 1234
     checkpoint_every: int = 250
     log_every: int = 50
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self):
+        object.__setattr__(self, "accel", AccelConfig.from_dict(self.accel))
         object.__setattr__(self, "ladder", check_ladder(_tuple_or_scalar(self.ladder)))
         object.__setattr__(self, "iters", _tuple_or_scalar(self.iters))
         object.__setattr__(self, "lr", _tuple_or_scalar(self.lr))
@@ -278,6 +289,11 @@ class DistillConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+        for name, maximum in (("batch_size", MAX_BATCH), ("pool_size", MAX_POOL)):
+            v = getattr(self, name)
+            if v > maximum:  # a pool holds states and targets: 2 x 3 x 32 x 32 float32 = 24.6 kB per CIFAR tuple
+                raise ValueError(f"{name} must be <= {maximum}, got {v!r} (about {v * 24576 / 2**30:.3g} GiB of "
+                                 "32x32 RGB states and targets: an absurd value that would exhaust memory)")
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_finite_param("grad_clip", self.grad_clip, positive=True))
         d = check_finite_param("ema_decay", self.ema_decay, nonneg=True)
@@ -300,7 +316,10 @@ class DistillConfig:
         return sum(s.iters for s in self.stages())
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if self.accel == AccelConfig():
+            d.pop("accel")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillConfig":
@@ -390,19 +409,22 @@ def _ema_avg_fn(decay: float, warmup: bool):
     return avg_fn
 
 
-def hand_off(model: nn.Module, lr: float = 3e-4, ema_decay: float = 0.99, ema_warmup: bool = True) -> Handoff:
+def hand_off(model: nn.Module, lr: float = 3e-4, ema_decay: float = 0.99, ema_warmup: bool = True,
+             accel: AccelConfig | None = None) -> Handoff:
     """The one place where a model becomes a teacher: a frozen deep copy of ``model`` (``eval()``,
     ``requires_grad_(False)``) as the teacher, a second deep copy as the trainable student, a fresh
     Adam optimizer on the student and a fresh EMA of it (first update copies; see
     :func:`_ema_avg_fn` for ``ema_warmup``).
 
     ``model`` itself is left untouched.  At a ladder boundary ``model`` is the finished stage's
-    EMA student; the first stage hands off the flow-matching teacher.
+    EMA student; the first stage hands off the flow-matching teacher.  ``accel``: the optimizer is
+    fused Adam when it says so (resolved on ``model``'s device; ``None``: plain Adam).
     """
     lr = check_finite_param("lr", lr, positive=True)
     teacher = freeze(copy.deepcopy(model))
     student = copy.deepcopy(model).train().requires_grad_(True)
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    params = list(student.parameters())
+    optimizer = _accel.make_optimizer(params, lr, accel, params[0].device if params else "cpu")
     ema = AveragedModel(student, avg_fn=_ema_avg_fn(check_finite_param("ema_decay", ema_decay, nonneg=True), ema_warmup))
     return Handoff(teacher=teacher, student=student, optimizer=optimizer, ema=ema)
 
@@ -541,6 +563,13 @@ class _Pool(_Source):
         self.ctx, self.run_dir = ctx, run_dir
         self.pool = None
         self.order = None
+        self.sha256 = None  # of the pool file: checkpointed, checked when a resumed stage reads it
+
+    def state(self):
+        return {"pool_sha256": self.sha256}
+
+    def load(self, state):
+        self.sha256 = state.get("pool_sha256")
 
     def _build(self):
         c = self.ctx
@@ -581,13 +610,20 @@ class _Pool(_Source):
         c = self.ctx
         f = self.run_dir / POOL_FILE if self.run_dir is not None else None
         if f is not None and f.is_file():
-            self.pool = {k: v.to(c.device) for k, v in runs.read_weights(f).items()}
+            data = f.read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            if self.sha256 is not None and sha != self.sha256:
+                raise runs.RunDirError(f"{f} does not match its fingerprint in {runs.STATE_FILE} (damaged or replaced)")
+            self.pool = {k: v.to(c.device) for k, v in runs.load_tensors(data, f).items()}
+            self.sha256 = sha
         else:
             self.pool = self._build()
             if f is not None:
                 from safetensors.torch import save
 
-                runs.atomic_write_bytes(f, save({k: v.cpu() for k, v in self.pool.items()}))
+                data = save({k: v.cpu() for k, v in self.pool.items()})
+                runs.atomic_write_bytes(f, data)
+                self.sha256 = hashlib.sha256(data).hexdigest()
         self.order = _EpochOrder(self.pool["x"].shape[0], step_seed(c.seed, c.spec.index, _S_ORDER))
 
     def batch(self, it, g):
@@ -648,14 +684,14 @@ def _lr_at(it: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, (it + 1) / warmup) if warmup > 0 else lr
 
 
-def _save_stage_checkpoint(run_dir: Path, student, ema, optimizer, step, extra: dict) -> None:
+def _save_stage_checkpoint(run_dir: Path, student, ema, optimizer, step, extra: dict, config: dict | None = None) -> None:
     meta = {"step": str(step)}
     state = {"step": step, "optimizer": optimizer.state_dict(), "ema_n_averaged": int(ema.n_averaged), **extra}
     runs.save_checkpoint(run_dir, {
         runs.MODEL_FILE: runs.weights_bytes(student, meta),
         runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
         runs.STATE_FILE: runs.save_torch_bytes(state),
-    })
+    }, config=config, step=step)
 
 
 def train_stage(
@@ -674,6 +710,7 @@ def train_stage(
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
     gate_fn: Callable | None = None,
+    run_config: dict | None = None,
 ) -> StageResult:
     """Distil ``teacher`` into ``handoff.student`` for one stage (see the module docstring).
 
@@ -702,12 +739,31 @@ def train_stage(
         raise ValueError("data (or at least one example of the state shape) is needed")
     dtype = data.dtype
 
-    student, optimizer, ema = handoff.student.to(device), handoff.optimizer, handoff.ema.to(device)
-    frozen = freeze(teacher.model.to(device))
+    acc = config.accel.resolve(device)
+    layout = dataclasses.replace(acc, compile=False)  # channels-last weights (in place), no compile
+    student, optimizer, ema = _accel.prepare_model(handoff.student, layout, device), handoff.optimizer, handoff.ema.to(device)
+    frozen = freeze(_accel.prepare_model(teacher.model, layout, device))
     ctx = _Ctx(teacher=teacher, path=path, spec=spec, data=data, labels=labels, num_classes=num_classes,
                seed=config.seed, batch_size=config.batch_size, pool_size=config.pool_size, states=config.states,
                device=device, progress=progress, shape=shape, dtype=dtype, T=float(path.T))
-    run_dir = Path(run_dir) if run_dir is not None else None
+    run_dir = runs.check_run_path(run_dir) if run_dir is not None else None
+    lock = contextlib.ExitStack()  # the stage directory's lock, held while the stage trains
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.enter_context(runs.run_lock(run_dir))
+        if run_config is None:  # the config.json the caller wrote, else this stage's own
+            run_config = (runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file()
+                          else {"distill": config.to_dict(), "stage": spec.to_dict()})
+    try:
+        return _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes, device, run_dir, resume,
+                            progress, callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx)
+    finally:
+        lock.close()
+
+
+def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes, device, run_dir, resume, progress,
+                 callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx):
+    acc = config.accel.resolve(device)
     if config.targets == "pool":
         source = _Pool(ctx, run_dir)
     elif config.states == "forward":
@@ -715,20 +771,26 @@ def train_stage(
     else:
         source = _RolloutOnline(ctx)
 
-    start, target_iters, gate_log, spent = 0, spec.iters, [], 0
+    start, target_iters, gate_log, spent, last_good = 0, spec.iters, [], 0, None
     if run_dir is not None and runs.has_checkpoint(run_dir):
         if not resume:
             raise FileExistsError(f"{run_dir} already holds a checkpoint: pass resume=True to continue it")
-        state = runs.load_state(run_dir, device="cpu")
-        runs.load_weights(student, run_dir / runs.MODEL_FILE)
-        runs.load_weights(ema.module, run_dir / runs.EMA_FILE)
-        ema.n_averaged.fill_(state["ema_n_averaged"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, target_iters, gate_log = int(state["step"]), int(state["target_iters"]), list(state["gate"])
-        spent = int(state["teacher_passes"])
-        source.load(state)
-    if run_dir is not None:
-        runs.truncate_jsonl(run_dir / runs.METRICS_FILE, start)
+        ckpt = runs.read_checkpoint(run_dir)  # verified against its manifest
+        state = ckpt.state("cpu")
+        ckpt.load_into(student, runs.MODEL_FILE)
+        ckpt.load_into(ema.module, runs.EMA_FILE)
+        try:
+            ema.n_averaged.fill_(state["ema_n_averaged"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, target_iters, gate_log = int(state["step"]), int(state["target_iters"]), list(state["gate"])
+            spent = int(state["teacher_passes"])
+            source.load(state)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: not the state of this stage ({e})") from None
+        last_good = start
+        runs.rewind_metrics(run_dir, ckpt)
+    elif run_dir is not None:
+        runs.rewind_metrics(run_dir, None)
     ctx.counter[0] = spent
 
     M = spec.student_steps
@@ -742,14 +804,27 @@ def train_stage(
     bar = tqdm(total=target_iters, initial=start, desc=f"stage {spec.index}: {spec.teacher_steps}->{M} steps",
                disable=not progress, dynamic_ncols=True)
 
+    def stop(what, it):
+        kept = ("no checkpoint was written" if last_good is None else
+                f"the last good checkpoint (iteration {last_good}) in {run_dir} is kept") if run_dir is not None else "nothing was saved"
+        raise runs.NonFiniteError(f"stage {spec.index}: {what} at iteration {it}: distillation stopped; {kept} "
+                                  "(a learning rate or guidance weight too large, or a non-finite teacher?)")
+
     def checkpoint(step):
+        nonlocal last_good
+        for m in (student, ema.module):
+            try:
+                runs.check_finite(m, "the student")
+            except runs.NonFiniteError:
+                stop("non-finite weights (NaN or inf)", step)
         if run_dir is not None:
             extra = {"target_iters": target_iters, "gate": gate_log, "teacher_passes": ctx.counter[0],
                      "seed": config.seed, **source.state()}
-            _save_stage_checkpoint(run_dir, student, ema, optimizer, step, extra)
+            _save_stage_checkpoint(run_dir, student, ema, optimizer, step, extra, run_config)
+            last_good = step
 
     rng_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices), bar:
+    with torch.random.fork_rng(devices=rng_devices), bar, _accel.tf32_policy(device, acc):
         it = start
         while True:
             while it < target_iters:
@@ -759,9 +834,10 @@ def train_stage(
                     torch.cuda.manual_seed(s_global)
                 g = torch.Generator(device=device).manual_seed(step_seed(config.seed, spec.index, it, _S_BATCH))
                 student.train()
-                x, k, y, target = source.batch(it, g)
-                pred = student_step(student, x, k, y, M, float(path.T))
-                loss = torch.mean((pred - target) ** 2) / delta**2
+                with _accel.autocast(device, acc):  # bf16 passes; states, targets and loss stay fp32
+                    x, k, y, target = source.batch(it, g)
+                    pred = student_step(student, x, k, y, M, float(path.T))
+                loss = torch.mean((pred.to(target.dtype) - target) ** 2) / delta**2
                 lr = _lr_at(it, spec.lr, config.warmup_iters)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -774,6 +850,8 @@ def train_stage(
                     for b_ema, b_model in zip(ema.module.buffers(), student.buffers()):
                         b_ema.copy_(b_model)
                 lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    stop("non-finite loss (NaN or inf)", it + 1)
                 losses.append(lv)
                 window += lv
                 window_n += 1
@@ -835,11 +913,19 @@ class LadderResult:
         return [s.run_dir for s in self.stages]
 
 
-def _teacher_info(loaded, teacher_run_dir: Path) -> dict:
+def _relative(path: Path, ladder_dir: Path) -> str:
+    """``path`` relative to the ladder directory (configs hold no absolute paths: a ladder moved or
+    copied together with its teacher resumes)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(ladder_dir))
+
+
+def _teacher_info(loaded, teacher_run_dir: Path, ladder_dir: Path) -> dict:
     raw = runs.read_config(teacher_run_dir)
     distilled = raw.get("distilled")
+    ema = runs.read_checkpoint(teacher_run_dir, names=(runs.EMA_FILE,)).manifest["files"][runs.EMA_FILE]
     return {
-        "run_dir": str(teacher_run_dir.resolve()),
+        "run_dir": _relative(teacher_run_dir, ladder_dir),
+        "ema_sha256": ema["sha256"],  # the teacher's identity (its location may change)
         "model": raw["model"],
         "path": raw["path"],
         "dataset": raw.get("dataset"),
@@ -924,9 +1010,9 @@ def run_ladder(
         raise ValueError(f"config must be a DistillConfig, got {type(config).__name__}")
     t_start = time.perf_counter()
     device = torch.device(device)
-    teacher_run_dir, run_dir = Path(teacher_run_dir), Path(run_dir)
-    loaded = load_run(teacher_run_dir, ema=True, device=device)
-    tinfo = _teacher_info(loaded, teacher_run_dir)
+    teacher_run_dir, run_dir = runs.check_run_path(teacher_run_dir), runs.check_run_path(run_dir)
+    loaded = load_run(teacher_run_dir, ema=True, device=device)  # verified; refuses a non-finite teacher
+    tinfo = _teacher_info(loaded, teacher_run_dir, run_dir)
     num_classes = int(tinfo["model"]["num_classes"])
     dataset = config.dataset or tinfo["dataset"]
     if dataset is None:
@@ -935,38 +1021,60 @@ def run_ladder(
         if int(tinfo["distilled"]["steps"]) != config.ladder[0]:
             raise ValueError(f"the teacher is a distilled {tinfo['distilled']['steps']}-step model, "
                              f"but the ladder starts at {config.ladder[0]} steps")
+    acc = config.accel.resolve(device)
+    config = config.replace(accel=acc)  # recorded as run on this device: a changed arithmetic is a config mismatch
     top = {"distill": config.to_dict(), "teacher": tinfo, "dataset": dataset}
     if (run_dir / runs.CONFIG_FILE).is_file() and not resume:
         raise FileExistsError(f"{run_dir} already holds a distillation ladder: pass resume=True to continue it, "
                               "or use another run directory")
-    runs.prepare_run_dir(run_dir, top, resume=resume, mutable=MUTABLE_FIELDS)
-
+    # everything that can fail on bad input (teacher, data) comes before the first write
     data = load_dataset(dataset, "train", root=data_root, seed=config.data_seed)
+    m = tinfo["model"]
+    want = (m.get("in_channels"), m.get("image_size"), m.get("image_size"))
+    if None not in want and tuple(data.images.shape[1:]) != want:
+        raise ValueError(f"data set {dataset} has images of shape {tuple(data.images.shape[1:])}, the teacher makes {want}")
     path = loaded.path
     gate_fn = _make_gate(config, dataset, path, num_classes, device) if config.gate else None
+    with runs.writer(run_dir):
+        runs.prepare_run_dir(run_dir, top, resume=resume, mutable=MUTABLE_FIELDS + ("teacher.run_dir",), rewrite=True)
+        results, current = _run_stages(config, run_dir, loaded, tinfo, dataset, data, path, num_classes, acc, device,
+                                       progress, callback, gate_fn, teacher_run_dir)
+    return LadderResult(run_dir=run_dir, config=config, stages=results, student=current, path=path,
+                        teacher=loaded, seconds=time.perf_counter() - t_start)
 
+
+def _run_stages(config, run_dir, loaded, tinfo, dataset, data, path, num_classes, acc, device, progress, callback,
+                gate_fn, teacher_run_dir):
     current = loaded.model
     results = []
-    teacher_dir = str(teacher_run_dir.resolve())
+    teacher_dir = _relative(teacher_run_dir, run_dir)
     for spec in config.stages():
         sdir = run_dir / stage_dir_name(spec)
         first_flow = spec.index == 1 and tinfo["distilled"] is None
-        ho = hand_off(current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup)
+        ho = hand_off(current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, accel=acc)
         tf = TeacherField(ho.teacher, guided=first_flow, w=config.w, num_classes=num_classes,
                           solver=config.teacher_solver if first_flow else "euler")
         scfg = _stage_config(config, spec, tinfo, dataset, teacher_dir)
-        runs.prepare_run_dir(sdir, scfg, resume=True, mutable=MUTABLE_FIELDS)
+        stage_mutable = MUTABLE_FIELDS + ("distilled.teacher", "distilled.flow_teacher")
+        with runs.writer(sdir):
+            runs.prepare_run_dir(sdir, scfg, resume=True, mutable=stage_mutable)
         done = sdir / RESULT_FILE
         if done.is_file():
-            summary = json.loads(done.read_text())
-            runs.load_weights(ho.student, sdir / runs.MODEL_FILE)
-            runs.load_weights(ho.ema.module, sdir / runs.EMA_FILE)
-            res = StageResult(spec=spec, student=ho.ema.module.eval(), model=ho.student.eval(), teacher=ho.teacher,
-                              iters=summary["iters"], losses=torch.zeros(0), teacher_passes=summary["teacher_passes"],
-                              gate=summary["gate"], seconds=0.0, run_dir=sdir, resumed_from=summary["iters"])
+            summary = runs.read_json_object(done)
+            ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))
+            ckpt.load_into(ho.student, runs.MODEL_FILE)
+            ckpt.load_into(ho.ema.module, runs.EMA_FILE)
+            try:
+                res = StageResult(spec=spec, student=ho.ema.module.eval(), model=ho.student.eval(), teacher=ho.teacher,
+                                  iters=int(summary["iters"]), losses=torch.zeros(0),
+                                  teacher_passes=int(summary["teacher_passes"]), gate=list(summary["gate"]),
+                                  seconds=0.0, run_dir=sdir, resumed_from=int(summary["iters"]))
+            except (KeyError, TypeError, ValueError) as e:
+                raise runs.RunDirError(f"{done}: not a stage result ({e})") from None
         else:
             res = train_stage(tf, ho, path, spec, config, data.images, data.labels, num_classes, device=device,
-                              run_dir=sdir, resume=True, progress=progress, callback=callback, gate_fn=gate_fn)
+                              run_dir=sdir, resume=True, progress=progress, callback=callback, gate_fn=gate_fn,
+                              run_config=scfg)
             prev = runs.read_jsonl(sdir / runs.METRICS_FILE)
             losses = [r["loss"] for r in prev if "loss" in r]
             runs.atomic_write_json(done, {
@@ -975,9 +1083,8 @@ def run_ladder(
             })
         results.append(res)
         current = res.student
-        teacher_dir = str(sdir.resolve())
-    return LadderResult(run_dir=run_dir, config=config, stages=results, student=current, path=path,
-                        teacher=loaded, seconds=time.perf_counter() - t_start)
+        teacher_dir = _relative(sdir, run_dir)
+    return results, current
 
 
 def load_ladder(run_dir: str | os.PathLike, device="cpu") -> dict:

@@ -5,11 +5,12 @@
   ``torch.Generator`` seeded with ``step_seed(seed, i)``, on the CPU, so the images do not depend
   on the batch size, on how many images are drawn (the first ``k`` of ``n`` are the ``k`` of a
   smaller call) or on the device the latents are moved to.
-* :class:`Evaluator` holds a data set's feature net and its real-data FID statistics (the
-  ``train`` split) once; :meth:`Evaluator.score` gives ``FID-<dataset>`` and class accuracy of a
-  generated set, :meth:`Evaluator.floor` the metric's floor (real ``val`` images scored the same
-  way).  The feature-net FID is NOT comparable with Inception FIDs in papers: tables carry
-  :attr:`Evaluator.metric_name` (``"FID-digits"``), never bare "FID".
+* :class:`Evaluator` holds a data set's feature net and its held-out reference once (the protocol:
+  :mod:`kaclib.data` splits, :mod:`kaclib.sample_quality` scores); :meth:`Evaluator.score` gives
+  ``FID-<dataset>``, KID, precision / recall, class accuracy and the memorisation ratio of a
+  generated set, :meth:`Evaluator.floor` the same scores of unseen real images at the same ``n``
+  and class balance.  The feature-net FID is NOT comparable with Inception FIDs in papers: tables
+  carry :attr:`Evaluator.metric_name` (``"FID-digits"``), never bare "FID".
 * :func:`evaluate_run` = :func:`generate` + :meth:`Evaluator.score` as one JSON-ready dict.
 * :func:`get_teacher` trains a :class:`~kaclib.train.TrainConfig` once and caches the run
   directory (:func:`kaclib.artifacts.load_or_compute`, keyed by the resolved config), so the book,
@@ -20,10 +21,9 @@ conditional (one network pass per evaluation), other ``w`` the batched guided fi
 ``v_u + w (v_c - v_u)`` (two passes per evaluation); ``w = None`` (or a model without classes) is
 unconditional sampling.
 
-A note on the floor: it is the FID of the ``val`` split (360 digits) against the ``train``
-statistics.  FID estimates are biased upwards at small sample sizes, so a generated set larger
-than the val split can score *below* the floor; read values near or under it as "as good as this
-metric can tell".
+A note on the floor: it is unseen real data (the ``test`` split) at the generated sets' ``n`` and
+class balance, scored against the same ``ref`` statistics.  FID is biased upwards at small ``n``,
+so sets are only ever compared at equal ``n``; KID is unbiased.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .guidance import GuidedVelocity, check_guidance_weight
+from .sample_quality import Scores
 from .solvers import SOLVERS, sample
 from .train import step_seed
 
@@ -86,13 +87,18 @@ class Generated:
     latent_seconds: float = 0.0
     trajectory: torch.Tensor | None = None
 
+    @property
+    def end_to_end_seconds_per_image(self) -> float:
+        """Wall time per image of the whole draw: latents and integration (what a user waits for)."""
+        return (self.seconds + self.latent_seconds) / self.images.shape[0]
+
     def summary(self) -> dict:
         """The scalar fields (JSON-ready)."""
         return {
             "n": int(self.images.shape[0]), "steps": self.steps, "method": self.method, "w": self.w,
             "seed": self.seed, "nfe": self.nfe, "network_passes": self.network_passes,
             "seconds": self.seconds, "seconds_per_image": self.seconds_per_image,
-            "latent_seconds": self.latent_seconds,
+            "latent_seconds": self.latent_seconds, "end_to_end_seconds_per_image": self.end_to_end_seconds_per_image,
         }
 
 
@@ -124,13 +130,12 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 
 def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0) -> torch.Tensor:
-    """Latents ``x_T`` of images ``start .. start + n - 1``: image ``i`` from a CPU generator seeded
-    with ``step_seed(seed, i)`` (float32, CPU)."""
-    out = []
-    for i in range(start, start + n):
-        g = torch.Generator().manual_seed(step_seed(seed, i))
-        out.append(path.sample_latent((1, *image_shape), generator=g, dtype=torch.float32))
-    return torch.cat(out)
+    """Latents ``x_T`` of images ``start .. start + n - 1`` (float32, CPU), drawn for the batch at once:
+    image ``i``'s depends only on ``(seed, i)``, through the splitmix64 stream keyed by
+    ``step_seed(seed, i)`` (:func:`kaclib.latents.image_latents`)."""
+    from .latents import image_latents as counter_latents
+
+    return counter_latents(path, n, image_shape, seed=seed, start=start)
 
 
 def _velocity_for(model, w, num_classes: int):
@@ -156,6 +161,7 @@ def generate(
     return_trajectory: bool = False,
     progress: bool = False,
     image_shape=None,
+    accel=None,
 ) -> Generated:
     """Sample images from ``model`` on ``path`` with ``steps`` steps of ``method`` (T -> 0).
 
@@ -178,6 +184,11 @@ def generate(
         Where the network runs (default: the model's device); latents are drawn on the CPU.
     image_shape:
         ``(C, H, W)``; default from a UNet's config.
+    accel:
+        A :class:`kaclib.accel.AccelConfig` (or its dict); ``None`` is the default policy,
+        resolved on ``device``: bf16 autocast + channels-last inputs + TF32 on CUDA, plain fp32
+        on the CPU.  Latents and the solver's state stay float32.  (Converting or compiling the
+        model itself is the caller's: :func:`kaclib.accel.prepare_model`.)
 
     The model is put in ``eval()`` mode for the call and restored.  Returns :class:`Generated`.
     """
@@ -215,6 +226,9 @@ def generate(
         params = list(model.parameters())
         device = params[0].device if params else torch.device("cpu")
     device = torch.device(device)
+    from .accel import AccelConfig, tf32_policy
+
+    acc = AccelConfig.from_dict(accel).resolve(device)
 
     velocity, conditional = _velocity_for(model, w, num_classes)
     was_training = model.training
@@ -234,7 +248,9 @@ def generate(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
-                res = sample(velocity, x_T, steps, method, T=float(path.T), y=y, return_trajectory=return_trajectory)
+                with tf32_policy(device, acc):
+                    res = sample(velocity, x_T, steps, method, T=float(path.T), y=y,
+                                 return_trajectory=return_trajectory, accel=acc)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 solve_s += time.perf_counter() - t0
@@ -255,40 +271,27 @@ def generate(
 
 # =============================================================================== scoring
 
-@dataclass
-class Scores:
-    """``fid``: FID on the feature net (label ``metric_name``, e.g. ``"FID-digits"``);
-    ``accuracy``: fraction classified as their label (``None`` without labels); ``n``: images."""
-
-    fid: float
-    accuracy: float | None
-    metric_name: str
-    n: int
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
 class Evaluator:
-    """A data set's scoring kit, built once: feature net + real-data FID statistics.
+    """A data set's scoring kit, built once, on the held-out protocol of :mod:`kaclib.data`.
 
-    ``Evaluator("digits")`` loads (or trains and caches) :func:`kaclib.metrics.get_feature_net`,
-    and fits the reference statistics to the ``train`` split (its first ``n_ref`` images when
-    given).  ``score(images, labels)`` returns :class:`Scores`; ``floor()`` the FID of the real
-    ``val`` split against the same reference (the metric's floor), ``floor_accuracy`` the feature
-    net's accuracy on it.  ``root`` / ``cache_dir`` as in :func:`kaclib.data.load_dataset` and
-    :func:`kaclib.metrics.get_feature_net`.
+    * the feature net learns from the ``feature`` split (:func:`kaclib.metrics.get_feature_net`);
+    * the reference statistics come from the ``ref`` split;
+    * the ``test`` split is the unseen real set beside the reference: :meth:`floor` scores it
+      exactly like a generated set, at the same ``n`` and class balance;
+    * the memorisation ratio compares nearest-neighbour distances to the ``train`` split.
+
+    No generator, feature net or reference ever sees another's images.  ``score(images, labels)``
+    returns :class:`~kaclib.sample_quality.Scores`.  ``root`` / ``cache_dir`` as in
+    :func:`kaclib.data.load_dataset` and :func:`kaclib.metrics.get_feature_net`.
     """
 
-    def __init__(self, dataset: str, device="cpu", n_ref: int | None = None, root=None, cache_dir=None,
-                 seed: int = 0, batch_size: int = 500):
+    def __init__(self, dataset: str, device="cpu", root=None, cache_dir=None, seed: int = 0, batch_size: int = 500):
         from .data import DATASETS, load_dataset
-        from .metrics import FIDReference, get_feature_net, metric_name
+        from .metrics import get_feature_net, metric_name
+        from .sample_quality import QualityReference
 
         if dataset not in DATASETS:
             raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-        if n_ref is not None:
-            _check_int("n_ref", n_ref, 2)
         self.dataset = dataset
         self.device = torch.device(device)
         self.root, self.batch_size = root, batch_size
@@ -296,40 +299,47 @@ class Evaluator:
         info = get_feature_net(dataset, cache_dir=cache_dir, seed=seed, device=self.device, root=root)
         self.feature_net = info.net
         self.feature_accuracy = info.accuracy
-        real = load_dataset(dataset, "train", root=root, limit=n_ref)
-        self.n_ref = real.images.shape[0]
-        self.image_shape = tuple(real.image_shape)
-        self.reference = FIDReference(real.images, self.feature_net, batch_size=batch_size, device=self.device)
-        self._floor: Scores | None = None
+        ref = load_dataset(dataset, "ref", root=root)
+        self.test = load_dataset(dataset, "test", root=root)
+        self.train = load_dataset(dataset, "train", root=root)
+        self.n_ref = ref.images.shape[0]
+        self.image_shape = tuple(ref.image_shape)
+        self.reference = QualityReference(ref.images, self.feature_net, self.metric_name, self.train.images,
+                                          self.test.images, batch_size=batch_size, device=self.device)
+        self._floors: dict = {}
 
-    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> Scores:
-        """FID-<dataset> of ``images`` against the train statistics, and class accuracy vs ``labels``."""
+    @property
+    def max_n(self) -> int:
+        """The largest ``n`` whose floor exists (a class-balanced subset of the ``test`` split)."""
+        from .data import max_balanced
+
+        return max_balanced(self.test)
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """:class:`~kaclib.sample_quality.Scores` of ``images`` (and class accuracy against ``labels``)."""
         from .metrics import class_accuracy
+        from .sample_quality import sanitise
 
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(getattr(images, 'shape', ()))}")
-        if not torch.isfinite(images).all():
-            raise ValueError("images contain NaN or infinite values (a diverged sampler?)")
-        fid = self.reference.score(images)
         acc = None
-        if labels is not None:
-            acc = class_accuracy(images.to(self.device), torch.as_tensor(labels).to(self.device), self.feature_net)
-        return Scores(fid=fid, accuracy=acc, metric_name=self.metric_name, n=int(images.shape[0]))
+        if labels is not None and isinstance(images, torch.Tensor) and images.ndim == 4:
+            acc = class_accuracy(sanitise(images)[0].to(self.device), torch.as_tensor(labels).to(self.device),
+                                 self.feature_net)
+        return self.reference.score(images, accuracy=acc)
 
-    def floor_scores(self) -> Scores:
-        """:class:`Scores` of the real ``val`` split (cached): the floor FID and its accuracy."""
-        if self._floor is None:
-            from .data import load_dataset
+    def floor(self, n: int | None = None, seed: int = 0):
+        """:class:`~kaclib.sample_quality.Scores` of ``n`` unseen real images (the ``test`` split,
+        labels ``[0, 1, ..., K-1, 0, ...]`` like a generated set): what a perfect generator scores
+        at this ``n``.  ``n`` defaults to :attr:`max_n`; ``seed`` picks the subset."""
+        from .data import balanced_subset
 
-            val = load_dataset(self.dataset, "val", root=self.root)
-            self._floor = self.score(val.images, val.labels)
-        return self._floor
-
-    def floor(self) -> float:
-        """The metric's floor: FID-<dataset> of the real ``val`` split (equals
-        :func:`kaclib.metrics.fid_floor` when ``n_ref`` is ``None``)."""
-        return self.floor_scores().fid
+        n = self.max_n if n is None else _check_int("n", n, 4)
+        if n > self.max_n:
+            raise ValueError(f"n = {n} exceeds the {self.max_n} class-balanced unseen real images of {self.dataset}")
+        key = (n, seed)
+        if key not in self._floors:
+            real = balanced_subset(self.test, n, seed=seed)
+            self._floors[key] = self.score(real.images, real.labels)
+        return self._floors[key]
 
 
 # =============================================================================== runs
@@ -379,12 +389,12 @@ def evaluate_run(
             raise ValueError("evaluator is needed when the run's data set is unknown")
         evaluator = Evaluator(dataset, device=device or "cpu")
     if n is None:
-        n = evaluator.n_ref
-    _check_int("n", n, 2)
+        n = evaluator.max_n
+    _check_int("n", n, 4)
     gen = generate(model, path, n, steps, method=method, w=w, seed=seed, batch_size=batch_size,
                    device=device, progress=progress)
     scores = evaluator.score(gen.images, gen.labels)
-    return {"metric_name": scores.metric_name, "fid": scores.fid, "accuracy": scores.accuracy, **gen.summary()}
+    return {**scores.to_dict(), **gen.summary()}
 
 
 # =============================================================================== teachers

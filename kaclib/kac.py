@@ -22,20 +22,24 @@ Dirichlet(1, ..., 1) spacings, i.e. Beta distributed:
 * ``N = 2k, k >= 1``: ``(1 + X/(c s))/2 ~ Beta(k + 1, k)`` for one initial direction and the
   mirror image for the other.
 
-The Betas are drawn without rejection from uniforms (see :meth:`KacProcess.sample`), the Poisson
-count by vectorised inversion or transformed rejection; everything is written with tensor
-operations, so it honours a ``torch.Generator`` and runs on any device.  There is no set-up at all:
-``a`` and ``c`` may change between calls.
+The Betas are drawn without rejection from uniforms (see :meth:`KacProcess.sample_from_uniforms`:
+four uniforms per value), the Poisson count by inversion (a per-call CDF table of a few dozen
+entries when the time is a scalar or constant along rows, as for a latent or a path's times), or
+transformed rejection where rates vary elementwise; everything is written with tensor operations,
+so it honours a ``torch.Generator`` (or given uniforms: counter-based latents, :mod:`kaclib.latents`)
+and runs on any device.  There is no stored table: ``a`` and ``c`` may change between calls.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KacProcess", "check_finite_param", "poisson", "standard_gamma"]
+__all__ = ["KacProcess", "check_finite_param", "poisson", "poisson_table_inversion", "poisson_walk_inversion",
+           "standard_gamma"]
 
 
 def check_finite_param(name: str, value: float, *, positive: bool = False, nonneg: bool = False) -> float:
@@ -68,10 +72,11 @@ def _as_tensor(v, like: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def _check_times(s: torch.Tensor) -> None:
+    if s.numel() == 0 or bool(s.min() >= 0):  # one pass: min propagates NaN
+        return
     if torch.isnan(s).any():
         raise ValueError("s must not contain NaN")
-    if (s < 0).any():
-        raise ValueError(f"s must be >= 0, got min(s) = {s.min().item()!r}")
+    raise ValueError(f"s must be >= 0, got min(s) = {s.min().item()!r}")
 
 
 def _i1e_over_z(z: torch.Tensor) -> torch.Tensor:
@@ -213,48 +218,311 @@ class KacProcess:
     def sample(self, s, generator: torch.Generator | None = None) -> torch.Tensor:
         """One exact draw of ``X_s`` per element of ``s`` (same shape, dtype and device).
 
-        With ``N ~ Poisson(a s)`` reversals, ``W = (1 + X/(c s))/2`` (the fraction of time spent in
-        the initial direction) is 1 for ``N = 0`` (an atom) and ``Beta(floor(N/2) + 1, ceil(N/2))``
-        otherwise.  Both Betas are drawn without rejection from uniforms:
-
-        * ``Beta(m, m)`` by Ulrich's (1984) method: ``2W - 1 = sqrt(1 - U^(2/(2m-1))) cos(2 pi V)``;
-        * ``Beta(k + 1, k) = B W0 + (1 - B)`` with ``W0 ~ Beta(k, k)`` and ``B = U'^(1/(2k)) ~ Beta(2k, 1)``
-          independent (a Gamma-ratio identity: add one exponential spacing to the first part).
+        Four uniforms per element (one ``torch.rand`` call) go through :meth:`sample_from_uniforms`;
+        only where the rates ``a s`` vary inside rows and reach 10 is the count drawn by transformed
+        rejection (:func:`poisson`) with further uniforms from ``generator``.
         """
         s = _as_tensor(s)
         _check_times(s)
-        shape = s.shape
-        s = s.reshape(-1)
-        front = self.c * s
-        u = torch.rand(s.shape, dtype=s.dtype, device=s.device, generator=generator)
-        # one uniform gives the initial direction and, rescaled, the uniform of the Poisson inversion
-        signed_front = torch.where(u < 0.5, -front, front)
-        if self.a == 0:
-            return signed_front.reshape(shape)
-        lam = self.a * s
-        if bool((lam < 10).all()):
-            flips = _poisson_inversion(lam, generator, u=torch.abs(2 * u - 1))
+        u = torch.rand((4,) + tuple(s.shape), dtype=s.dtype, device=s.device, generator=generator)
+        return self._from_uniforms(s, u, s.dtype, generator)
+
+    def sample_from_uniforms(self, s, u: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Exact draws of ``X_s`` from four independent ``Uniform(0, 1)`` per element: ``u`` has shape
+        ``(4, *shape)`` and ``s`` is a scalar or broadcasts to ``shape``; the result has ``shape`` and
+        ``dtype`` (default ``u.dtype``).  A deterministic function of ``(s, u)``, exact in law up to
+        the rounding of the uniforms (``u[0]`` is compared with the Poisson CDF in ``u.dtype``).
+
+        ``N = #{k : F(k) < u[0]}`` is the number of reversals (inversion of the ``Poisson(a s)``
+        CDF ``F``).  Given ``N``, ``W = (1 + X/(c s))/2`` (the fraction of time spent in the initial
+        direction) is 1 for ``N = 0`` (an atom) and ``Beta(floor(N/2) + 1, ceil(N/2))`` otherwise,
+        drawn without rejection.  With ``w = u[2] - 1/2``:
+
+        * ``Y ~ Beta(m, m)`` on ``[-1, 1]`` (``m = ceil(N/2)``) by Ulrich's (1984) method:
+          ``Y = sqrt(1 - u[1]^(2/(2m-1))) cos(2 pi w)``, and ``sign(w)``, independent of ``Y``, is the
+          initial direction;
+        * ``X/(c s) = sign(w) - B (sign(w) - Y)`` with ``B = u[3]^(1/N)`` for even ``N``
+          (``Beta(k + 1, k) = B Beta(k, k) + 1 - B``, ``B ~ Beta(2k, 1)``, a Gamma-ratio identity; ``Y``
+          is symmetric and independent of the direction), ``B = 1`` for odd ``N`` and ``B = 0`` for
+          ``N = 0``.
+
+        The inversion uses a CDF table per distinct rate (:func:`poisson_table_inversion`) when ``s``
+        is a scalar or constant along each row ``s[i]`` of at least 16 elements (a path's times), and
+        sequential inversion otherwise.
+        """
+        u = torch.as_tensor(u)
+        if not u.is_floating_point() or u.ndim < 1 or u.shape[0] != 4:
+            raise ValueError(f"u must be a floating (4, *shape) tensor of uniforms, got shape {tuple(u.shape)}")
+        dtype = dtype or u.dtype
+        s = _as_tensor(s, torch.empty(0, dtype=dtype)).to(device=u.device)
+        _check_times(s)
+        if s.ndim and s.shape != u.shape[1:]:
+            try:
+                s = s.expand(u.shape[1:]).contiguous()
+            except RuntimeError:
+                raise ValueError(f"s of shape {tuple(s.shape)} does not broadcast to u's {tuple(u.shape[1:])}") from None
+        return self._from_uniforms(s.to(dtype), u, dtype, None)
+
+    def _from_uniforms(self, s: torch.Tensor, u: torch.Tensor, dtype, generator) -> torch.Tensor:
+        shape = u.shape[1:]
+        u1, v, u2 = u[1:].to(dtype).unbind(0)
+        w = v - 0.5
+        sign = torch.sign(w)  # the initial direction, independent of cos(2 pi w)
+        rows = _constant_rows(s) if u[0].numel() else None
+        if rows is not None:  # 2-D layout (rows, elements per row)
+            B = rows.numel()
+            front = (self.c * rows).reshape(B, 1)
+            u1, w, u2, sign = (z.reshape(B, -1) for z in (u1, w, u2, sign))
         else:
-            flips = poisson(lam, generator=generator)
-        k = torch.floor(flips * 0.5)
-        odd = flips - 2 * k  # 1 for odd N, 0 for even N
-        m = torch.clamp(k + odd, min=1)  # symmetric Beta(m, m): m = k + 1 (odd) or k (even)
-        u1, v, u2 = torch.rand((3,) + s.shape, dtype=s.dtype, device=s.device, generator=generator)
-        y = torch.sqrt(_one_minus_exp(torch.log(u1) * (2 / (2 * m - 1)))) * torch.cos((2 * math.pi) * v)
-        # even N: y <- B y + (1 - B), B = u2^(1/(2k)); odd N: exponent 0, so 1 - B = 0
-        expo = (1 - odd) / (2 * torch.clamp(k, min=1))
-        one_minus_b = _one_minus_exp(torch.log(torch.clamp(u2, min=torch.finfo(s.dtype).tiny)) * expo)
-        y = y + one_minus_b * (1 - y)
-        y = torch.where(flips > 0, y, 1.0)
-        return (signed_front * y).reshape(shape)
+            front = self.c * s
+        if self.a == 0 or u[0].numel() == 0:
+            return (front * sign).reshape(shape)
+        if rows is not None:
+            e1, e2 = _table_exponents(self.a * rows.double(), u[0].reshape(B, -1), dtype)
+        else:
+            e1, e2 = _beta_exponents(self._flips(s, u[0], generator).to(dtype))
+        y = torch.sqrt(torch.expm1(torch.log(u1) * e1).neg_())
+        y *= torch.cos((2 * math.pi) * w)  # Y ~ Beta(m, m) on [-1, 1]
+        fin = torch.finfo(dtype)
+        b = torch.exp(torch.log(torch.clamp(u2, fin.tiny, 1 - fin.eps / 2)).mul_(e2))  # u2^e2
+        x = sign - b * (sign - y)
+        return (x.mul_(front) if x.shape == torch.broadcast_shapes(x.shape, front.shape) else x * front).reshape(shape)
+
+    def _flips(self, s: torch.Tensor, u: torch.Tensor, generator) -> torch.Tensor:
+        """``N ~ Poisson(a s)`` elementwise by inversion of ``u``, or (rates >= 10, with a
+        ``generator``) by transformed rejection."""
+        lam = (self.a * s).expand(u.shape)
+        if bool((lam < 10).all()):
+            return _poisson_inversion(lam.reshape(-1), generator, u=u.reshape(-1)).reshape(u.shape)
+        if generator is not None:
+            return poisson(lam, generator=generator)
+        return poisson_walk_inversion(lam, u)
 
 
-def _one_minus_exp(t: torch.Tensor) -> torch.Tensor:
-    """``1 - exp(t)`` for ``t <= 0`` without cancellation: with ``q = tanh(-t/2)``,
-    ``1 - e^t = 2q/(1 + q)`` (exact identity; ``tanh`` is accurate near 0 and much faster than
-    ``expm1`` on CPU)."""
-    q = torch.tanh(-0.5 * t)
-    return 2 * q / (1 + q)
+def _beta_exponents(flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exponents of :meth:`KacProcess.sample_from_uniforms` for counts ``N``: ``2/(2m - 1)``
+    (``m = ceil(N/2)``, any finite value at ``N = 0``) and ``1/N`` (even), ``0`` (odd), ``inf`` (0)."""
+    odd = flips - 2 * torch.floor(0.5 * flips)
+    return 2 / torch.clamp(flips - 1 + odd, min=1), (1 - odd) / flips
+
+
+def _constant_rows(s: torch.Tensor) -> torch.Tensor | None:
+    """The times of the rows ``s[i]`` as a ``(B,)`` tensor (``B = 1`` for a scalar or a constant
+    tensor) when every row is constant and has at least 16 elements; else ``None``."""
+    if s.ndim == 0:
+        return s.reshape(1)
+    if s.numel() == 0:
+        return None
+    q = s.reshape(s.shape[0], -1) if s.ndim >= 2 else s.reshape(1, -1)
+    if not torch.equal(q, q[:, :1].expand_as(q)):
+        return None
+    r = q[:, 0]
+    if bool((r == r[0]).all()):
+        return r[:1]
+    return r if q.shape[1] >= 16 else None
+
+
+TABLE_SIGMAS = 12.0
+"""Half width of a Poisson CDF table in standard deviations (plus 20 terms above the mean): the
+mass below the table is below 1e-30 (it is included in the CDF, and such draws get the table's first
+count); draws beyond the table's end continue sequentially."""
+
+
+@dataclass(frozen=True)
+class _CdfTable:
+    """Per-row Poisson CDF on ``lo + i``, ``i < W``, and how to search it.
+
+    Column 0 of ``F`` is a sentinel (2.0) and column ``i + 1`` holds ``F(lo + i)``.  With a guide
+    (``G`` buckets): ``start[b, j] = 1 + #{i : F(lo + i) < j/G}`` where bucket ``j`` holds at most
+    one CDF value (none if not ``compare``) and lies below the bucket of the table's last value,
+    else 0 (the element needs a binary search); the count is ``start`` plus, with ``compare``, one
+    comparison with the bucket's CDF value.  Without a guide (short rows: its set-up would cost
+    more than the search) a branchless binary search over ``F`` padded to a power of two."""
+
+    lam: torch.Tensor
+    lo: torch.Tensor
+    pmf: torch.Tensor
+    F64: torch.Tensor
+    F: torch.Tensor
+    start: torch.Tensor | None
+    G: int
+    compare: bool
+
+    @property
+    def W(self) -> int:
+        return self.pmf.shape[1]
+
+    @staticmethod
+    def build(lam: torch.Tensor, dtype, per_row: int | None = None) -> "_CdfTable":
+        """Tables for rates ``lam`` ``(B,)`` (float64) and uniforms of ``dtype``; ``per_row``: the
+        number of draws per row (``None``: many), which decides whether a guide pays."""
+        B, dev = lam.numel(), lam.device
+        sd = torch.sqrt(lam)
+        lo = torch.floor(torch.clamp(lam - TABLE_SIGMAS * sd - 5, min=0))
+        W = int(torch.ceil((lam + TABLE_SIGMAS * sd + 20 - lo).max()).item()) + 1
+        if bool((lo == 0).all()) and float(lam.max()) < 700:  # pmf(k) = e^-lam lam^k / k!, as a product
+            ratio = lam[:, None] / torch.arange(1, W, dtype=torch.float64, device=dev)
+            pmf = torch.cumprod(torch.cat([torch.ones_like(lam[:, None]), ratio], 1), 1) * torch.exp(-lam)[:, None]
+            F64 = torch.cumsum(pmf, 1)
+        else:
+            k = lo[:, None] + torch.arange(W, dtype=torch.float64, device=dev)
+            pmf = torch.exp(torch.special.xlogy(k, lam[:, None]) - lam[:, None] - torch.lgamma(k + 1))
+            below = torch.where(lo > 0, torch.special.gammaincc(lo.clamp(min=1), lam), torch.zeros_like(lam))
+            F64 = below[:, None] + torch.cumsum(pmf, 1)
+        F = torch.cat([torch.full((B, 1), 2.0, dtype=dtype, device=dev), F64.to(dtype)], 1)
+        compare = B > 1
+        if per_row is not None and per_row < 8 * W:
+            return _CdfTable(lam, lo, pmf, F64, F, None, 0, compare)
+        # one rate: 2^14 or more buckets, those holding a CDF value are searched (a fraction W/G of
+        # the draws); several rates: ~4 W buckets per row and one comparison
+        G = 1 << max(6 if compare else 14, (4 * W - 1).bit_length())
+        bucket = torch.clamp((F[:, 1:] * G).long(), 0, G)  # F(k) < j/G  <=>  bucket(k) < j  (G = 2^m)
+        counts = torch.zeros(B, G + 1, dtype=torch.long, device=dev)
+        counts.scatter_add_(1, bucket, torch.ones_like(bucket))
+        first = torch.cumsum(counts, 1) - counts  # #{i : F(lo + i) < j/G}, j <= G (u = 1 included)
+        slow = (counts > (1 if compare else 0)) | (torch.arange(G + 1, device=dev) >= bucket[:, -1:])
+        start = torch.where(slow, torch.zeros_like(first), first + 1).contiguous()
+        return _CdfTable(lam, lo, pmf, F64, F, start, G, compare)
+
+    def _count(self, u: torch.Tensor) -> torch.Tensor:
+        """``#{i : F(lo + i) < u}`` by a branchless binary search (``log2 W`` gathers)."""
+        B = self.F.shape[0]
+        width = 1 << self.W.bit_length()  # > W
+        Fp = torch.cat([self.F[:, 1:], self.F.new_full((B, width - self.W), 2.0)], 1)
+        c = torch.zeros(u.shape, dtype=torch.long, device=u.device)
+        step = width // 2
+        while step:
+            c += step * (Fp.gather(1, c + (step - 1)) < u)
+            step //= 2
+        return c
+
+    def search(self, u: torch.Tensor):
+        """``(n, slow)``: for the fast elements ``N = lo + n - 1``; ``slow`` = ``(rows, cols, N)``
+        of the others, found by binary search (and sequential continuation beyond the table)."""
+        if self.start is None:
+            n = self._count(u) + 1
+            slow = n == self.W + 1  # beyond the table
+        else:
+            j = (u * self.G).long()  # u in [0, 1]: j in [0, G]
+            n = self.start.gather(1, j)
+            if self.compare:
+                n += u > self.F.gather(1, n)
+            slow = n == 0
+        rows, cols = slow.nonzero(as_tuple=True)
+        if not rows.numel():
+            return n, None
+        uu = u[rows, cols]
+        F = self.F[:, 1:]  # binary search: nn = #{i : F(lo + i) < u}
+        if F.shape[0] == 1:
+            nn = torch.searchsorted(F[0], uu)
+        else:
+            nn = torch.searchsorted(F[rows], uu[:, None]).squeeze(1)
+        N = self.lo[rows] + nn.double()
+        tail = nn == self.W
+        if bool(tail.any()):
+            t = tail.nonzero().squeeze(1)
+            r = rows[t]
+            N[t] = _continue_inversion(self.lam[r], uu[t].double(), self.lo[r] + self.W - 1,
+                                       self.pmf[r, -1], self.F64[r, -1])
+        return n, (rows, cols, N)
+
+
+def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_beta_exponents` of every count of the table, in its columns (column 0: a placeholder)."""
+    k = table.lo[:, None] + torch.arange(-1, table.W, dtype=torch.float64, device=table.lo.device)
+    return tuple(e.to(dtype) for e in _beta_exponents(k.clamp(min=0)))
+
+
+@functools.lru_cache(maxsize=32)
+def _single_rate_tables(lam: float, udtype, dtype, device: str):
+    """The table and exponent tables of one rate (a latent's), kept for the next call."""
+    table = _CdfTable.build(torch.tensor([lam], dtype=torch.float64, device=device), udtype)
+    return table, *_exponent_tables(table, dtype)
+
+
+def _table_exponents(lam: torch.Tensor, u: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Beta exponents of :func:`_beta_exponents` for ``N`` drawn by table inversion of ``u``
+    ``(B, P)`` (rates ``lam`` ``(B,)``), gathered from per-row tables without forming ``N``."""
+    if lam.numel() == 1:
+        table, E1, E2 = _single_rate_tables(float(lam), u.dtype, dtype, str(u.device))
+    else:
+        table = _CdfTable.build(lam, u.dtype, per_row=u.shape[1])
+        E1, E2 = _exponent_tables(table, dtype)
+    n, slow = table.search(u)
+    e1, e2 = E1.gather(1, n), E2.gather(1, n)
+    if slow is not None:
+        rows, cols, N = slow
+        s1, s2 = _beta_exponents(N.to(dtype))
+        e1[rows, cols], e2[rows, cols] = s1, s2
+    return e1, e2
+
+
+def poisson_table_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``N = #{k : F(k) < u}`` row by row: ``lam`` ``(B,)`` rates, ``u`` ``(B, P)`` uniforms; returns
+    the counts as floats of ``u``'s dtype.
+
+    Exact inversion up to float64 rounding of the CDF (then rounding to ``u``'s dtype), no stored
+    table: each row's CDF is tabulated on ``lo <= k < lo + W`` (``lo = max(0, lam - 12 sqrt(lam) -
+    5)``, ``W ~ 24 sqrt(lam) + 25``; the mass below ``lo``, under 1e-30, enters through the
+    regularised incomplete gamma function), a guide table of ``G ~ 4 W`` buckets gives the count
+    with one comparison where a bucket holds at most one CDF value, the others by binary search,
+    and a draw beyond the table continues with ``p(k) = p(k - 1) lam / k``.
+    """
+    lam = lam.double().reshape(-1)
+    table = _CdfTable.build(lam, u.dtype, per_row=u.shape[1])
+    n, slow = table.search(u)
+    out = (table.lo[:, None] + (n - 1).double()).to(u.dtype)
+    if slow is not None:
+        rows, cols, N = slow
+        out[rows, cols] = N.to(u.dtype)
+    return out
+
+
+def _continue_inversion(lam, u, k, p, F, max_terms: int = 100_000) -> torch.Tensor:
+    """Sequential inversion beyond ``k`` (where the CDF is ``F`` and the pmf ``p``): returns
+    ``k + 1 + #{j > k : F(j) < u}`` (float64; ``u > F`` on entry)."""
+    n = k + 1
+    for _ in range(max_terms):
+        k = k + 1
+        p = p * lam / k
+        F = F + p
+        more = u > F
+        if not bool(more.any()) or not bool((p > 0).any()):
+            break
+        n = n + more
+    return n
+
+
+def poisson_walk_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``N = #{k : F(k) < u}`` elementwise for any rates (float64 inside, result in ``u``'s dtype):
+    start at the mode ``floor(lam)``, where ``F`` is the regularised incomplete gamma function, and
+    walk up or down with the pmf recursion; ``O(sqrt(lam))`` passes over the elements still moving."""
+    shape, dtype = u.shape, u.dtype
+    lam, u = lam.double().reshape(-1), u.double().reshape(-1)
+    k = torch.floor(lam)
+    p = torch.exp(torch.special.xlogy(k, lam) - lam - torch.lgamma(k + 1))
+    F = torch.special.gammaincc(k + 1, lam)  # P(N <= k)
+    # up: while F(k) < u, step up
+    idx = (u > F).nonzero().squeeze(1)
+    kk, pp, FF = k[idx], p[idx], F[idx]
+    while idx.numel():
+        kk = kk + 1
+        pp = pp * lam[idx] / kk
+        FF = FF + pp
+        k[idx] = kk
+        go = (u[idx] > FF) & (pp > 0)
+        idx, kk, pp, FF = idx[go], kk[go], pp[go], FF[go]
+    # down: while F(k - 1) = F(k) - p(k) >= u, step down
+    idx = ((u <= F - p) & (k > 0)).nonzero().squeeze(1)
+    kk, pp, FF = k[idx], p[idx], F[idx]
+    while idx.numel():
+        FF = FF - pp
+        pp = pp * kk / lam[idx]
+        kk = kk - 1
+        k[idx] = kk
+        go = (u[idx] <= FF - pp) & (kk > 0)
+        idx, kk, pp, FF = idx[go], kk[go], pp[go], FF[go]
+    return k.to(dtype).reshape(shape)
 
 
 def _rejection_loop(propose, n: int, like: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .kac import KacProcess, check_finite_param
+from .latents import box_muller
 
 __all__ = ["PathSample", "KacPath", "GaussianPath", "DiffusionPath", "build_path"]
 
@@ -131,6 +132,14 @@ class KacPath(_Schedule):
         s = torch.full(tuple(shape), float(self.g(torch.tensor(self.T))), device=device, dtype=dtype or torch.get_default_dtype())
         return self.process.sample(s, generator=generator)
 
+    latent_uniforms = 4
+    """Uniforms per coordinate of :meth:`latent_from_uniforms` (counter-based latents, :mod:`kaclib.latents`)."""
+
+    def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
+        """The latent ``K_{g(T)}`` from independent uniforms ``u`` ``(4, *shape)``: the exact sampler
+        :meth:`~kaclib.kac.KacProcess.sample_from_uniforms` (one CDF table, no per-element rates)."""
+        return self.process.sample_from_uniforms(float(self.g(torch.tensor(self.T))), u, dtype=dtype)
+
     def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:
         """Per-coordinate bound on the target for data in ``[-data_bound, data_bound]``:
         ``|f'(t)| data_bound + g'(t) c``."""
@@ -159,13 +168,25 @@ class DiffusionPath(_Schedule):
         return PathSample(x_t=x_t, target=self.conditional_velocity(x_t, x0, t), t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=noise)
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
+        """``f' x0 + g' (x - f x0)/(2 g)``.  Where ``g(t) = 0`` (``t = 0``, which ``torch.rand``
+        does draw) the state is ``f x0`` exactly and the noise term is ``0/0``: it is replaced by
+        its conditional mean, 0 (for ``g = t^2`` the term is ``sqrt(2D/T) eps`` with mean 0; for
+        ``g = t`` it has mean 0 and diverges), so the target stays finite: ``f'(0) x0``."""
         tt = _expand_t(t, x0)
         g = self.g(tt)
-        return self.df(tt) * x0 + self.dg(tt) * (x - self.f(tt) * x0) / (2 * g)
+        pos = g > 0
+        noise_term = torch.where(pos, (x - self.f(tt) * x0) / (2 * torch.where(pos, g, torch.ones_like(g))), 0.0)
+        return self.df(tt) * x0 + self.dg(tt) * noise_term
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
         std = math.sqrt(2 * self.D * float(self.g(torch.tensor(self.T))))
         return std * torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+
+    latent_uniforms = 2
+
+    def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
+        """The latent ``sqrt(2 D g(T)) eps`` from uniforms ``u`` ``(2, *shape)`` (Box-Muller)."""
+        return math.sqrt(2 * self.D * float(self.g(torch.tensor(self.T)))) * box_muller(u, dtype)
 
     def config(self) -> dict:
         return {"kind": "diffusion", "D": self.D, "f": self.f_name, "g": self.g_name, "T": self.T}
@@ -194,6 +215,12 @@ class GaussianPath:
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
         return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+
+    latent_uniforms = 2
+
+    def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
+        """The latent ``eps ~ N(0, 1)`` from uniforms ``u`` ``(2, *shape)`` (Box-Muller)."""
+        return box_muller(u, dtype)
 
     def config(self) -> dict:
         return {"kind": "gaussian", "T": 1.0}

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .accel import velocity_fn
 from .guidance import passes_per_call
 
 __all__ = ["SOLVERS", "NFE_PER_STEP", "SampleResult", "sample", "time_grid", "nfe_for"]
@@ -85,11 +86,15 @@ def sample(
     y: torch.Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
+    accel=None,
 ) -> SampleResult:
     """Integrate ``dx/dt = velocity(x, t, y)`` from ``x_T`` at ``t = T`` down to ``t = 0``.
 
     ``velocity`` is called with ``t`` a ``(B,)`` tensor of ``x_T``'s dtype and device.  Runs under
-    ``torch.no_grad()``.  Deterministic (no randomness is drawn here).
+    ``torch.no_grad()``.  Deterministic (no randomness is drawn here).  ``accel`` (a
+    :class:`kaclib.accel.AccelConfig`, resolved on ``x_T``'s device) runs ``velocity`` under bf16
+    autocast / channels-last inputs when it asks for them; the state stays in ``x_T``'s dtype.
+    ``None``: ``velocity`` is called as it is.
     """
     steps = _check_steps(steps)
     method = _check_method(method)
@@ -110,12 +115,13 @@ def sample(
     times = time_grid(steps, T)
     h = T / steps
     counters = {"nfe": 0, "passes": 0}
+    field = velocity_fn(velocity, accel, x_T.device)
 
     def u(x: torch.Tensor, t: float) -> torch.Tensor:
         tt = torch.full((B,), t, dtype=x.dtype, device=x.device)
         counters["nfe"] += 1
         counters["passes"] += passes_per_call(velocity, tt)
-        return velocity(x, tt, y)
+        return field(x, tt, y)
 
     x = x_T
     traj = [x_T] if return_trajectory else None

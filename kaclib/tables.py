@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["format_cell", "format_table", "markdown_table"]
+__all__ = ["format_cell", "format_table", "markdown_table", "comparison_rows", "COMPARISON_HEADER"]
 
 
 def format_cell(v) -> str:
@@ -30,3 +30,13 @@ def markdown_table(headers: list, rows: list[list]) -> str:
     lines = ["| " + " | ".join(str(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(format_cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+COMPARISON_HEADER = ["claim", "metric", "a - b (mean)", "95% CI", "seeds", "verdict"]
+
+
+def comparison_rows(comparisons: list) -> list[list]:
+    """Rows of a table of paired comparisons (dicts of :meth:`kaclib.stats.Comparison.to_dict`),
+    under :data:`COMPARISON_HEADER`."""
+    return [[c["claim"], c["metric"], f"{c['diff_mean']:+.4g}", f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]",
+             len(c["diff_values"]), c["verdict"]] for c in comparisons]

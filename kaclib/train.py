@@ -30,10 +30,12 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from . import accel as _accel
 from . import runs
+from .accel import AccelConfig
 from .kac import check_finite_param
 from .paths import build_path
 
@@ -65,8 +69,15 @@ __all__ = [
     "main",
 ]
 
-MUTABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
-"""Config fields that may change when a run is resumed (extending ``steps`` continues a run)."""
+MUTABLE_FIELDS = ("steps", "checkpoint_every", "log_every") + tuple(f"accel.{k}" for k in _accel.MUTABLE_ON_RESUME)
+"""Config fields that may change when a run is resumed (extending ``steps`` continues a run;
+channels-last and compile change only layout and kernels, see :mod:`kaclib.accel`)."""
+
+MAX_STEPS = 10**9
+"""Largest ``steps`` accepted (a larger count is a typo, and its loss buffer would not fit in memory)."""
+MAX_BATCH = 16384
+"""Largest ``batch_size`` accepted: a batch lives in memory with the network's activations for it
+(about 0.1-1 MB per 8x8-32x32 image for the presets here, so 16384 images already need several GB)."""
 
 
 # =============================================================================== configuration
@@ -75,9 +86,12 @@ def _default_path() -> dict:
     return {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
 
 
-def _check_int(name: str, value, minimum: int) -> int:
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {value!r} (refused: an absurd value that "
+                         "would exhaust memory or never finish)")
     return value
 
 
@@ -105,7 +119,12 @@ class TrainConfig:
     ``batch_size`` is the global batch (split across ranks).  ``grad_clip=None`` disables clipping.
     ``seed`` drives initialisation, data order and noise; ``data_seed`` the data set's seeded
     train/val split (``load_dataset(..., seed=data_seed)``).  ``checkpoint_every=0`` checkpoints only
-    at the end.
+    at the end.  ``accel``: the accelerator switches (:class:`kaclib.accel.AccelConfig`; the
+    default is bf16 + channels-last + fused Adam on CUDA, plain fp32 on the CPU); :func:`train`
+    records them resolved for its device unless that is plain fp32 (a ``config.json`` without
+    ``accel`` ran in fp32, as every run before the field), and a resumed run keeps its arithmetic
+    (an fp32 run resumes only in fp32).  :meth:`to_dict` leaves the default ``accel`` out, so
+    configs that do not touch it serialise as before the field existed.
     """
 
     dataset: str = "digits"
@@ -121,8 +140,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 100
     data_seed: int = 0
+    accel: AccelConfig = field(default_factory=AccelConfig)
 
     def __post_init__(self):
+        object.__setattr__(self, "accel", AccelConfig.from_dict(self.accel))
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
         if not isinstance(self.model, dict):
@@ -131,8 +152,8 @@ class TrainConfig:
             raise ValueError(f"path must be a dict with a 'kind', got {self.path!r}")
         object.__setattr__(self, "p_uncond", _check_prob("p_uncond", self.p_uncond))
         object.__setattr__(self, "lr", check_finite_param("lr", self.lr, positive=True))
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("steps", self.steps, 0)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
+        _check_int("steps", self.steps, 0, MAX_STEPS)
         object.__setattr__(self, "grad_clip", _check_clip(self.grad_clip))
         object.__setattr__(self, "ema_decay", _check_prob("ema_decay", self.ema_decay, upper_open=True))
         _check_int("seed", self.seed, 0)
@@ -141,7 +162,10 @@ class TrainConfig:
         _check_int("data_seed", self.data_seed, 0)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if self.accel == AccelConfig():
+            d.pop("accel")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -303,7 +327,7 @@ def _validate_data(data, labels, num_classes, batch_size, world):
         _check_int("num_classes", num_classes, 1)
         if labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
-    _check_int("batch_size", batch_size, 1)
+    _check_int("batch_size", batch_size, 1, MAX_BATCH)
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
 
@@ -345,6 +369,7 @@ def fit(
     log_every: int = 100,
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
+    accel: AccelConfig | None = None,
 ) -> FitResult:
     """Train ``model(x, t, y) -> u`` on ``path``'s regression target (module docstring's loss).
 
@@ -355,9 +380,12 @@ def fit(
     is checked against / written to ``config.json``, checkpoints go there every
     ``checkpoint_every`` steps and at the end, metrics every ``log_every`` steps; ``resume=True``
     continues from the checkpoint found there.  ``callback(step, info)`` runs after every step
-    (``info``: ``loss`` tensor, ``grad_norm`` tensor).
+    (``info``: ``loss`` tensor, ``grad_norm`` tensor).  ``accel``: the accelerator switches
+    (:class:`kaclib.accel.AccelConfig`, resolved on ``device``; ``None`` is plain fp32,
+    :data:`kaclib.accel.OFF`); recorded in the default ``config`` unless plain fp32, and a resumed
+    run must keep the arithmetic its ``config.json`` records (:func:`kaclib.accel.resume_config`).
     """
-    _check_int("steps", steps, 0)
+    _check_int("steps", steps, 0, MAX_STEPS)
     lr = check_finite_param("lr", lr, positive=True)
     p_uncond = _check_prob("p_uncond", p_uncond)
     grad_clip = _check_clip(grad_clip)
@@ -370,32 +398,50 @@ def fit(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     is_main = rank == 0
 
-    model = model.to(device)
-    data = data.to(device)
-    labels = labels.to(device) if labels is not None else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    acc = AccelConfig.from_dict(accel if accel is not None else _accel.OFF).resolve(device)
+    model = _accel.prepare_model(model.to(device), dataclasses.replace(acc, compile=False), device)
+    data = _accel.to_device(data, device)
+    labels = _accel.to_device(labels, device) if labels is not None else None
+    optimizer = _accel.make_optimizer(model.parameters(), lr, acc, device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
     start = 0
 
+    last_good = None  # step of the last checkpoint (never a non-finite one)
+    lock = contextlib.ExitStack()  # rank 0 holds the run directory's lock while it trains
     if run_dir is not None:
-        run_dir = Path(run_dir)
+        run_dir = runs.check_run_path(run_dir)
         if config is None:
             config = _fit_config(path, steps, batch_size, lr, p_uncond, grad_clip, ema_decay, seed, checkpoint_every, log_every, num_classes)
+            if acc != _accel.OFF:
+                config["accel"] = acc.to_dict()
+        saved = runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
+        config = _accel.resume_config(saved, config, acc, run_dir)  # the recorded arithmetic stays
         mutable = [k for k in MUTABLE_FIELDS] + [f"fit.{k}" for k in MUTABLE_FIELDS]
-        exists = runs.prepare_run_dir(run_dir, config, resume=resume, mutable=mutable, write=is_main)
-        if world > 1:
-            dist.barrier()  # rank 0 has recovered / written the directory
-            exists = runs.has_checkpoint(run_dir)
-        if exists:
-            start = _load_checkpoint(run_dir, model, ema, optimizer, device)
-        if is_main:
-            runs.truncate_jsonl(run_dir / runs.METRICS_FILE, start)
+        config = json.loads(json.dumps(config))
+        try:
+            if is_main:
+                lock.enter_context(runs.writer(run_dir))
+            exists = runs.prepare_run_dir(run_dir, config, resume=resume, mutable=mutable, write=is_main)
+            if world > 1:
+                dist.barrier()  # rank 0 has recovered / written the directory
+                exists = runs.has_checkpoint(run_dir)
+            ckpt = _load_checkpoint(run_dir, model, ema, optimizer, device) if exists else None
+            if ckpt is not None:
+                start = last_good = ckpt.step
+            if is_main:
+                runs.rewind_metrics(run_dir, ckpt)  # checked against the checkpoint, cut back to it
+        except BaseException:
+            lock.__exit__(*sys.exc_info())
+            raise
+    guard = _FiniteGuard(run_dir, start, last_good)
 
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=labels is None)
+    if acc.compile:
+        net = _accel.compile_model(net, device)
 
     order = _EpochOrder(data.shape[0], seed)
     T = float(path.T)
@@ -405,11 +451,11 @@ def fit(
     last_log_t, last_log_step = t0, start
     bar = tqdm(total=steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
     model.train()
-    with torch.random.fork_rng(devices=_rng_devices(device)), bar:
+    with lock, torch.random.fork_rng(devices=_rng_devices(device)), bar, _accel.tf32_policy(device, acc):
         for k in range(start, steps):
             loss, grad_norm = _train_step(
                 net, model, optimizer, ema, path, data, labels, num_classes, order, k, batch_size,
-                rank, world, seed, p_uncond, grad_clip, T, device,
+                rank, world, seed, p_uncond, grad_clip, T, device, acc,
             )
             losses[k - start] = loss.detach()
             window += loss.detach()
@@ -417,6 +463,7 @@ def fit(
             step = k + 1
             bar.update(1)
             if step % log_every == 0 or step == steps:
+                guard.check_losses(losses, step)
                 mean = window / window_n
                 if world > 1:
                     dist.all_reduce(mean)
@@ -432,9 +479,15 @@ def fit(
                 window.zero_()
                 window_n, last_log_t, last_log_step = 0, now, step
             if run_dir is not None and is_main and ((checkpoint_every and step % checkpoint_every == 0) or step == steps):
-                _save_checkpoint(run_dir, model, ema, optimizer, step, seed, world)
+                guard.check_losses(losses, step)
+                guard.check_weights(step, model, ema.module)
+                _save_checkpoint(run_dir, model, ema, optimizer, step, seed, world, config)
+                guard.last_good = step
             if callback is not None:
                 callback(step, {"loss": loss.detach(), "grad_norm": grad_norm})
+    if steps > start:
+        guard.check_losses(losses, steps)
+        guard.check_weights(steps, model, ema.module)
     elapsed = time.perf_counter() - t0
     ema_module = ema.module.eval()
     model.eval()
@@ -445,7 +498,7 @@ def fit(
 
 
 def _train_step(net, model, optimizer, ema, path, data, labels, num_classes, order, k, batch_size,
-                rank, world, seed, p_uncond, grad_clip, T, device):
+                rank, world, seed, p_uncond, grad_clip, T, device, acc=None):
     """One optimisation step; every random draw comes from ``step_seed(seed, rank, k, ...)``."""
     s_global = step_seed(seed, rank, k, 1)  # dropout and other users of the global RNG
     torch.default_generator.manual_seed(s_global)
@@ -462,8 +515,9 @@ def _train_step(net, model, optimizer, ema, path, data, labels, num_classes, ord
         y = labels[idx]
         drop = torch.rand(b, generator=g, device=device) < p_uncond
         y = torch.where(drop, torch.full_like(y, num_classes), y)
-    pred = net(ps.x_t, t, y)
-    loss = torch.mean((pred - ps.target) ** 2)
+    with _accel.autocast(device, acc):  # bf16 forward when asked; the loss in the data's dtype
+        pred = net(_accel.format_input(ps.x_t, acc), t, y)
+    loss = torch.mean((pred.to(ps.target.dtype) - ps.target) ** 2)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = grad_clip if grad_clip is not None else math.inf
@@ -476,9 +530,43 @@ def _train_step(net, model, optimizer, ema, path, data, labels, num_classes, ord
     return loss, grad_norm.detach()
 
 
+class _FiniteGuard:
+    """Stops training at the first non-finite loss (checked at every log step, before every
+    checkpoint and at the end: no extra GPU synchronisation) or non-finite weights (before every
+    checkpoint and at the end), naming the step and the last good checkpoint, which is kept: a
+    NaN is never saved."""
+
+    def __init__(self, run_dir, start: int, last_good: int | None):
+        self.run_dir, self.start, self.checked, self.last_good = run_dir, start, start, last_good
+
+    def _stop(self, what: str, step: int):
+        if self.run_dir is None:
+            kept = "nothing was saved"
+        elif self.last_good is None:
+            kept = f"no checkpoint was written to {self.run_dir}"
+        else:
+            kept = f"the last good checkpoint (step {self.last_good}) in {self.run_dir} is kept"
+        raise runs.NonFiniteError(f"{what} at step {step}: training stopped; {kept} "
+                                  "(a learning rate, path parameter or guidance weight too large?)")
+
+    def check_losses(self, losses: torch.Tensor, step: int) -> None:
+        seg = losses[self.checked - self.start: step - self.start]
+        bad = ~torch.isfinite(seg)
+        if bool(bad.any()):
+            self._stop("non-finite loss (NaN or inf)", self.checked + int(bad.nonzero()[0, 0]) + 1)
+        self.checked = max(self.checked, step)
+
+    def check_weights(self, step: int, *modules) -> None:
+        for m in modules:
+            try:
+                runs.check_finite(m, "the model")
+            except runs.NonFiniteError:
+                self._stop("non-finite weights (NaN or inf)", step)
+
+
 # =============================================================================== checkpoints
 
-def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int, world: int) -> None:
+def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int, world: int, config: dict) -> None:
     meta = {"step": str(step)}
     state = {
         "step": step,
@@ -492,16 +580,23 @@ def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int,
         runs.MODEL_FILE: runs.weights_bytes(model, meta),
         runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
         runs.STATE_FILE: runs.save_torch_bytes(state),
-    })
+    }, config=config, step=step)
 
 
-def _load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> int:
-    state = runs.load_state(run_dir, device="cpu")
-    runs.load_weights(model, run_dir / runs.MODEL_FILE)
-    runs.load_weights(ema.module, run_dir / runs.EMA_FILE)
-    ema.n_averaged.fill_(state["ema_n_averaged"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
+def _load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> "runs.Checkpoint":
+    """Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` and ``optimizer``."""
+    ckpt = runs.read_checkpoint(run_dir)
+    state = ckpt.state("cpu")
+    ckpt.load_into(model, runs.MODEL_FILE)
+    ckpt.load_into(ema.module, runs.EMA_FILE)
+    try:
+        ema.n_averaged.fill_(state["ema_n_averaged"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: the optimizer state does not fit this run ({e})") from None
+    if state["step"] != ckpt.step:
+        raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: step {state['step']}, but {runs.MANIFEST_FILE} says {ckpt.step}")
+    return ckpt
 
 
 # =============================================================================== configs -> runs
@@ -546,6 +641,8 @@ def train(
     created_group = created_group and world > 1
     try:
         cfg = config.resolved()
+        acc = cfg.accel.resolve(dev)  # recorded as run on this device; plain fp32 records nothing
+        cfg = cfg.replace(accel=acc if acc != _accel.OFF else AccelConfig())
         data = load_dataset(cfg.dataset, "train", root=data_root, seed=cfg.data_seed)
         path = build_path(cfg.path)
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
@@ -556,7 +653,7 @@ def train(
             grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, seed=cfg.seed, device=dev,
             run_dir=run_dir, config=cfg.to_dict(), resume=resume,
             checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-            progress=progress, callback=callback,
+            progress=progress, callback=callback, accel=acc,
         )
     finally:
         if created_group and dist.is_initialized():
@@ -587,23 +684,24 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device="cpu") -> Load
     """
     from .models import UNetConfig, build_model
 
-    run_dir = Path(run_dir)
+    run_dir = runs.check_run_path(run_dir)
     raw = runs.read_config(run_dir)
     if "model" not in raw or "path" not in raw:
         raise ValueError(f"{run_dir}/{runs.CONFIG_FILE} lacks 'model' or 'path': not a model run")
-    if os.access(run_dir, os.W_OK):
-        runs.recover_checkpoint(run_dir)
-    weights = run_dir / (runs.EMA_FILE if ema else runs.MODEL_FILE)
-    if not weights.is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {weights.name})")
-    path = build_path(raw["path"])
-    model = build_model(UNetConfig.from_dict(raw["model"]), path=path)
-    runs.load_weights(model, weights)
+    name = runs.EMA_FILE if ema else runs.MODEL_FILE
+    if not (run_dir / name).is_file() and not (run_dir / runs.PENDING_FILE).is_file():
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {name})")
+    ckpt = runs.read_checkpoint(run_dir, names=(name,))  # verified, read-only: nothing is recovered
+    raw = ckpt.config
+    try:
+        path = build_path(raw["path"])
+        model = build_model(UNetConfig.from_dict(raw["model"]), path=path)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise runs.RunDirError(f"{run_dir / runs.CONFIG_FILE}: not a usable model config ({e})") from None
+    ckpt.load_into(model, name)
+    runs.check_finite(model, str(run_dir / name))
     model.to(device).eval()
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as fh:
-        step = int((fh.metadata() or {}).get("step", -1))
+    step = ckpt.step
     try:
         config = TrainConfig.from_dict(raw)
     except (ValueError, TypeError):

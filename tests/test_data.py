@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from kaclib.data import DATASETS, ImageData, epoch_batches, load_dataset, sample_batch
+from kaclib.data import (
+    DATASETS,
+    HELD_OUT,
+    SPLIT_FRACTIONS,
+    ImageData,
+    balanced_subset,
+    epoch_batches,
+    load_dataset,
+    max_balanced,
+    mnist_as_digits,
+    sample_batch,
+)
 
 
 # ----------------------------------------------------------------------------- digits / mnist5k
@@ -23,35 +34,62 @@ def test_digits_shapes_range_and_labels():
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist5k"])
-def test_seeded_split_is_disjoint_covering_and_deterministic(name):
-    tr, va, al = (load_dataset(name, s, val_fraction=0.25, seed=3) for s in ("train", "val", "all"))
-    n = len(al)
-    assert len(va) == round(0.25 * n) and len(tr) + len(va) == n
-    # disjoint and covering: "all" (a permutation of the data) is exactly val followed by train
-    assert torch.equal(torch.cat([va.images, tr.images]), al.images)
-    assert torch.equal(load_dataset(name, "val", val_fraction=0.25, seed=3).images, va.images)
-    assert not torch.equal(load_dataset(name, "val", val_fraction=0.25, seed=4).images, va.images)
+def test_splits_are_disjoint_covering_stratified_and_deterministic(name):
+    parts = {s: load_dataset(name, s, seed=3) for s in ("train",) + HELD_OUT}
+    al = load_dataset(name, "all", seed=3)
+    keys = {s: {tuple(x.flatten().tolist()) for x in d.images} for s, d in parts.items()}
+    all_keys = [tuple(x.flatten().tolist()) for x in al.images]
+    # disjoint and covering (as multisets: digits holds a few exact duplicate images)
+    assert sum(len(d) for d in parts.values()) == len(al)
+    assert torch.equal(torch.sort(torch.cat([d.labels for d in parts.values()])).values, torch.sort(al.labels).values)
+    for s, t in [("train", "ref"), ("train", "test"), ("feature", "ref"), ("ref", "test"), ("train", "feature")]:
+        assert len(keys[s] & keys[t]) <= 3, (s, t)  # only the data set's own duplicates may coincide
+    assert set(all_keys) == set().union(*keys.values())
+    # sizes follow the fractions, class by class (balance up to one image per class and split)
+    for s, frac in zip(("train",) + HELD_OUT, SPLIT_FRACTIONS[name]):
+        counts = torch.bincount(parts[s].labels, minlength=10)
+        full = torch.bincount(al.labels, minlength=10)
+        assert ((counts - frac * full).abs() <= 1).all(), s
+    # "val" is everything no generator sees
+    assert len(load_dataset(name, "val", seed=3)) == sum(len(parts[s]) for s in HELD_OUT)
+    assert torch.equal(load_dataset(name, "ref", seed=3).images, parts["ref"].images)
+    assert not torch.equal(load_dataset(name, "ref", seed=4).images, parts["ref"].images)
+
+
+def test_balanced_subset_has_the_labels_of_a_generated_set():
+    test = load_dataset("digits", "test")
+    n = max_balanced(test)
+    sub = balanced_subset(test, n, seed=1)
+    assert torch.equal(sub.labels, torch.arange(n) % 10)
+    assert len({tuple(x.flatten().tolist()) for x in sub.images}) >= n - 3  # without replacement
+    with pytest.raises(ValueError, match="class"):
+        balanced_subset(test, n + 1)
+    assert not torch.equal(balanced_subset(test, 50, seed=2).images, balanced_subset(test, 50, seed=3).images)
+
+
+def test_mnist_as_digits_looks_like_digits():
+    m, d = mnist_as_digits(), load_dataset("digits", "all")
+    assert m.image_shape == d.image_shape and len(m) == 5000
+    # values on the digits grid 2 k / 16 - 1 and a similar ink fraction
+    grid = (m.images + 1) * 8
+    assert torch.equal(grid, grid.round()) and m.images.min() == -1 and m.images.max() == 1
+    assert abs(float(m.images.mean() - d.images.mean())) < 0.15
 
 
 def test_mnist5k_is_shuffled_and_balanced():
     tr = load_dataset("mnist5k", "train")
-    assert tr.image_shape == (1, 28, 28) and len(tr) == 4000
+    assert tr.image_shape == (1, 28, 28) and len(tr) == 2500
     assert tr.images.min() >= -1 and tr.images.max() <= 1
     # the file is sorted by class; after the seeded shuffle the first 100 hold many classes
     assert len(set(tr.labels[:100].tolist())) == 10
-    counts = torch.bincount(tr.labels, minlength=10)
-    assert counts.min() > 350 and counts.max() < 450
+    assert torch.equal(torch.bincount(tr.labels, minlength=10), torch.full((10,), 250))
 
 
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="known.*cifar10"):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="split"):
-        load_dataset("digits", "test")
-    with pytest.raises(ValueError, match="val_fraction"):
-        load_dataset("digits", val_fraction=float("nan"))
-    with pytest.raises(ValueError, match="val_fraction"):
-        load_dataset("digits", val_fraction=1.0)
+        load_dataset("digits", "validation")
     with pytest.raises(ValueError, match="limit"):
         load_dataset("digits", limit=0)
     with pytest.raises(ValueError, match="labels"):
@@ -112,6 +150,10 @@ def test_cifar10_reads_the_official_pickle_format(tmp_path, monkeypatch):
     v = written["data_batch_1"][0][0, 1 * 1024 + 2 * 32 + 5]
     assert tr.images[0, 1, 2, 5].item() == pytest.approx(2 * v / 255 - 1)
     assert va.labels.tolist() == written["test_batch"][1]
+    # feature / ref / test partition the official test set
+    held = [load_dataset("cifar10", s, root=tmp_path) for s in HELD_OUT]
+    assert sum(len(d) for d in held) == len(va)
+    assert sorted(torch.cat([d.labels for d in held]).tolist()) == sorted(va.labels.tolist())
     # the same bytes as torchvision's reader (its MD5 check switched off for the fixture)
     import torchvision.datasets.cifar as tvc
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kaclib.data import load_dataset
+from kaclib.data import balanced_subset, load_dataset
 from kaclib.evaluation import (
     Evaluator,
     balanced_labels,
@@ -142,22 +142,39 @@ def test_trajectory(kac):
 
 # ----------------------------------------------------------------------------------- Evaluator
 
-def test_evaluator_real_data_near_floor_noise_far(evaluator):
+def test_evaluator_floor_is_unseen_real_data_at_the_generated_balance(evaluator):
     assert evaluator.metric_name == "FID-digits"
-    floor = evaluator.floor_scores()
-    assert floor.metric_name == "FID-digits" and floor.n == len(load_dataset("digits", "val"))
-    assert 0 < evaluator.floor() == floor.fid < 10
-    assert floor.accuracy > 0.95
-    # real (training) images score at or below the floor, with high accuracy
-    train = load_dataset("digits", "train")
-    real = evaluator.score(train.images[:400], train.labels[:400])
-    assert real.fid < 1.5 * floor.fid and real.accuracy > 0.95 and real.n == 400
-    # noise is far away, at chance accuracy
+    floor = evaluator.floor(100)
+    assert floor.metric_name == "FID-digits" and floor.n == 100 and evaluator.floor(100) is floor  # cached
+    assert 0 < floor.fid < 10 and floor.accuracy > 0.9
+    assert floor.precision > 0.8 and floor.recall > 0.8
+    # unseen real images are as far from the training set as unseen real images: ratio about 1
+    assert 0.8 < floor.memorisation_ratio < 1.25 and floor.n_nonfinite == 0 and floor.out_of_range == 0
+    assert evaluator.floor().n == evaluator.max_n >= 300
+    with pytest.raises(ValueError, match="exceeds"):
+        evaluator.floor(evaluator.max_n + 1)
+
+
+def test_evaluator_flags_copies_noise_and_broken_pixels(evaluator):
+    floor = evaluator.floor(200)
+    # a memoriser: training images, balanced like a generated set
+    memo = balanced_subset(load_dataset("digits", "train"), 200)
+    copy = evaluator.score(memo.images, memo.labels)
+    assert copy.memorisation_ratio == 0 and copy.fid < 3 * floor.fid
+    # uniform noise is far away, at chance accuracy, with no precision
     g = torch.Generator().manual_seed(0)
-    noise = torch.rand(400, 1, 8, 8, generator=g) * 2 - 1
-    bad = evaluator.score(noise, balanced_labels(400, 10))
-    assert bad.fid > 20 * floor.fid and bad.accuracy < 0.3
+    noise = torch.rand(200, 1, 8, 8, generator=g) * 2 - 1
+    bad = evaluator.score(noise, balanced_labels(200, 10))
+    assert bad.fid > 20 * floor.fid and bad.kid > floor.kid and bad.accuracy < 0.3
+    assert bad.precision < 0.5 and bad.recall < 0.1 and bad.memorisation_ratio > 2
     assert evaluator.score(noise).accuracy is None
+    # non-finite images and pixels outside [-1, 1] are counted, not raised
+    broken = memo.images.clone()
+    broken[:3] = float("nan")
+    broken[3:5] = 3.0
+    s = evaluator.score(broken, memo.labels)
+    assert s.n_nonfinite == 3 and s.out_of_range == pytest.approx(2 * 64 / (197 * 64))
+    assert math.isfinite(s.fid) and math.isfinite(s.kid)
 
 
 def test_evaluator_errors(evaluator):
@@ -165,14 +182,13 @@ def test_evaluator_errors(evaluator):
         Evaluator("svhn")
     with pytest.raises(ValueError, match="shape"):
         evaluator.score(torch.zeros(10, 1, 28, 28))
-    with pytest.raises(ValueError, match="NaN"):
-        evaluator.score(torch.full((10, 1, 8, 8), float("nan")))
 
 
 def test_evaluate_run_dict(kac, evaluator):
     model, path = kac
     r = evaluate_run((model, path), steps=2, method="midpoint", w=1.5, n=20, seed=1, evaluator=evaluator)
     assert r["metric_name"] == "FID-digits" and math.isfinite(r["fid"]) and 0 <= r["accuracy"] <= 1
+    assert {"kid", "kid_std", "precision", "recall", "memorisation_ratio", "n_nonfinite", "out_of_range"} <= set(r)
     assert (r["n"], r["steps"], r["nfe"], r["network_passes"], r["w"]) == (20, 2, 4, 8, 1.5)
     assert r["seconds_per_image"] > 0
     with pytest.raises(ValueError, match="evaluator is needed"):

@@ -249,3 +249,95 @@ def test_negative_or_nan_time_raises():
             f(torch.tensor([float("nan")]))
     with pytest.raises(ValueError, match="x must"):
         proc.density(torch.tensor([float("nan")]), 0.5)
+
+
+# ---------------------------------------------------------------- sampling from given uniforms
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 9.0, 25.0, 1000.0, 1e4])
+def test_poisson_inversions_agree_on_the_same_uniforms(lam):
+    """Table inversion, the mode walk and sequential inversion are the same map u -> N."""
+    from kaclib.kac import _poisson_inversion, poisson_table_inversion, poisson_walk_inversion
+
+    u = torch.rand(1, 100_000, dtype=F64, generator=torch.Generator().manual_seed(int(lam) + 1))
+    table = poisson_table_inversion(torch.tensor([lam]), u)
+    assert torch.equal(table, poisson_walk_inversion(torch.full_like(u, lam), u))
+    if lam < 10:
+        assert torch.equal(table[0], _poisson_inversion(torch.full((u.shape[1],), lam, dtype=F64), None, u=u[0]))
+    from scipy import stats
+
+    k = table.flatten().long().numpy()
+    assert (k >= 0).all() and abs(k.mean() - lam) < 5 * math.sqrt(max(lam, 1e-3) / k.size)
+    if lam > 0:
+        assert stats.kstest(k, stats.poisson(lam).cdf).statistic < stats.poisson(lam).pmf(round(lam)) + 0.01
+
+
+def test_poisson_table_rows_and_the_continuation_beyond_the_table(monkeypatch):
+    import kaclib.kac as K
+
+    lam = torch.tensor([0.0, 1.0, 5.0, 9.0, 25.0, 3000.0], dtype=F64)
+    u = torch.rand(6, 40_000, dtype=F64, generator=torch.Generator().manual_seed(0))
+    walk = K.poisson_walk_inversion(lam[:, None].expand_as(u), u)
+    assert torch.equal(K.poisson_table_inversion(lam, u), walk)
+    assert torch.equal(K.poisson_table_inversion(lam, u.float()), K.poisson_walk_inversion(lam[:, None].expand_as(u), u.float()))
+    # a table one standard deviation wide: the draws above it continue sequentially, exactly
+    monkeypatch.setattr(K, "TABLE_SIGMAS", 1.0)
+    narrow = K.poisson_table_inversion(lam, u)
+    hi = (lam + lam.sqrt() + 20)[:, None].expand_as(u)
+    lo = torch.floor(torch.clamp(lam - lam.sqrt() - 5, min=0))[:, None].expand_as(u)
+    assert (walk > hi).sum() > 1000
+    assert torch.equal(narrow[walk >= lo], walk[walk >= lo])
+    assert (narrow[walk < lo] == lo[walk < lo]).all()  # the documented (here large) mass below the table
+
+
+@pytest.mark.parametrize("a,c,s", [(9.0, 3.0, 1.0), (25.0, 2.0, 1.0), (25.0, 2.0, 0.05), (1000.0, 1.0, 1.0)])
+def test_sample_from_uniforms_has_the_exact_law_and_is_a_function_of_u(a, c, s):
+    proc = KacProcess(a, c)
+    u = torch.rand(4, 60_000, dtype=F64, generator=torch.Generator().manual_seed(4))
+    x = proc.sample_from_uniforms(s, u)
+    st = torch.tensor(s, dtype=F64)
+    assert x.dtype == F64 and (x.abs() <= c * s).all()
+    assert ks_distance(x, lambda v: proc.cdf(v, st)) < ks_bound_99(x.numel())
+    assert torch.equal(proc.sample_from_uniforms(torch.full((60_000,), s, dtype=F64), u), x)
+    x32 = proc.sample_from_uniforms(s, u, dtype=torch.float32)
+    assert x32.dtype == torch.float32 and (x32.double() - x).abs().max() < 1e-5 * c * s
+
+
+def test_sample_from_uniforms_with_times_varying_per_element_uses_the_walk():
+    proc = KacProcess(25.0, 2.0)
+    g = torch.Generator().manual_seed(5)
+    s = torch.rand(60_000, dtype=F64, generator=g)  # rates up to 25: neither constant nor < 10
+    u = torch.rand(4, 60_000, dtype=F64, generator=g)
+    x = proc.sample_from_uniforms(s, u)
+    # conditional law: X/(c s) at rates in a narrow band, against the CDF at the band's middle
+    band = (s > 0.6) & (s < 0.6 + 1e-3)
+    assert band.sum() > 30
+    w = x[band] / (2.0 * s[band])
+    ref = lambda v: proc.cdf(v * 2.0 * 0.6005, torch.tensor(0.6005, dtype=F64))  # noqa: E731
+    assert ks_distance(w, ref) < 1.63 / math.sqrt(band.sum().item()) + 0.01
+    assert ks_distance(x[s > 0.99], lambda v: proc.cdf(v, torch.tensor(0.995, dtype=F64))) < 0.06
+
+
+def test_sampler_with_row_constant_times_matches_the_law_of_every_row():
+    """The training shape: one time per image, constant over its pixels (per-row CDF tables)."""
+    proc = KacProcess(9.0, 3.0)
+    times = torch.tensor([0.0, 0.01, 0.3, 1.0, 2.0], dtype=F64)
+    s = times.view(-1, 1, 1).expand(5, 100, 400).contiguous()
+    x = proc.sample(s, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(x[0], torch.zeros_like(x[0]))
+    for b in range(1, 5):
+        st = times[b]
+        assert ks_distance(x[b], lambda v: proc.cdf(v, st)) < ks_bound_99(40_000)
+        mass = math.exp(-9.0 * st.item())
+        frac = (x[b].abs() == 3.0 * st).double().mean().item()
+        assert abs(frac - mass) < 4 * math.sqrt(mass * (1 - mass) / 40_000) + 1e-12
+
+
+def test_sample_from_uniforms_rejects_bad_input():
+    proc = KacProcess(9.0, 3.0)
+    with pytest.raises(ValueError, match="u must"):
+        proc.sample_from_uniforms(1.0, torch.rand(3, 10))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        proc.sample_from_uniforms(torch.ones(7), torch.rand(4, 10))
+    with pytest.raises(ValueError, match="s must"):
+        proc.sample_from_uniforms(-1.0, torch.rand(4, 10))

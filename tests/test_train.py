@@ -203,7 +203,9 @@ def test_fit_validates_data():
 def test_run_dir_layout_and_metrics(tmp_path):
     res = _fit(tmp_path / "run", steps=6)
     names = sorted(os.listdir(tmp_path / "run"))
-    assert names == sorted([runs.CONFIG_FILE, runs.MODEL_FILE, runs.EMA_FILE, runs.STATE_FILE, runs.METRICS_FILE])
+    assert names == sorted([runs.CONFIG_FILE, runs.MODEL_FILE, runs.EMA_FILE, runs.STATE_FILE, runs.METRICS_FILE,
+                            runs.MANIFEST_FILE, runs.LOCK_FILE])
+    assert (tmp_path / "run" / runs.LOCK_FILE).read_bytes() == b""  # released
     recs = runs.read_jsonl(tmp_path / "run" / runs.METRICS_FILE)
     assert [r["step"] for r in recs] == [2, 4, 6]
     assert all(r["loss"] > 0 for r in recs)
@@ -277,7 +279,7 @@ def test_a_crash_inside_a_checkpoint_leaves_a_loadable_checkpoint(tmp_path, monk
 
     calls = {"write": 0, "replace": 0}
     real = {"write": runs._write_synced, "replace": os.replace}
-    per_checkpoint = {"write": 4, "replace": 4}  # 3 temporaries + journal; journal + 3 renames
+    per_checkpoint = {"write": 5, "replace": 5}  # 4 temporaries + journal; journal + 4 renames (config not counted)
 
     def flaky(kind):
         def wrapped(a, b):
