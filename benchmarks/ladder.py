@@ -69,8 +69,7 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
     100 -> 20 -> 4 with 500 iterations per stage, (a) prototype-like: lr 5e-4, EMA 0.999 (no
     warm-up), (b) this module's defaults: lr 3e-4, EMA 0.99 with warm-up.  Per stage: FID of the EMA
     student, of the raw student and of the stage's teacher sampled with the student's step count."""
-    from kaclib.artifacts import cache_root, config_hash
-    from kaclib.distill import DistillConfig, run_ladder
+    from kaclib.distill import DistillConfig, ladder_cache_dir, run_ladder
     from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config
     from kaclib.train import load_run
 
@@ -94,7 +93,7 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
         if only and not name.startswith(only):
             continue
         cfg = DistillConfig(ladder=(100, 20, 4), iters=500, batch_size=64, checkpoint_every=0, **kw)
-        d = cache_root() / f"ladder-{config_hash({'teacher': tdir.name, 'distill': cfg.to_dict()})}"
+        d = ladder_cache_dir(tdir, cfg)
         res = run_ladder(tdir, d, cfg, resume=True, progress=progress)
         rows = {}
         for st in res.stages:
@@ -229,8 +228,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from kaclib.artifacts import cache_root, config_hash
-    from kaclib.distill import config_for_profile, run_ladder
+    from kaclib.distill import config_for_profile, ladder_cache_dir, run_ladder
     from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config
     from kaclib.profiles import get_profile
     from kaclib.train import load_run
@@ -307,7 +305,7 @@ def main(argv=None) -> int:
                 "latent_s_per_1000": 1000 * g.latent_seconds / g.images.shape[0]}
 
     def ladder_dir(teacher_dir: Path, cfg) -> Path:
-        return cache_root() / f"ladder-{config_hash({'teacher': teacher_dir.name, 'distill': cfg.to_dict()})}"
+        return ladder_cache_dir(teacher_dir, cfg)
 
     def distil(teacher_dir: Path, cfg):
         """Train (or load: resume=True on a finished ladder) one cached ladder; a lock file lets a

@@ -254,7 +254,8 @@ def velocity_fn(velocity, cfg: AccelConfig | None, device):
 
 def saved_accel(saved_config: Mapping | None) -> AccelConfig | None:
     """The switches a saved run config recorded: ``None`` for no config (a new run), :data:`OFF`
-    for a config written before the ``accel`` field existed (those runs ran in plain fp32)."""
+    for a config without ``accel`` (plain fp32: runs that used no switch, and every run written
+    before the field existed)."""
     if saved_config is None:
         return None
     return AccelConfig.from_dict(saved_config["accel"]) if "accel" in saved_config else OFF

@@ -116,11 +116,13 @@ __all__ = [
     "hand_off",
     "segment_endpoint",
     "student_step",
+    "EndpointLoss",
     "train_stage",
     "run_ladder",
     "load_ladder",
     "config_for_profile",
     "stage_dir_name",
+    "ladder_cache_dir",
     "STATES",
     "TARGETS",
 ]
@@ -438,13 +440,15 @@ def _grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tenso
 
 @torch.no_grad()
 def segment_endpoint(velocity, x: torch.Tensor, k: torch.Tensor, y: torch.Tensor | None,
-                     student_steps: int, substeps: int, T: float = 1.0, method: str = "euler") -> torch.Tensor:
+                     student_steps: int, substeps: int, T: float = 1.0, method: str = "euler",
+                     return_path: bool = False):
     """Integrate ``dx/dt = velocity(x, t, y)`` with ``substeps`` steps of ``method`` from ``t_k`` to
     ``t_{k+1}`` of the ``student_steps`` grid (per-sample ``k``, a ``(B,)`` int tensor).
 
     The substeps lie on the ``student_steps * substeps`` teacher grid; AB-2 restarts in every
     interval with an Euler substep; midpoint evaluates at the half-substep times.  Runs under
-    ``no_grad``.
+    ``no_grad``.  ``return_path=True`` returns ``(end, path)``, ``path`` the ``(substeps + 1, *x.shape)``
+    states at the substep times ``t_k, t_k - h, ..., t_{k+1}`` (``path[0] = x``, ``path[-1] = end``).
     """
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
@@ -452,6 +456,7 @@ def segment_endpoint(velocity, x: torch.Tensor, k: torch.Tensor, y: torch.Tensor
     h = T / S
     i0 = k.to(x.device) * substeps
     u_prev = None
+    states = [x] if return_path else None
     for j in range(substeps):
         t = _grid_times(i0 + j, S, T, x.dtype)
         if method == "euler":
@@ -464,13 +469,33 @@ def segment_endpoint(velocity, x: torch.Tensor, k: torch.Tensor, y: torch.Tensor
             u = velocity(x, t, y)
             x = x - h * u if u_prev is None else x - h * (1.5 * u - 0.5 * u_prev)
             u_prev = u
-    return x
+        if states is not None:
+            states.append(x)
+    return (x, torch.stack(states)) if return_path else x
 
 
 def student_step(student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0) -> torch.Tensor:
     """The student's one Euler step ``x - Delta u_phi(x, t_k, y)`` (with gradients)."""
     t = _grid_times(k.to(x.device), student_steps, T, x.dtype)
     return x - (T / student_steps) * student(x, t, y)
+
+
+@dataclass(frozen=True)
+class EndpointLoss:
+    """The endpoint-only distillation loss of one stage (DistillKac), a callable in the manner of
+    EDM's losses: ``(1 / Delta^2) E || x_k - Delta u_phi(x_k, t_k, y) - target ||^2``, ``target``
+    the frozen teacher's end point of its ``N`` substeps from ``t_k`` to ``t_{k+1}``
+    (:func:`segment_endpoint`) and ``Delta = T / student_steps``.  Dividing by ``Delta^2`` makes it
+    the squared error of the student's *velocity* against the teacher's average velocity over the
+    interval, so its scale does not depend on the stage."""
+
+    student_steps: int
+    T: float = 1.0
+
+    def __call__(self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor) -> torch.Tensor:
+        delta = self.T / self.student_steps
+        pred = student_step(student, x, k, y, self.student_steps, self.T)
+        return torch.mean((pred.to(target.dtype) - target) ** 2) / delta**2
 
 
 def _evals_per_substep(method: str) -> int:
@@ -794,7 +819,7 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
     ctx.counter[0] = spent
 
     M = spec.student_steps
-    delta = float(path.T) / M
+    loss_fn = EndpointLoss(M, float(path.T))
     clip = config.grad_clip if config.grad_clip is not None else math.inf
     losses = []
     window, window_n = 0.0, 0
@@ -836,8 +861,7 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
                 student.train()
                 with _accel.autocast(device, acc):  # bf16 passes; states, targets and loss stay fp32
                     x, k, y, target = source.batch(it, g)
-                    pred = student_step(student, x, k, y, M, float(path.T))
-                loss = torch.mean((pred.to(target.dtype) - target) ** 2) / delta**2
+                    loss = loss_fn(student, x, k, y, target)
                 lr = _lr_at(it, spec.lr, config.warmup_iters)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -1099,3 +1123,16 @@ def load_ladder(run_dir: str | os.PathLike, device="cpu") -> dict:
         if (sdir / RESULT_FILE).is_file():
             out[spec.student_steps] = load_run(sdir, ema=True, device=device)
     return out
+
+
+def ladder_cache_dir(teacher_dir: str | os.PathLike, config: DistillConfig, root=None) -> Path:
+    """Where the benchmarks cache the ladder of ``config`` distilled from the teacher run
+    ``teacher_dir``: ``<root>/ladder-<hash>``, the hash of the teacher directory's NAME (teacher
+    runs are named by their config hash, so a moved cache still matches) and ``config.to_dict()``.
+    ``root`` defaults to :func:`kaclib.artifacts.cache_root`."""
+    from .artifacts import cache_root, config_hash
+
+    if not isinstance(config, DistillConfig):
+        raise ValueError(f"config must be a DistillConfig, got {type(config).__name__}")
+    root = Path(root) if root is not None else cache_root()
+    return root / f"ladder-{config_hash({'teacher': Path(teacher_dir).name, 'distill': config.to_dict()})}"

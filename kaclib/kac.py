@@ -27,7 +27,10 @@ four uniforms per value), the Poisson count by inversion (a per-call CDF table o
 entries when the time is a scalar or constant along rows, as for a latent or a path's times), or
 transformed rejection where rates vary elementwise; everything is written with tensor operations,
 so it honours a ``torch.Generator`` (or given uniforms: counter-based latents, :mod:`kaclib.latents`)
-and runs on any device.  There is no stored table: ``a`` and ``c`` may change between calls.
+and runs on any device.  There is no set-up beyond that per-call CDF (``lam + 12 sqrt(lam) + 20``
+terms for a rate ``lam = a s``, fewer than ``24 sqrt(lam) + 26`` above ``lam ~ 180``; a single
+rate's, with its bucket index of 2^14 entries, is kept in a small cache for the next call):
+``a`` and ``c`` may change between calls.
 """
 
 from __future__ import annotations
@@ -267,7 +270,7 @@ class KacProcess:
         shape = u.shape[1:]
         u1, v, u2 = u[1:].to(dtype).unbind(0)
         w = v - 0.5
-        sign = torch.sign(w)  # the initial direction, independent of cos(2 pi w)
+        sign = torch.copysign(torch.ones((), dtype=dtype, device=u.device), w)  # independent of cos(2 pi w)
         rows = _constant_rows(s) if u[0].numel() else None
         if rows is not None:  # 2-D layout (rows, elements per row)
             B = rows.numel()
@@ -285,8 +288,8 @@ class KacProcess:
         y *= torch.cos((2 * math.pi) * w)  # Y ~ Beta(m, m) on [-1, 1]
         fin = torch.finfo(dtype)
         b = torch.exp(torch.log(torch.clamp(u2, fin.tiny, 1 - fin.eps / 2)).mul_(e2))  # u2^e2
-        x = sign - b * (sign - y)
-        return (x.mul_(front) if x.shape == torch.broadcast_shapes(x.shape, front.shape) else x * front).reshape(shape)
+        x = sign - b * (sign - y)  # in [-1, 1] whatever the rounding
+        return x.mul_(front).reshape(shape)
 
     def _flips(self, s: torch.Tensor, u: torch.Tensor, generator) -> torch.Tensor:
         """``N ~ Poisson(a s)`` elementwise by inversion of ``u``, or (rates >= 10, with a
@@ -392,7 +395,7 @@ class _CdfTable:
         c = torch.zeros(u.shape, dtype=torch.long, device=u.device)
         step = width // 2
         while step:
-            c += step * (Fp.gather(1, c + (step - 1)) < u)
+            c.add_(Fp.gather(1, c + (step - 1)) < u, alpha=step)
             step //= 2
         return c
 
@@ -428,8 +431,10 @@ class _CdfTable:
 
 
 def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_beta_exponents` of every count of the table, in its columns (column 0: a placeholder)."""
-    k = table.lo[:, None] + torch.arange(-1, table.W, dtype=torch.float64, device=table.lo.device)
+    """:func:`_beta_exponents` of every count of the table, in its columns (column 0: a placeholder);
+    one 1-D row, shared by all rows, when every row's table starts at 0."""
+    lo = table.lo[:, None] if bool((table.lo > 0).any()) else table.lo[:1]
+    k = lo + torch.arange(-1, table.W, dtype=torch.float64, device=table.lo.device)
     return tuple(e.to(dtype) for e in _beta_exponents(k.clamp(min=0)))
 
 
@@ -449,7 +454,7 @@ def _table_exponents(lam: torch.Tensor, u: torch.Tensor, dtype) -> tuple[torch.T
         table = _CdfTable.build(lam, u.dtype, per_row=u.shape[1])
         E1, E2 = _exponent_tables(table, dtype)
     n, slow = table.search(u)
-    e1, e2 = E1.gather(1, n), E2.gather(1, n)
+    e1, e2 = (E1.take(n), E2.take(n)) if E1.ndim == 1 else (E1.gather(1, n), E2.gather(1, n))
     if slow is not None:
         rows, cols, N = slow
         s1, s2 = _beta_exponents(N.to(dtype))
@@ -464,9 +469,10 @@ def poisson_table_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     Exact inversion up to float64 rounding of the CDF (then rounding to ``u``'s dtype), no stored
     table: each row's CDF is tabulated on ``lo <= k < lo + W`` (``lo = max(0, lam - 12 sqrt(lam) -
     5)``, ``W ~ 24 sqrt(lam) + 25``; the mass below ``lo``, under 1e-30, enters through the
-    regularised incomplete gamma function), a guide table of ``G ~ 4 W`` buckets gives the count
-    with one comparison where a bucket holds at most one CDF value, the others by binary search,
-    and a draw beyond the table continues with ``p(k) = p(k - 1) lam / k``.
+    regularised incomplete gamma function), a guide table of ``G >= 4 W`` buckets gives the count
+    with at most one comparison where a bucket holds at most one CDF value, the others by binary
+    search (short rows: a branchless binary search for all), and a draw beyond the table continues
+    with ``p(k) = p(k - 1) lam / k``.
     """
     lam = lam.double().reshape(-1)
     table = _CdfTable.build(lam, u.dtype, per_row=u.shape[1])

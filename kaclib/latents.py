@@ -96,9 +96,23 @@ def _check_count(name: str, value, minimum: int) -> int:
     return value
 
 
+def _per_image_generators(path, n: int, image_shape, seed: int, start: int, dtype) -> torch.Tensor:
+    """The slow fallback for a path without ``latent_from_uniforms``: one ``torch.Generator``
+    seeded with ``step_seed(seed, i)`` per image, ``path.sample_latent`` (about 1 ms per image)."""
+    from .train import step_seed
+
+    if not hasattr(path, "sample_latent"):
+        raise TypeError(f"{type(path).__name__} has neither latent_from_uniforms nor sample_latent")
+    out = [path.sample_latent((1, *image_shape), generator=torch.Generator().manual_seed(step_seed(seed, i)), dtype=dtype)
+           for i in range(start, start + n)]
+    return torch.cat(out) if out else torch.empty((0, *image_shape), dtype=dtype)
+
+
 def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0, dtype=torch.float32) -> torch.Tensor:
     """Latents ``x_T`` of images ``start .. start + n - 1`` on ``path`` (CPU, ``dtype``): image ``i``'s
-    depends only on ``(seed, i)`` (see the module docstring)."""
+    depends only on ``(seed, i)`` (see the module docstring).  A path without the
+    ``latent_uniforms`` / ``latent_from_uniforms`` hook falls back to one ``torch.Generator`` per image
+    (``step_seed(seed, i)``, ``path.sample_latent``): also per image, but slow."""
     _check_count("n", n, 0)
     _check_count("seed", seed, 0)
     _check_count("start", start, 0)
@@ -107,7 +121,7 @@ def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0, dtyp
         raise ValueError(f"image_shape must have positive sizes, got {image_shape}")
     k = getattr(path, "latent_uniforms", None)
     if k is None:
-        raise TypeError(f"{type(path).__name__} has no latent_uniforms / latent_from_uniforms")
+        return _per_image_generators(path, n, image_shape, seed, start, dtype)
     coords = 1
     for d in image_shape:
         coords *= d

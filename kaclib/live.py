@@ -244,7 +244,7 @@ def cost_hours_figure(cost: dict, tflops: float = 50.0, gpus: int = 1):
         fig.add_trace(go.Bar(y=list(hours), x=list(hours.values()), orientation="h", name=ds,
                              text=[format_hours(h) for h in hours.values()], textposition="outside", cliponaxis=False,
                              hovertemplate="%{y}: %{x:.3g} hours<extra>" + ds + "</extra>"))
-    fig.update_xaxes(type="log")
+    fig.update_xaxes(type="log", exponentformat="power")
     fig.update_layout(barmode="group")
     fig.update_yaxes(autorange="reversed")
     return plots.style(fig, f"Hours at {tflops:g} TFLOP/s sustained on {gpus} GPU{'s' if gpus > 1 else ''} (assumed)",

@@ -236,4 +236,8 @@ def build_path(cfg: dict):
         return GaussianPath()
     if kind == "diffusion":
         return DiffusionPath(**cfg)
-    raise ValueError(f"path kind must be 'kac', 'gaussian' or 'diffusion', got {kind!r}")
+    if kind == "flight":
+        from .flights import RandomFlightPath  # flights imports this module
+
+        return RandomFlightPath(**cfg)
+    raise ValueError(f"path kind must be 'kac', 'gaussian', 'diffusion' or 'flight', got {kind!r}")

@@ -46,7 +46,8 @@ def unet(seed=0, **overrides):
 
 def batch(n=8, seed=0, shape=(1, 8, 8)):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, *shape, generator=g) * 2 - 1, torch.rand(n, generator=g), torch.randint(0, 10, (n,), generator=g)
+    x = torch.rand(n, *shape, generator=g) * 2 - 1
+    return x, torch.rand(n, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
 def rel(a, b) -> float:
@@ -121,7 +122,8 @@ def test_channels_last_matches_contiguous_within_1e_5():
     net = accel.prepare_model(cl, AccelConfig(channels_last=True), "cpu")
     assert net is cl and cl.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     xc = accel.format_input(x, AccelConfig(channels_last=True))
-    assert xc.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(memory_format=torch.channels_last)
+    assert xc.is_contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous(memory_format=torch.channels_last)
     out_ref, out_cl = ref(x, t, y), cl(xc, t, y)
     assert (out_cl - out_ref).abs().max() < 1e-5
     out_ref.square().sum().backward()
@@ -135,7 +137,8 @@ def test_fused_adam_matches_plain_adam():
     opt_a = accel.make_optimizer(a.parameters(), 1e-2, OFF, "cpu")
     opt_b = accel.make_optimizer(b.parameters(), 1e-2, AccelConfig(fused_adam=True), "cpu")
     assert not opt_a.defaults.get("fused") and opt_b.defaults["fused"]
-    assert not accel.make_optimizer(unet().parameters(), 1e-2, AccelConfig(), "cpu").defaults.get("fused")  # auto: CUDA only
+    auto = accel.make_optimizer(unet().parameters(), 1e-2, AccelConfig(), "cpu")
+    assert not auto.defaults.get("fused")  # auto: fused on CUDA only
     x, t, y = batch()
     for _ in range(3):
         for m, opt in ((a, opt_a), (b, opt_b)):
@@ -160,8 +163,14 @@ def test_compile_is_skipped_with_a_clear_message_without_a_compiler(monkeypatch,
         assert accel.prepare_model(model, AccelConfig(compile=True), "cpu") is model
 
 
-def test_compiled_network_matches_eager_within_1e_5(monkeypatch):
-    monkeypatch.setenv("KACLIB_COMPILE_BACKEND", "aot_eager")
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(
+        not os.environ.get("KACLIB_TEST_INDUCTOR"),
+        reason="inductor builds C++ for minutes on a CPU: set KACLIB_TEST_INDUCTOR=1 to run it")),
+])
+def test_compiled_network_matches_eager_within_1e_5(monkeypatch, backend):
+    monkeypatch.setenv("KACLIB_COMPILE_BACKEND", backend)
     torch._dynamo.reset()
     model = unet()
     x, t, y = batch()
@@ -351,11 +360,21 @@ def test_device_check_smoke_run_writes_every_mode(tmp_path, monkeypatch):
     for name, m in res["modes"].items():
         assert m["images_per_s"] > 0 and m["loss_finite"], name
     assert res["modes"]["bf16"]["accel"]["amp_dtype"] == "bf16" and res["modes"]["compile"]["accel"]["compile"]
-    assert res["modes"]["channels_last"]["accel"]["channels_last"] and res["modes"]["compile"]["compile_skipped"] is None
+    assert res["modes"]["channels_last"]["accel"]["channels_last"]
+    assert res["modes"]["compile"]["compile_skipped"] is None
     assert res["peak_memory"]["bytes"] > 0 and "RSS" in res["peak_memory"]["kind"]
     t = res["teacher"]
     assert t["steps"] == 30 and t["sample"]["score"]["fid"] > 0 and t["sample"]["network_passes_per_image"] == 8
     assert res["distill"]["sample_student"]["score"]["accuracy"] is not None
+    # a rerun of one part into the earlier result keeps the others
+    again = tmp_path / "again.json"
+    argv = ["--profile", "smoke", "--out", str(again), "--threads", "1", "--parts", "compile", "--merge", str(out)]
+    assert gc.main(argv) == 0
+    torch._dynamo.reset()
+    merged = json.loads(again.read_text())
+    assert set(merged["modes"]) == set(res["modes"]) and merged["teacher"] == res["teacher"]
+    assert merged["modes"]["fp32"] == res["modes"]["fp32"] and merged["merged_from"]["kept"] == sorted(
+        ["fp32", "bf16", "channels_last", "teacher"])
     s = res["sampling"]
     assert s["student_1_step"]["network_passes_per_image"] == 1 and s["teacher"]["images_per_s"] > 0
     assert (s["teacher"]["steps"], s["teacher"]["method"]) == (8, "ab2")  # the smoke profile's 100

@@ -368,3 +368,24 @@ def test_single_stage_ladder_and_gaussian_teacher(teachers, tmp_path):
     x = sample(lambda xx, tt, yy: g.student(xx, tt, yy), torch.randn(4, 1, 8, 8), 1, "euler",
                y=torch.arange(4)).x
     assert torch.isfinite(x).all()
+
+
+def test_endpoint_loss_known_answer():
+    """A student with zero velocity predicts x itself: the loss is ||x - target||^2 / Delta^2 (mean)."""
+    from kaclib.distill import EndpointLoss
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, y):
+            return torch.zeros_like(x)
+
+    g = torch.Generator().manual_seed(0)
+    x, target = torch.randn(6, 1, 4, 4, generator=g), torch.randn(6, 1, 4, 4, generator=g)
+    k = torch.zeros(6, dtype=torch.long)
+    loss = EndpointLoss(student_steps=4, T=1.0)(Zero(), x, k, None, target)
+    assert float(loss) == pytest.approx(float(((x - target) ** 2).mean()) * 16, rel=1e-6)
+    # a student whose Euler step lands exactly on the target has zero loss
+    class Exact(torch.nn.Module):
+        def forward(self, xx, t, y):
+            return (xx - target) / 0.25
+
+    assert float(EndpointLoss(4)(Exact(), x, k, None, target)) == pytest.approx(0.0, abs=1e-10)

@@ -42,7 +42,11 @@ def test_sampler_matches_cdf_and_atom_mass(a, c, s):
     st = torch.tensor(s, dtype=F64)
     assert (x.abs() <= c * s).all()
     d = ks_distance(x, lambda v: proc.cdf(v, st))
-    assert d < ks_bound_99(n), f"KS distance {d:.5f} over the 99% bound {ks_bound_99(n):.5f}"
+    if d >= ks_bound_99(n):
+        # 48 cases at the 99% level: one exceedance is expected now and then from a correct
+        # sampler; it must not recur on fresh draws (joint false alarm rate 1e-4 per case)
+        d = ks_distance(proc.sample(torch.full((n,), s, dtype=F64), generator=gen), lambda v: proc.cdf(v, st))
+    assert d < ks_bound_99(n), f"KS distance {d:.5f} over the 99% bound {ks_bound_99(n):.5f} twice"
     frac_atoms = (x.abs() == c * s).double().mean().item()
     mass = math.exp(-a * s)
     sd = math.sqrt(mass * (1 - mass) / n)

@@ -113,6 +113,21 @@ def test_bad_arguments_raise():
         image_latents(GaussianPath(), 2, (1, 2, 2), seed=-3)
     with pytest.raises(ValueError, match="^image_shape"):
         image_latents(GaussianPath(), 2, (1, 0, 2))
-    with pytest.raises(TypeError, match="latent_uniforms"):
+    with pytest.raises(TypeError, match="sample_latent"):
         image_latents(object(), 2, (1, 2, 2))
     assert image_latents(GaussianPath(), 0, (1, 2, 2)).shape == (0, 1, 2, 2)
+
+
+class _GeneratorOnlyPath:
+    """A path with only the generator API (``sample_latent``), like a user's own path."""
+
+    def sample_latent(self, shape, generator=None, device=None, dtype=None):
+        return torch.rand(shape, generator=generator, dtype=dtype)
+
+
+def test_paths_without_the_hook_fall_back_to_per_image_generators():
+    path = _GeneratorOnlyPath()
+    z = image_latents(path, 6, (1, 2, 2), seed=4)
+    assert torch.equal(image_latents(path, 3, (1, 2, 2), seed=4, start=3), z[3:])
+    g = torch.Generator().manual_seed(step_seed(4, 2))
+    assert torch.equal(z[2:3], torch.rand((1, 1, 2, 2), generator=g))
