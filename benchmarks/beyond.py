@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import RESULTS, format_table, write_results  # noqa: E402
+from common import RESULTS, format_table, throwaway_cache, write_results  # noqa: E402
 
 from kaclib.stats import mean_ci  # noqa: E402
 
@@ -210,11 +207,8 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     prof = get_profile(args.profile)
     smoke = prof.name == "smoke"
-    tmp, saved = None, os.environ.get("KACLIB_CACHE_DIR")
-    if smoke:  # a throw-away cache: the smoke teachers and ladders never mix with real artifacts
-        tmp = tempfile.mkdtemp(prefix="kaclib-beyond-smoke-")
-        os.environ["KACLIB_CACHE_DIR"] = tmp
-    try:
+    # smoke: a throw-away cache, so the smoke teachers and ladders never mix with real artifacts
+    with throwaway_cache(smoke, "kaclib-beyond-smoke-"):
         base, ladders = find_ladders(args, prof, smoke)
         payload = {"profile": prof.name, "distill_config": base.to_dict(),
                    "ladders": {f"{f}-seed{s}": str(d) for (f, s), (_, d) in ladders.items()}}
@@ -222,13 +216,6 @@ def main(argv=None) -> int:
             payload["trajectories"] = trajectories(ladders, args.n or (16 if smoke else 256), not args.quiet)
         if args.cost:
             payload["cost"] = cost(base, ladders, args, smoke, prof.name)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if saved is None:
-                os.environ.pop("KACLIB_CACHE_DIR", None)
-            else:
-                os.environ["KACLIB_CACHE_DIR"] = saved
     payload["seconds"] = time.perf_counter() - t_all
     report(payload)
     json.dumps(payload)  # JSON-ready whatever is written

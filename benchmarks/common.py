@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,3 +67,24 @@ def best_time(fn, repeats: int = 7, warmup: int = 1) -> float:
         best = min(best, time.perf_counter() - t0)
     return best
 
+
+
+@contextlib.contextmanager
+def throwaway_cache(active: bool, prefix: str = "kaclib-smoke-"):
+    """With ``active``, point ``KACLIB_CACHE_DIR`` at a new temporary folder for the block (so smoke
+    runs never mix with real artifacts), then restore the variable and delete the folder.  Yields
+    the folder (``None`` when not ``active``)."""
+    if not active:
+        yield None
+        return
+    saved = os.environ.get("KACLIB_CACHE_DIR")
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.environ["KACLIB_CACHE_DIR"] = tmp
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop("KACLIB_CACHE_DIR", None)
+        else:
+            os.environ["KACLIB_CACHE_DIR"] = saved

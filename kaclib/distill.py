@@ -519,6 +519,16 @@ class _Source:
         pass
 
 
+class _HookSource(_Source):
+    """The ``batch_fn(it, g)`` hook of :func:`train_stage` as a source (stateless: replayed on resume)."""
+
+    def __init__(self, batch_fn):
+        self.batch_fn = batch_fn
+
+    def batch(self, it, g):
+        return self.batch_fn(it, g)
+
+
 class _ForwardOnline(_Source):
     def __init__(self, ctx):
         self.ctx = ctx
@@ -736,6 +746,8 @@ def train_stage(
     callback: Callable[[int, dict], None] | None = None,
     gate_fn: Callable | None = None,
     run_config: dict | None = None,
+    loss_fn: Callable | None = None,
+    batch_fn: Callable | None = None,
 ) -> StageResult:
     """Distil ``teacher`` into ``handoff.student`` for one stage (see the module docstring).
 
@@ -745,6 +757,12 @@ def train_stage(
     ``resume=True`` continues from one.  ``gate_fn(student_ema, teacher, spec) -> dict`` with key
     ``"pass"`` implements the quality gate (``run_ladder`` supplies one when ``config.gate``).
     ``callback(iteration, info)`` runs after every iteration.
+
+    Hooks for other few-step methods (:mod:`kaclib.fewstep`): ``loss_fn(student, x, k, y, target)``
+    replaces :class:`EndpointLoss` (default ``EndpointLoss(spec.student_steps, path.T)``);
+    ``batch_fn(it, g) -> (x, k, y, target)`` replaces the batch source chosen by ``config.states``/
+    ``config.targets`` (it must be a pure function of ``it`` and the per-iteration generator ``g``
+    so that a resumed stage replays it; the loop hands its four tensors to ``loss_fn`` unchanged).
     """
     if not isinstance(teacher, TeacherField):
         raise ValueError("teacher must be a TeacherField")
@@ -781,15 +799,18 @@ def train_stage(
                           else {"distill": config.to_dict(), "stage": spec.to_dict()})
     try:
         return _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes, device, run_dir, resume,
-                            progress, callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx)
+                            progress, callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx,
+                            loss_fn=loss_fn, batch_fn=batch_fn)
     finally:
         lock.close()
 
 
 def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes, device, run_dir, resume, progress,
-                 callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx):
+                 callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx, loss_fn=None, batch_fn=None):
     acc = config.accel.resolve(device)
-    if config.targets == "pool":
+    if batch_fn is not None:
+        source = _HookSource(batch_fn)
+    elif config.targets == "pool":
         source = _Pool(ctx, run_dir)
     elif config.states == "forward":
         source = _ForwardOnline(ctx)
@@ -819,7 +840,8 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
     ctx.counter[0] = spent
 
     M = spec.student_steps
-    loss_fn = EndpointLoss(M, float(path.T))
+    if loss_fn is None:
+        loss_fn = EndpointLoss(M, float(path.T))
     clip = config.grad_clip if config.grad_clip is not None else math.inf
     losses = []
     window, window_n = 0.0, 0

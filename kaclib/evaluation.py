@@ -1,10 +1,10 @@
 """Sampling and scoring trained velocity models: the evaluation protocol of every table.
 
 * :func:`generate` draws images from a (guided) velocity model with a fixed-step solver.  One
-  seed per image (the EDM protocol): image ``i``'s latent ``x_T`` comes from its own
-  ``torch.Generator`` seeded with ``step_seed(seed, i)``, on the CPU, so the images do not depend
-  on the batch size, on how many images are drawn (the first ``k`` of ``n`` are the ``k`` of a
-  smaller call) or on the device the latents are moved to.
+  seed per image (the EDM protocol): image ``i``'s latent ``x_T`` is a function of
+  ``(seed, i)`` only (:mod:`kaclib.latents`: counter-based uniforms, a whole batch in one call, on
+  the CPU), so the images do not depend on the batch size, on how many images are drawn (the first
+  ``k`` of ``n`` are the ``k`` of a smaller call) or on the device the latents are moved to.
 * :class:`Evaluator` holds a data set's feature net and its held-out reference once (the protocol:
   :mod:`kaclib.data` splits, :mod:`kaclib.sample_quality` scores); :meth:`Evaluator.score` gives
   ``FID-<dataset>``, KID, precision / recall, class accuracy and the memorisation ratio of a
@@ -28,7 +28,6 @@ so sets are only ever compared at equal ``n``; KID is unbiased.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -41,7 +40,6 @@ from tqdm.auto import tqdm
 from .guidance import GuidedVelocity, check_guidance_weight
 from .sample_quality import Scores
 from .solvers import SOLVERS, sample
-from .train import step_seed
 
 __all__ = [
     "Generated",
@@ -69,9 +67,9 @@ class Generated:
     ``None`` for unconditional sampling); ``steps`` solver steps, ``nfe`` right-hand-side
     evaluations and ``network_passes`` forward passes per image (a guided evaluation costs 2);
     ``seconds``: wall time of the ODE integration (all images), ``latent_seconds``: wall time
-    spent drawing the per-image latents (reported apart: the per-image generators cost about
-    1 ms per Kac image on a CPU whatever the step count), ``seconds_per_image`` =
-    ``seconds / N``; ``trajectory`` ``(steps + 1, N, C, H, W)`` with ``return_trajectory``.
+    spent drawing the latents, ``seconds_per_image`` = ``seconds / N`` and
+    :attr:`end_to_end_seconds_per_image` (latents included: what a user waits for);
+    ``trajectory`` ``(steps + 1, N, C, H, W)`` with ``return_trajectory``.
     """
 
     images: torch.Tensor
@@ -178,8 +176,8 @@ def generate(
     num_classes:
         The null class index (default: read from the model).
     seed:
-        Image ``i``'s latent comes from a generator seeded with ``step_seed(seed, i)``: results do
-        not depend on ``batch_size``.
+        Image ``i``'s latent is a function of ``(seed, i)`` only (:mod:`kaclib.latents`): results
+        do not depend on ``batch_size``.
     device:
         Where the network runs (default: the model's device); latents are drawn on the CPU.
     image_shape:
@@ -399,12 +397,14 @@ def evaluate_run(
 
 # =============================================================================== teachers
 
-def teacher_config(profile=None, path: str = "kac", seed: int | None = None, **changes):
+def teacher_config(profile=None, path="kac", seed: int | None = None, **changes):
     """The :class:`~kaclib.train.TrainConfig` of a profile's teacher.
 
     ``profile``: a :class:`~kaclib.profiles.Profile` or its name (default: the current profile).
     ``path="kac"`` uses the profile's ``kac_a``, ``kac_c``, ``kac_g``, ``kac_f`` and ``head``;
-    ``path="gaussian"`` the Gaussian peer with the same network (free head), budget and seed.
+    ``path="gaussian"`` the Gaussian peer with the same network (free head), budget and seed;
+    a dict is an explicit path config (:func:`kaclib.paths.build_path`; the profile's ``head`` for
+    ``kind == "kac"``, else the free head), e.g. a sweep's Kac paths or the Gaussian twin.
     ``seed`` defaults to the profile's first seed; ``changes`` replace TrainConfig fields.
     """
     from .profiles import Profile, get_profile
@@ -417,8 +417,11 @@ def teacher_config(profile=None, path: str = "kac", seed: int | None = None, **c
         head = prof.head
     elif path == "gaussian":
         path_cfg, head = {"kind": "gaussian"}, "free"
+    elif isinstance(path, dict) and "kind" in path:
+        path_cfg = dict(path)
+        head = prof.head if path_cfg["kind"] == "kac" else "free"
     else:
-        raise ValueError(f"path must be 'kac' or 'gaussian', got {path!r}")
+        raise ValueError(f"path must be 'kac', 'gaussian' or a path config dict with a 'kind', got {path!r}")
     cfg = TrainConfig(
         dataset=prof.dataset, model={"preset": prof.model_preset, "head": head}, path=path_cfg,
         p_uncond=prof.p_uncond, batch_size=prof.batch_size, steps=prof.train_steps, ema_decay=prof.ema_decay,

@@ -46,6 +46,7 @@ from .paths import KacPath
 
 __all__ = [
     "ExplorerResult",
+    "FewStepErrors",
     "PointSet",
     "default_points",
     "euler_trajectories",
@@ -55,6 +56,8 @@ __all__ = [
     "explorer_slider_figure",
     "explorer_traces",
     "explorer_widget",
+    "few_step_error_figure",
+    "few_step_errors",
     "guided_velocity",
     "marginal_velocity",
 ]
@@ -81,6 +84,8 @@ class PointSet:
             y = torch.as_tensor(self.labels)
             if y.shape != (x.shape[0],) or y.is_floating_point() or (y < 0).any():
                 raise ValueError(f"labels must be {x.shape[0]} integers >= 0, got {self.labels!r}")
+            if torch.unique(y).numel() != int(y.max()) + 1:
+                raise ValueError(f"labels must use every class 0 .. K-1 (each needs a point), got {y.tolist()}")
             object.__setattr__(self, "labels", y.long())
 
     @property
@@ -288,12 +293,40 @@ def explore(c: float = 2.0, xi: float = 8.0, g: str = "t", steps: int = 4, w: fl
     traj, times, outside = euler_trajectories(path, points, _latents(path, n, seed), steps, w, classes)
     labels = None if points.labels is None else tuple(points.labels.tolist())
     fine = _fine_end_cached(float(c), float(xi), g, f, float(T), w, int(n), int(seed), int(fine_steps),
-                            tuple(map(tuple, points.x.tolist())), labels)
+                            tuple(map(tuple, points.x.tolist())), labels).clone()
     err = float(torch.linalg.vector_norm(traj[-1] - fine, dim=1).mean())
     config = {"c": float(c), "xi": float(xi), "a": float(xi) / 2, "g": g, "f": f, "T": float(T), "steps": int(steps),
               "w": w, "n": int(n), "seed": int(seed), "fine_steps": int(fine_steps)}
     return ExplorerResult(trajectory=traj, times=times, fine_end=fine, few_step_error=err, outside_fraction=outside,
                           classes=classes, points=points, config=config)
+
+
+@dataclass(frozen=True)
+class FewStepErrors:
+    """Few-step errors over a grid: ``errors[i, j, k]`` (and ``outside[i, j, k]``) for ``cs[i]``,
+    ``xis[j]`` and ``steps[k]``, with the clock ``g`` and weight ``w`` of ``config``."""
+
+    cs: tuple
+    xis: tuple
+    steps: tuple
+    errors: torch.Tensor
+    outside: torch.Tensor
+    config: dict
+
+
+def few_step_errors(cs=(1.0, 2.0, 3.0), xis=(2.0, 8.0, 32.0), steps=(1, 2, 4, 8), g: str = "t", w: float = 0.0,
+                    points: PointSet | None = None, n: int = 150, seed: int = 0, fine_steps: int = 256) -> FewStepErrors:
+    """:func:`explore`'s few-step error for every ``(c, xi, steps)`` of a grid (one fine run per
+    ``(c, xi)``, shared by the step counts)."""
+    errors = torch.zeros(len(cs), len(xis), len(steps), dtype=F64)
+    outside = torch.zeros_like(errors)
+    for i, c in enumerate(cs):
+        for j, xi in enumerate(xis):
+            for k, S in enumerate(steps):
+                r = explore(c, xi, g, int(S), w, points, n, seed, fine_steps)
+                errors[i, j, k], outside[i, j, k] = r.few_step_error, r.outside_fraction
+    config = {"g": g, "w": float(w), "n": int(n), "seed": int(seed), "fine_steps": int(fine_steps)}
+    return FewStepErrors(tuple(map(float, cs)), tuple(map(float, xis)), tuple(map(int, steps)), errors, outside, config)
 
 
 # =============================================================================== figures
@@ -392,6 +425,25 @@ def explorer_slider_figure(cs=(1.0, 2.0, 3.0), xis=(2.0, 8.0, 32.0), steps=(1, 2
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     fig = style(fig, titles[a1 * len(steps) + a2], "x1", "x2", height=560)
     return fig
+
+
+def few_step_error_figure(res: FewStepErrors):
+    """Few-step error against the number of Euler steps, one line per ``(c, xi)`` (log-log)."""
+    import plotly.graph_objects as go
+
+    from .plots import style
+
+    fig = go.Figure()
+    for i, c in enumerate(res.cs):
+        for j, xi in enumerate(res.xis):
+            line = {"color": _CLASS_COLORS[i % 5], "dash": ["solid", "dash", "dot"][j % 3]}
+            fig.add_trace(go.Scatter(x=list(res.steps), y=res.errors[i, j].tolist(), mode="lines+markers",
+                                     name=f"c = {c:g}, xi = {xi:g}", line=line))
+    fig.update_xaxes(type="log", tickvals=list(res.steps))
+    fig.update_yaxes(type="log")
+    title = (f"Few-step error: mean distance to the {res.config['fine_steps']}-step end points "
+             f"(g = {res.config['g']}, w = {res.config['w']:g})")
+    return style(fig, title, "Euler steps", "few-step error", height=480, legend="bottom")
 
 
 def explorer_widget(points: PointSet | None = None, n: int = 200, seed: int = 0, fine_steps: int = 256):

@@ -83,12 +83,12 @@ def _check_times(s: torch.Tensor) -> None:
 
 
 def _i1e_over_z(z: torch.Tensor) -> torch.Tensor:
-    """``exp(-z) I1(z) / z`` for ``z >= 0``, accurate at and near ``z = 0`` (limit 1/2)."""
-    small = z < 1e-2
+    """``exp(-z) I1(z) / z`` for ``z >= 0``, accurate at and near ``z = 0`` (limit 1/2): ``i1e(z)/z``
+    keeps full relative accuracy down to ``z = 1e-30``; below ``1e-6`` the series ``(1 - z)/2``
+    (relative error under 1e-12) avoids ``0/0`` and subnormals."""
+    small = z < 1e-6
     zs = torch.where(small, torch.ones_like(z), z)
-    z2 = z * z
-    series = torch.exp(-z) * (0.5 + z2 / 16 + z2 * z2 / 384)
-    return torch.where(small, series, torch.special.i1e(zs) / zs)
+    return torch.where(small, 0.5 - 0.5 * z, torch.special.i1e(zs) / zs)
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class KacProcess:
         dtype = torch.promote_types(x.dtype, s.dtype)
         x, s = x.to(dtype), s.to(dtype)
         _check_times(s)
-        if torch.isnan(x).any():
+        if x.numel() and bool(torch.isnan(x.sum())) and bool(torch.isnan(x).any()):  # one pass unless NaN or +-inf
             raise ValueError("x must not contain NaN")
         return x, s
 
@@ -210,12 +210,14 @@ class KacProcess:
         """
         x, s = self._prep(x, s)
         a, c = self.a, self.c
-        inside, r, z, _ = self._interior(x, s)
+        front = c * s
+        ax = x.abs()
+        gap = torch.clamp(front - ax, min=0)  # 0 on and beyond the fronts, where z = 0 keeps h finite
+        z = torch.sqrt(gap * (front + ax)).mul_(a / c)  # a r / c, r = sqrt((cs-|x|)(cs+|x|))
         # (r/c) I0/I1 = (1/a) * h(z), h(z) = z I0(z)/I1(z) = i0e(z) / (i1e(z)/z), h(0) = 2
-        h = torch.special.i0e(z) / _i1e_over_z(z)
-        v_in = a * x / (a * s + h)
-        v_out = torch.sign(x) * c
-        return torch.where(inside, v_in, v_out)
+        h = torch.special.i0e(z).div_(_i1e_over_z(z))
+        v_in = (a * x).div_(h.add_(a * s))
+        return torch.where(ax < front, v_in, torch.sign(x) * c)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, s, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -403,8 +405,9 @@ class _CdfTable:
         """``(n, slow)``: for the fast elements ``N = lo + n - 1``; ``slow`` = ``(rows, cols, N)``
         of the others, found by binary search (and sequential continuation beyond the table)."""
         if self.start is None:
-            n = self._count(u) + 1
-            slow = n == self.W + 1  # beyond the table
+            c = self._count(u)
+            slow = c == self.W  # beyond the table
+            n = c.add_(1).clamp_(max=self.W)  # a valid column for every element
         else:
             j = (u * self.G).long()  # u in [0, 1]: j in [0, G]
             n = self.start.gather(1, j)
@@ -412,10 +415,13 @@ class _CdfTable:
                 n += u > self.F.gather(1, n)
             slow = n == 0
         rows, cols = slow.nonzero(as_tuple=True)
-        if not rows.numel():
-            return n, None
+        return n, (self.slow_counts(u, rows, cols) if rows.numel() else None)
+
+    def slow_counts(self, u: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        """``(rows, cols, N)``: the counts of the elements ``u[rows, cols]`` by binary search, and
+        sequential continuation beyond the table (float64)."""
         uu = u[rows, cols]
-        F = self.F[:, 1:]  # binary search: nn = #{i : F(lo + i) < u}
+        F = self.F[:, 1:]  # nn = #{i : F(lo + i) < u}
         if F.shape[0] == 1:
             nn = torch.searchsorted(F[0], uu)
         else:
@@ -427,7 +433,7 @@ class _CdfTable:
             r = rows[t]
             N[t] = _continue_inversion(self.lam[r], uu[t].double(), self.lo[r] + self.W - 1,
                                        self.pmf[r, -1], self.F64[r, -1])
-        return n, (rows, cols, N)
+        return rows, cols, N
 
 
 def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -440,21 +446,30 @@ def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Ten
 
 @functools.lru_cache(maxsize=32)
 def _single_rate_tables(lam: float, udtype, dtype, device: str):
-    """The table and exponent tables of one rate (a latent's), kept for the next call."""
+    """One rate's (a latent's) table and its exponents per guide bucket, ``(1, G + 1)``: those of
+    the bucket's count, NaN where the bucket needs a search; kept for the next call."""
     table = _CdfTable.build(torch.tensor([lam], dtype=torch.float64, device=device), udtype)
-    return table, *_exponent_tables(table, dtype)
+    E1, E2 = (e.reshape(1, -1) for e in _exponent_tables(table, dtype))
+    E1 = torch.cat([torch.full((1, 1), math.nan, dtype=dtype, device=device), E1[:, 1:]], 1)
+    return table, E1.gather(1, table.start), E2.gather(1, table.start)
 
 
 def _table_exponents(lam: torch.Tensor, u: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The Beta exponents of :func:`_beta_exponents` for ``N`` drawn by table inversion of ``u``
     ``(B, P)`` (rates ``lam`` ``(B,)``), gathered from per-row tables without forming ``N``."""
-    if lam.numel() == 1:
-        table, E1, E2 = _single_rate_tables(float(lam), u.dtype, dtype, str(u.device))
+    if lam.numel() == 1:  # one gather per exponent, by guide bucket
+        table, E1b, E2b = _single_rate_tables(float(lam), u.dtype, dtype, str(u.device))
+        j = (u * table.G).long()
+        e1, e2 = E1b.gather(1, j), E2b.gather(1, j)
+        rows, cols = torch.isnan(e1).nonzero(as_tuple=True)
+        slow = table.slow_counts(u, rows, cols) if rows.numel() else None
     else:
         table = _CdfTable.build(lam, u.dtype, per_row=u.shape[1])
         E1, E2 = _exponent_tables(table, dtype)
-    n, slow = table.search(u)
-    e1, e2 = (E1.take(n), E2.take(n)) if E1.ndim == 1 else (E1.gather(1, n), E2.gather(1, n))
+        n, slow = table.search(u)
+        if E1.ndim == 1:
+            E1, E2 = E1.expand(n.shape[0], -1), E2.expand(n.shape[0], -1)
+        e1, e2 = E1.gather(1, n), E2.gather(1, n)
     if slow is not None:
         rows, cols, N = slow
         s1, s2 = _beta_exponents(N.to(dtype))

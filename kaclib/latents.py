@@ -21,6 +21,7 @@ and diffusion paths by Box-Muller (two).  On the CPU the result is bit-identical
 from __future__ import annotations
 
 import math
+import operator
 import sys
 
 import torch
@@ -81,7 +82,8 @@ def counter_uniforms(keys: torch.Tensor, coords: int, k: int) -> torch.Tensor:
         halves = torch.stack([(w << 32) >> 32, w >> 32], -1).view(-1, coords, 2 * words)
     u = torch.empty((2 * words,) + halves.shape[:2], dtype=torch.float64, device=keys.device)
     u.copy_(halves.permute(2, 0, 1))
-    return u.mul_(2.0**-32).add_(0.5 + 2.0**-33)[:k]  # (m + 2^31 + 1/2) / 2^32, exact
+    offset = torch.tensor(0.5 + 2.0**-33, dtype=torch.float64, device=keys.device)
+    return torch.add(offset, u, alpha=2.0**-32, out=u)[:k]  # (m + 2^31 + 1/2) / 2^32, exact, one pass
 
 
 def box_muller(u: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -91,9 +93,13 @@ def box_muller(u: torch.Tensor, dtype=None) -> torch.Tensor:
 
 
 def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    try:
+        v = operator.index(value)  # ints and integer scalars of numpy / torch, not floats or bools
+    except TypeError:
+        v = None
+    if v is None or isinstance(value, bool) or v < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return v
 
 
 def _per_image_generators(path, n: int, image_shape, seed: int, start: int, dtype) -> torch.Tensor:
@@ -113,9 +119,7 @@ def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0, dtyp
     depends only on ``(seed, i)`` (see the module docstring).  A path without the
     ``latent_uniforms`` / ``latent_from_uniforms`` hook falls back to one ``torch.Generator`` per image
     (``step_seed(seed, i)``, ``path.sample_latent``): also per image, but slow."""
-    _check_count("n", n, 0)
-    _check_count("seed", seed, 0)
-    _check_count("start", start, 0)
+    n, seed, start = _check_count("n", n, 0), _check_count("seed", seed, 0), _check_count("start", start, 0)
     image_shape = tuple(int(d) for d in image_shape)
     if any(d < 1 for d in image_shape):
         raise ValueError(f"image_shape must have positive sizes, got {image_shape}")

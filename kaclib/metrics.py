@@ -23,7 +23,6 @@ bound: per coordinate the target obeys ``|u| <= |f'(t)| + g'(t) c`` for data in 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 import json

@@ -9,6 +9,9 @@ down to ``0`` (``x <- x - h u``).
 * :class:`GaussianPath`: the peer, rectified flow ``x_t = (1 - t) x0 + t eps``, target ``eps - x0``.
 * :class:`DiffusionPath`: the Kac path's diffusion limit (``a, c -> inf`` with ``D = c^2/(2a)``
   fixed), ``x_t = f x0 + sqrt(2 D g) eps``, target ``f' x0 + g' (x_t - f x0)/(2 g)``.
+* :class:`VarianceMatchedGaussianPath`: the Kac path's Gaussian twin, ``x_t = f x0 + sigma(t) eps``
+  with ``sigma(t)^2 = Var K_{g(t)}``, target ``f' x0 + sigma' eps``: the same schedule and per-``t``
+  variance as the Kac path, without the finite speed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 from .kac import KacProcess, check_finite_param
 from .latents import box_muller
 
-__all__ = ["PathSample", "KacPath", "GaussianPath", "DiffusionPath", "build_path"]
+__all__ = ["PathSample", "KacPath", "GaussianPath", "DiffusionPath", "VarianceMatchedGaussianPath",
+           "build_path"]
 
 
 @dataclass
@@ -88,16 +92,8 @@ class _Schedule:
         return _G[self.g_name][1](torch.as_tensor(t), self.T)
 
 
-class KacPath(_Schedule):
-    """Kac-flow path ``x_t = f(t) x0 + K_{g(t)}``, one independent Kac process per coordinate.
-
-    ``f`` is ``"linear"`` (``1 - t/T``, default) or ``"exp"`` (``exp(-t)``); ``g`` is ``"t"``
-    (default) or ``"t2"`` (``t^2/T``).  With ``f = "linear"``, ``x_T = K_{g(T)}`` is independent of
-    the data; with ``"exp"`` the latent drawn by :meth:`sample_latent` ignores the residual mean
-    ``exp(-T) x0``.
-    """
-
-    name = "kac"
+class _KacSchedule(_Schedule):
+    """A schedule ``(f, g, T)`` with the Kac process ``K`` of rate ``a`` and speed ``c`` beside it."""
 
     def __init__(self, a: float = 9.0, c: float = 3.0, f: str = "linear", g: str = "t", T: float = 1.0):
         super().__init__(f, g, T)
@@ -110,6 +106,18 @@ class KacPath(_Schedule):
     @property
     def c(self) -> float:
         return self.process.c
+
+
+class KacPath(_KacSchedule):
+    """Kac-flow path ``x_t = f(t) x0 + K_{g(t)}``, one independent Kac process per coordinate.
+
+    ``f`` is ``"linear"`` (``1 - t/T``, default) or ``"exp"`` (``exp(-t)``); ``g`` is ``"t"``
+    (default) or ``"t2"`` (``t^2/T``).  With ``f = "linear"``, ``x_T = K_{g(T)}`` is independent of
+    the data; with ``"exp"`` the latent drawn by :meth:`sample_latent` ignores the residual mean
+    ``exp(-T) x0``.
+    """
+
+    name = "kac"
 
     def __repr__(self):
         return f"KacPath(a={self.a}, c={self.c}, f={self.f_name!r}, g={self.g_name!r}, T={self.T})"
@@ -192,6 +200,90 @@ class DiffusionPath(_Schedule):
         return {"kind": "diffusion", "D": self.D, "f": self.f_name, "g": self.g_name, "T": self.T}
 
 
+def _twin_sigma(process: KacProcess, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma, dsigma/ds)`` of ``sigma(s) = sqrt(Var K_s)`` in float64, without cancellation.
+
+    With ``lam = a s``: ``Var K_s = c^2 s^2 q(lam)``, ``q = (lam + expm1(-2 lam)/2) / lam^2``
+    (series ``1 - 2 lam/3 + lam^2/3 - 2 lam^3/15`` below ``lam = 1e-3``), so ``sigma = c s sqrt(q)``;
+    ``d Var/ds = c^2 s r(lam)``, ``r = -expm1(-2 lam)/lam``, so ``dsigma/ds = c r / (2 sqrt(q))``,
+    which tends to ``c`` (ballistic start) as ``s -> 0``.  ``a = 0`` gives ``sigma = c s``.
+    """
+    s = s.double()
+    lam = process.a * s
+    small = lam < 1e-3
+    safe = torch.where(small, torch.ones_like(lam), lam)
+    q = torch.where(small, 1 - 2 * lam / 3 + lam**2 / 3 - 2 * lam**3 / 15,
+                    (safe + 0.5 * torch.expm1(-2 * safe)) / safe**2)
+    r = torch.where(small, 2 - 2 * lam + 4 * lam**2 / 3 - 2 * lam**3 / 3, -torch.expm1(-2 * safe) / safe)
+    return process.c * s * q.sqrt(), process.c * r / (2 * q.sqrt())
+
+
+class VarianceMatchedGaussianPath(_KacSchedule):
+    """The Kac path's Gaussian twin: ``x_t = f(t) x0 + sigma(t) eps``, ``eps ~ N(0, I)``.
+
+    ``sigma(t)^2 = Var K_{g(t)}`` (:meth:`kaclib.kac.KacProcess.var` of ``KacProcess(a, c)``) and
+    the same ``f`` and ``g`` as :class:`KacPath` ``(a, c, f, g, T)``: every coordinate has, at
+    every ``t``, the mean and variance of the Kac path's, but Gaussian noise of unbounded speed.
+    Comparing the two separates the effect of finite speed from that of the noise schedule.
+    Target ``u = f'(t) x0 + sigma'(t) eps`` with ``sigma' = g'(t) dsigma/ds`` at ``s = g(t)``
+    (chain rule of the closed-form variance, see :func:`_twin_sigma`); latent ``N(0, sigma(T)^2)``
+    (like the Kac path's, it ignores a residual mean ``f(T) x0`` when ``f = "exp"``).
+    """
+
+    name = "gaussian-twin"
+
+    def __repr__(self):
+        return (f"VarianceMatchedGaussianPath(a={self.a}, c={self.c}, f={self.f_name!r}, g={self.g_name!r}, "
+                f"T={self.T})")
+
+    def sigma(self, t) -> torch.Tensor:
+        """``sigma(t) = sqrt(Var K_{g(t)})`` (float64 for float64 input, else the input's dtype)."""
+        t = torch.as_tensor(t)
+        return _twin_sigma(self.process, self.g(t))[0].to(t.dtype if t.is_floating_point() else torch.float64)
+
+    def dsigma(self, t) -> torch.Tensor:
+        """``sigma'(t) = g'(t) (dsigma/ds)(g(t))``."""
+        t = torch.as_tensor(t)
+        out = self.dg(t).double() * _twin_sigma(self.process, self.g(t))[1]
+        return out.to(t.dtype if t.is_floating_point() else torch.float64)
+
+    def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        tt = _expand_t(t, x0)
+        _check_time_range(tt, self.T)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = self.sigma(tt) * eps
+        target = self.df(tt) * x0 + self.dsigma(tt) * eps
+        return PathSample(x_t=self.f(tt) * x0 + noise, target=target,
+                          t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0,
+                          noise=noise)
+
+    def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
+        """``f' x0 + sigma' (x - f x0)/sigma``; where ``sigma = 0`` (``t = 0``) the noise ``eps`` is
+        replaced by its conditional mean 0, so the target is ``f'(0) x0``."""
+        tt = _expand_t(t, x0)
+        sig = self.sigma(tt)
+        pos = sig > 0
+        eps = torch.where(pos, (x - self.f(tt) * x0) / torch.where(pos, sig, torch.ones_like(sig)), 0.0)
+        return self.df(tt) * x0 + self.dsigma(tt) * eps
+
+    def latent_std(self) -> float:
+        """``sigma(T) = sqrt(Var K_{g(T)})``."""
+        return float(self.sigma(torch.tensor(self.T, dtype=torch.float64)))
+
+    def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+        return self.latent_std() * torch.randn(tuple(shape), generator=generator, device=device,
+                                               dtype=dtype or torch.get_default_dtype())
+
+    latent_uniforms = 2
+
+    def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
+        """The latent ``sigma(T) eps`` from uniforms ``u`` ``(2, *shape)`` (Box-Muller)."""
+        return self.latent_std() * box_muller(u, dtype)
+
+    def config(self) -> dict:
+        return {"kind": "gaussian-twin", "a": self.a, "c": self.c, "f": self.f_name, "g": self.g_name, "T": self.T}
+
+
 class GaussianPath:
     """Rectified flow / Gaussian flow matching: ``x_t = (1 - t) x0 + t eps`` on ``[0, 1]``."""
 
@@ -236,8 +328,10 @@ def build_path(cfg: dict):
         return GaussianPath()
     if kind == "diffusion":
         return DiffusionPath(**cfg)
+    if kind == "gaussian-twin":
+        return VarianceMatchedGaussianPath(**cfg)
     if kind == "flight":
         from .flights import RandomFlightPath  # flights imports this module
 
         return RandomFlightPath(**cfg)
-    raise ValueError(f"path kind must be 'kac', 'gaussian', 'diffusion' or 'flight', got {kind!r}")
+    raise ValueError(f"path kind must be 'kac', 'gaussian', 'diffusion', 'gaussian-twin' or 'flight', got {kind!r}")

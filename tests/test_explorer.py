@@ -128,6 +128,8 @@ def test_bad_input_raises():
         ex.PointSet(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="labels"):
         ex.PointSet(torch.zeros(3, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="every class"):
+        ex.PointSet(torch.zeros(2, 2), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="xi"):
         ex.explorer_path(2.0, 0.0)
     with pytest.raises(ValueError, match="guidance"):
@@ -167,3 +169,12 @@ def test_explorer_widget_redraws_and_is_a_note_in_the_book(monkeypatch, capsys):
     box = ex.explorer_widget(n=10, fine_steps=8)
     assert set(box.sliders) == {"c", "xi", "g", "steps", "w"}
     box.update(c=1.5, xi=4.0, g="t2", steps=3, w=0.5)
+
+
+def test_few_step_error_grid_matches_explore_and_its_figure_has_one_line_per_pair():
+    res = ex.few_step_errors(cs=(1.0, 2.0), xis=(8.0,), steps=(1, 4), n=20, fine_steps=16)
+    assert res.errors.shape == (2, 1, 2) and (res.errors >= 0).all()
+    one = ex.explore(2.0, 8.0, "t", 4, 0.0, n=20, fine_steps=16)
+    assert float(res.errors[1, 0, 1]) == one.few_step_error and float(res.outside[1, 0, 1]) == one.outside_fraction
+    fig = ex.few_step_error_figure(res)
+    assert len(fig.data) == 2 and list(fig.data[0].x) == [1, 4]

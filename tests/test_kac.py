@@ -292,6 +292,16 @@ def test_poisson_table_rows_and_the_continuation_beyond_the_table(monkeypatch):
     assert (walk > hi).sum() > 1000
     assert torch.equal(narrow[walk >= lo], walk[walk >= lo])
     assert (narrow[walk < lo] == lo[walk < lo]).all()  # the documented (here large) mass below the table
+    short = K.poisson_table_inversion(lam, u[:, :64])  # short rows: branchless binary search, no guide
+    w64, lo64 = walk[:, :64], lo[:, :64]
+    assert (w64 > hi[:, :64]).any() and torch.equal(short[w64 >= lo64], w64[w64 >= lo64])
+    # the same through the sampler's exponent tables (row-constant times, short rows)
+    proc = KacProcess(1.0, 1.0)
+    s = lam[1:, None].expand(5, 64).contiguous()
+    uu = torch.rand(4, 5, 64, dtype=F64, generator=torch.Generator().manual_seed(1))
+    uu[0] = u[1:, :64]
+    x = proc.sample_from_uniforms(s, uu)
+    assert torch.isfinite(x).all() and (x.abs() <= s).all()
 
 
 @pytest.mark.parametrize("a,c,s", [(9.0, 3.0, 1.0), (25.0, 2.0, 1.0), (25.0, 2.0, 0.05), (1000.0, 1.0, 1.0)])
@@ -307,12 +317,16 @@ def test_sample_from_uniforms_has_the_exact_law_and_is_a_function_of_u(a, c, s):
     assert x32.dtype == torch.float32 and (x32.double() - x).abs().max() < 1e-5 * c * s
 
 
-def test_sample_from_uniforms_with_times_varying_per_element_uses_the_walk():
+@pytest.mark.parametrize("how", ["uniforms (mode walk)", "generator (rejection)"])
+def test_sampling_with_times_varying_per_element(how):
     proc = KacProcess(25.0, 2.0)
     g = torch.Generator().manual_seed(5)
     s = torch.rand(60_000, dtype=F64, generator=g)  # rates up to 25: neither constant nor < 10
-    u = torch.rand(4, 60_000, dtype=F64, generator=g)
-    x = proc.sample_from_uniforms(s, u)
+    if how.startswith("uniforms"):
+        x = proc.sample_from_uniforms(s, torch.rand(4, 60_000, dtype=F64, generator=g))
+    else:
+        x = proc.sample(s, generator=g)
+    assert (x.abs() <= 2.0 * s).all()
     # conditional law: X/(c s) at rates in a narrow band, against the CDF at the band's middle
     band = (s > 0.6) & (s < 0.6 + 1e-3)
     assert band.sum() > 30
@@ -345,3 +359,26 @@ def test_sample_from_uniforms_rejects_bad_input():
         proc.sample_from_uniforms(torch.ones(7), torch.rand(4, 10))
     with pytest.raises(ValueError, match="s must"):
         proc.sample_from_uniforms(-1.0, torch.rand(4, 10))
+
+
+@pytest.mark.parametrize("a", [9.0, 25.0])  # elementwise inversion: sequential (rates < 10) / mode walk
+def test_elementwise_and_table_paths_are_the_same_function_of_the_uniforms(a):
+    proc = KacProcess(a, 2.0)
+    n = 20_000
+    u = torch.rand(4, n, dtype=F64, generator=torch.Generator().manual_seed(6))
+    even = torch.arange(n) % 2 == 0
+    s = torch.where(even, torch.tensor(0.3, dtype=F64), torch.tensor(0.9, dtype=F64))  # not constant: no table
+    x = proc.sample_from_uniforms(s, u)
+    assert torch.equal(x[even], proc.sample_from_uniforms(0.3, u[:, even]))
+    assert torch.equal(x[~even], proc.sample_from_uniforms(0.9, u[:, ~even]))
+
+
+@pytest.mark.parametrize("per_row", [64, 4000])  # branchless binary search / guide with one comparison
+def test_row_tables_are_the_same_function_of_the_uniforms_as_one_rate(per_row):
+    proc = KacProcess(25.0, 2.0)
+    times = torch.tensor([0.05, 0.3, 1.0, 8.0], dtype=F64)
+    s = times[:, None].expand(4, per_row).contiguous()
+    u = torch.rand(4, 4, per_row, dtype=F64, generator=torch.Generator().manual_seed(7))
+    x = proc.sample_from_uniforms(s, u)
+    for b, t in enumerate(times.tolist()):
+        assert torch.equal(x[b], proc.sample_from_uniforms(t, u[:, b]))
