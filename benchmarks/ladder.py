@@ -174,6 +174,14 @@ def ladder_comparisons(agg, floor, ladder) -> list[dict]:
              (f"the Kac {top}-step teacher beats the Gaussian-path teacher", ("kac_teacher", top), ("gaussian_teacher", top), "<")]
     pairs += [(f"the {m}-step student beats the undistilled teacher at {m} steps", ("kac_ladder", m), ("kac_teacher", m), "<")
               for m in ladder[1:-1]]
+    pairs.append((f"the {top}-step teacher beats the undistilled teacher at 1 step", ("kac_teacher", top),
+                  ("kac_teacher", 1), "<"))
+    ones = [r for r in ("kac_ladder", "kac_single") if 1 in agg.get(r, {})]
+    if len(ones) > 1:  # the three that must be told apart: 100-step teacher, undistilled 1 step, best 1-step student
+        best = min(ones, key=lambda r: agg[r][1]["fid"]["mean"])
+        pairs += [(f"the {top}-step teacher beats the best 1-step student ({best})", ("kac_teacher", top), (best, 1), "<"),
+                  (f"the best 1-step student ({best}) beats the undistilled teacher at 1 step", (best, 1),
+                   ("kac_teacher", 1), "<")]
     for claim, a, b, direction in pairs:
         if a[0] not in agg or (b != "floor" and b[0] not in agg):
             continue
