@@ -14,15 +14,17 @@ beside the paper's CIFAR-10 column as ratios to the 100-step teacher.  Headline 
 ``kaclib.evaluation.get_teacher`` artifacts, trained once).  Every ladder is a cached, resumable run
 directory (``<cache>/ladder-<hash>``): re-running the script reuses finished work.
 
-    python benchmarks/ladder.py                      # cpu profile, seeds 0 1, writes results/ladder.json
+    python benchmarks/ladder.py --seeds 0 1 2        # cpu profile, writes results/ladder.json
     python benchmarks/ladder.py --profile smoke --seeds 0 --no-write
     python benchmarks/ladder.py ... --train-only     # a helper process: trains the same cached ladders
     python benchmarks/ladder.py --ema-study --n-eval 500   # the g = t^2 EMA study, merged as "ema_study"
     python benchmarks/ladder.py --timing --n-eval 500      # back-to-back sampling times, merged as "timing"
 
-The recorded run (results/ladder.json) used
-``--seeds 0 1 --gaussian-seeds 0 1 --n-eval 1000 --iters 100,200,250,250 --set batch_size=64`` with a
-``--train-only`` helper beside it (same arguments), to fit the machine's CPU budget.
+The recorded run (results/ladder.json) is ``--seeds 0 1 2`` at the cpu profile's budget (300
+iterations per stage, batch 128), trained by two processes (one with ``--train-only``), then
+evaluated; seed s has its own teachers (``teacher_config(profile, seed=s)``), its own ladders and
+single stage, and latents ``1000 + s`` shared by every row.  ``--timing`` adds the back-to-back
+sampling times (latents included) on an otherwise idle machine.
 """
 
 from __future__ import annotations
