@@ -16,8 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_results  # noqa: E402
 
 STAGES = [("installed", "pip install -r requirements.txt", None), ("tests passed", "pytest --nbval", 10 * 60),
-          ("book built", "jupyter-book build book (cold, cpu profile)", 20 * 60),
-          ("browser check passed", "headless Chromium check of every page", None)]
+          ("gpu_check smoke passed", "benchmarks/gpu_check.py --profile smoke", None),
+          ("book built", "jupyter-book build book (cpu profile; cache state in the note)", 20 * 60),
+          ("browser check passed", "headless Chromium check of every page, plotly sliders clicked", None),
+          ("live book check passed", "JupyterLab in headless Chromium, every chapter run, sliders dragged", 5 * 60)]
 
 
 def main(argv=None) -> dict:
