@@ -16,12 +16,11 @@ from kaclib.cost import (
     sampling_cost,
     wall_clock_per_1000,
 )
-from kaclib.distill import DistillConfig, run_ladder
 from kaclib.guidance import GuidedVelocity
 from kaclib.models import MLPVelocity
 from kaclib.paths import GaussianPath, KacPath
 from kaclib.solvers import sample
-from kaclib.train import TrainConfig, load_run, train
+from kaclib.train import load_run
 
 torch.set_num_threads(1)
 
@@ -84,13 +83,8 @@ def test_sampling_cost_of_unconditional_models_and_bad_input():
 # ------------------------------------------------------------------------------------ a tiny trained ladder
 
 @pytest.fixture(scope="module")
-def ladder(tmp_path_factory):
-    path = {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
-    tdir = tmp_path_factory.mktemp("teacher")
-    train(TrainConfig(dataset="digits", model={"preset": "smoke"}, path=path, steps=4, batch_size=16,
-                      checkpoint_every=0, log_every=10), tdir, progress=False)
-    cfg = DistillConfig(ladder=(8, 4, 2, 1), iters=(3, 2, 2), lr=1e-3, batch_size=8, w=1.5, checkpoint_every=0)
-    return tdir, run_ladder(tdir, tmp_path_factory.mktemp("ladder") / "ladder", cfg, progress=False)
+def ladder(tiny_guided_ladder):
+    return tiny_guided_ladder
 
 
 def test_distillation_training_cost_arithmetic(ladder):

@@ -14,14 +14,12 @@ from kaclib.distill import (
     StageSpec,
     TeacherField,
     load_ladder,
-    run_ladder,
     segment_endpoint,
     student_step,
 )
 from kaclib.evaluation import generate
 from kaclib.paths import GaussianPath
 from kaclib.solvers import sample
-from kaclib.train import TrainConfig, train
 from kaclib.trajectory_checks import (
     correlations,
     deviation_figure,
@@ -230,13 +228,8 @@ def test_segment_endpoint_return_path(method):
 # ------------------------------------------------------------------------------------ a tiny trained ladder
 
 @pytest.fixture(scope="module")
-def ladder(tmp_path_factory):
-    path = {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
-    tdir = tmp_path_factory.mktemp("teacher")
-    train(TrainConfig(dataset="digits", model={"preset": "smoke"}, path=path, steps=4, batch_size=16,
-                      checkpoint_every=0, log_every=10), tdir, progress=False)
-    cfg = DistillConfig(ladder=(8, 4, 2, 1), iters=(3, 2, 2), lr=1e-3, batch_size=8, w=1.5, checkpoint_every=0)
-    return run_ladder(tdir, tmp_path_factory.mktemp("ladder") / "ladder", cfg, progress=False)
+def ladder(tiny_guided_ladder):
+    return tiny_guided_ladder[1]
 
 
 def test_stage_study_on_a_trained_ladder(ladder):
