@@ -102,7 +102,7 @@ from .accel import AccelConfig
 from .guidance import GuidedVelocity, check_guidance_weight
 from .kac import check_finite_param
 from .solvers import SOLVERS
-from .train import _EpochOrder, batch_indices, step_seed
+from .train import _EpochOrder, batch_indices, load_checkpoint_into, step_seed
 
 __all__ = [
     "StageSpec",
@@ -821,13 +821,8 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
     if run_dir is not None and runs.has_checkpoint(run_dir):
         if not resume:
             raise FileExistsError(f"{run_dir} already holds a checkpoint: pass resume=True to continue it")
-        ckpt = runs.read_checkpoint(run_dir)  # verified against its manifest
-        state = ckpt.state("cpu")
-        ckpt.load_into(student, runs.MODEL_FILE)
-        ckpt.load_into(ema.module, runs.EMA_FILE)
+        ckpt, state = load_checkpoint_into(run_dir, student, ema, optimizer)  # verified against its manifest
         try:
-            ema.n_averaged.fill_(state["ema_n_averaged"])
-            optimizer.load_state_dict(state["optimizer"])
             start, target_iters, gate_log = int(state["step"]), int(state["target_iters"]), list(state["gate"])
             spent = int(state["teacher_passes"])
             source.load(state)

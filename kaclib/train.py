@@ -425,7 +425,7 @@ def fit(
             if world > 1:
                 dist.barrier()  # rank 0 has recovered / written the directory
                 exists = runs.has_checkpoint(run_dir)
-            ckpt = _load_checkpoint(run_dir, model, ema, optimizer, device) if exists else None
+            ckpt = load_checkpoint_into(run_dir, model, ema, optimizer)[0] if exists else None
             if ckpt is not None:
                 start = last_good = ckpt.step
             if is_main:
@@ -583,8 +583,10 @@ def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int,
     }, config=config, step=step)
 
 
-def _load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> "runs.Checkpoint":
-    """Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` and ``optimizer``."""
+def load_checkpoint_into(run_dir: Path, model, ema, optimizer) -> tuple["runs.Checkpoint", dict]:
+    """Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` (an ``AveragedModel``) and
+    ``optimizer``; returns the checkpoint and its ``state.pt`` dict (for a loop's own fields).  Used
+    by teacher training and by every distillation stage."""
     ckpt = runs.read_checkpoint(run_dir)
     state = ckpt.state("cpu")
     ckpt.load_into(model, runs.MODEL_FILE)
@@ -596,7 +598,7 @@ def _load_checkpoint(run_dir: Path, model, ema, optimizer, device) -> "runs.Chec
         raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: the optimizer state does not fit this run ({e})") from None
     if state["step"] != ckpt.step:
         raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: step {state['step']}, but {runs.MANIFEST_FILE} says {ckpt.step}")
-    return ckpt
+    return ckpt, state
 
 
 # =============================================================================== configs -> runs
