@@ -83,13 +83,25 @@ class Chromium:
             os.dup2(w, 4)
 
         args = [
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--no-default-browser-check",
-            "--disable-sync", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
-            f"--user-data-dir={self.profile}", "--remote-debugging-pipe", "about:blank",
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-sync",
+            "--disable-extensions",
+            "--mute-audio",
+            "--hide-scrollbars",
+            f"--user-data-dir={self.profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
         ]
-        self.proc = subprocess.Popen(args, close_fds=False, preexec_fn=child_fds,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, close_fds=False, preexec_fn=child_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""
@@ -127,7 +139,13 @@ class Chromium:
         msg, self._buf = self._buf.split(b"\0", 1)
         return json.loads(msg)
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float | None = None) -> dict:
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float | None = None,
+    ) -> dict:
         self._id += 1
         mid = self._id
         msg = {"id": mid, "method": method, "params": params or {}}
@@ -248,18 +266,32 @@ SLIDERS_JS = r"""
 
 
 def _js(ch: Chromium, session: str, expr: str, timeout: float):
-    res = ch.send("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=session, timeout=timeout)
+    res = ch.send(
+        "Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=session, timeout=timeout
+    )
     if "exceptionDetails" in res:
-        raise RuntimeError(res["exceptionDetails"].get("exception", {}).get("description") or res["exceptionDetails"].get("text"))
+        raise RuntimeError(
+            res["exceptionDetails"].get("exception", {}).get("description")
+            or res["exceptionDetails"].get("text")
+        )
     value = res.get("result", {}).get("value")
     return json.loads(value) if isinstance(value, str) else value
 
 
 def _click(ch: Chromium, session: str, x: float, y: float) -> None:
     for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-        ch.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left" if kind != "mouseMoved" else "none",
-                                              "buttons": 1 if kind == "mousePressed" else 0, "clickCount": 1},
-                session=session)
+        ch.send(
+            "Input.dispatchMouseEvent",
+            {
+                "type": kind,
+                "x": x,
+                "y": y,
+                "button": "left" if kind != "mouseMoved" else "none",
+                "buttons": 1 if kind == "mousePressed" else 0,
+                "clickCount": 1,
+            },
+            session=session,
+        )
 
 
 def click_sliders(ch: Chromium, session: str, timeout: float) -> tuple[list[str], int]:
@@ -275,7 +307,9 @@ def click_sliders(ch: Chromium, session: str, timeout: float) -> tuple[list[str]
             problems.append(f"{name}: not drawn or not visible, so it cannot be clicked")
             continue
         if before.get("covered"):
-            problems.append(f"{name}: another element covers the slider at ({before['x']:.0f}, {before['y']:.0f})")
+            problems.append(
+                f"{name}: another element covers the slider at ({before['x']:.0f}, {before['y']:.0f})"
+            )
             continue
         _click(ch, session, before["x"], before["y"])
         deadline = time.monotonic() + 5.0
@@ -287,24 +321,33 @@ def click_sliders(ch: Chromium, session: str, timeout: float) -> tuple[list[str]
                 break
         done += 1
         if not moved:
-            problems.append(f"{name}: a click on the rail did not move it (step {before['active']} of {before['n']})")
+            problems.append(
+                f"{name}: a click on the rail did not move it (step {before['active']} of {before['n']})"
+            )
         elif not changed:
             problems.append(f"{name}: moved to step {after['active']} but the figure's data did not change")
     return problems, done
 
 
-def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout: float,
-               sliders: bool = True) -> tuple[list[str], dict]:
+def check_page(
+    ch: Chromium, page: Path, root: Path, shots: Path | None, timeout: float, sliders: bool = True
+) -> tuple[list[str], dict]:
     url = page.resolve().as_uri()
     target = ch.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = ch.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     first_event = len(ch.events)
     for domain in ("Page", "Runtime", "Log", "Network"):
         ch.send(f"{domain}.enable", session=session)
-    ch.send("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1,
-                                                  "uploadThroughput": -1}, session=session)
-    ch.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-            session=session)
+    ch.send(
+        "Network.emulateNetworkConditions",
+        {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        session=session,
+    )
+    ch.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session=session,
+    )
     mark = len(ch.events)
     ch.send("Page.navigate", {"url": url}, session=session)
     problems = []
@@ -312,15 +355,22 @@ def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not loaded:
         ch.pump(0.2)
-        loaded = any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session for e in ch.events[mark:])
+        loaded = any(
+            e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session
+            for e in ch.events[mark:]
+        )
     if not loaded:
         problems.append(f"page did not finish loading within {timeout:g} s")
     # let plotly and MathJax finish; the probe awaits MathJax and reports the figures
     info = {}
     probe_deadline = time.monotonic() + timeout
     while True:
-        res = ch.send("Runtime.evaluate", {"expression": PROBE_JS, "awaitPromise": True, "returnByValue": True},
-                      session=session, timeout=timeout)
+        res = ch.send(
+            "Runtime.evaluate",
+            {"expression": PROBE_JS, "awaitPromise": True, "returnByValue": True},
+            session=session,
+            timeout=timeout,
+        )
         value = res.get("result", {}).get("value")
         info = json.loads(value) if isinstance(value, str) else {}
         if info.get("drawn", 0) >= info.get("graphs", 0) or time.monotonic() > probe_deadline:
@@ -335,7 +385,9 @@ def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout
         ch.send("Runtime.evaluate", {"expression": "window.scrollTo(0, 0)"}, session=session)
     ch.pump(0.5)  # late console messages
     if info.get("undrawn"):
-        problems.append(f"{len(info['undrawn'])} of {info['graphs']} plotly figure(s) did not draw: {', '.join(info['undrawn'][:5])}")
+        problems.append(
+            f"{len(info['undrawn'])} of {info['graphs']} plotly figure(s) did not draw: {', '.join(info['undrawn'][:5])}"
+        )
     if info.get("images_bad"):
         problems.append(f"image(s) not loaded: {', '.join(map(str, info['images_bad'][:5]))}")
     if info.get("mathjax_errors"):
@@ -357,7 +409,9 @@ def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout
                 problems.append(f"network request: {u}")
         elif m == "Network.loadingFailed":
             if not p.get("canceled"):
-                problems.append(f"failed request ({p.get('errorText')}): {urls.get(p.get('requestId'), p.get('requestId'))}")
+                problems.append(
+                    f"failed request ({p.get('errorText')}): {urls.get(p.get('requestId'), p.get('requestId'))}"
+                )
         elif m == "Runtime.exceptionThrown":
             d = p.get("exceptionDetails", {})
             desc = d.get("exception", {}).get("description") or d.get("text")
@@ -367,15 +421,25 @@ def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout
             problems.append(f"console.{p.get('type')}: {args[:300]}")
         elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
             ent = p["entry"]
-            problems.append(f"console error ({ent.get('source')}): {ent.get('text', '')[:300]} {ent.get('url', '')}")
+            problems.append(
+                f"console error ({ent.get('source')}): {ent.get('text', '')[:300]} {ent.get('url', '')}"
+            )
 
     if shots is not None:
         height = min(int(info.get("height") or 900), 16000)
-        ch.send("Emulation.setDeviceMetricsOverride", {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False},
-                session=session)
+        ch.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         ch.pump(0.5)
         try:  # a redirect page (index.html) has nothing to draw
-            shot = ch.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=session, timeout=60)
+            shot = ch.send(
+                "Page.captureScreenshot",
+                {"format": "png", "captureBeyondViewport": True},
+                session=session,
+                timeout=60,
+            )
             out = shots / (str(page.relative_to(root)).replace(os.sep, "__").removesuffix(".html") + ".png")
             out.write_bytes(base64.b64decode(shot["data"]))
         except RuntimeError:
@@ -386,10 +450,14 @@ def check_page(ch: Chromium, page: Path, root: Path, shots: Path | None, timeout
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("build", nargs="?", default="_build/html", help="the built HTML folder (default _build/html)")
+    ap.add_argument(
+        "build", nargs="?", default="_build/html", help="the built HTML folder (default _build/html)"
+    )
     ap.add_argument("--screenshots", help="save a full-page PNG of every page into this folder")
     ap.add_argument("--only", action="append", default=[], help="only pages matching this glob (repeatable)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per page to load and draw (default 60)")
+    ap.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per page to load and draw (default 60)"
+    )
     ap.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH)")
     ap.add_argument("--no-sliders", action="store_true", help="do not click the plotly sliders")
     args = ap.parse_args(argv)
@@ -431,14 +499,19 @@ def main(argv=None) -> int:
             total_figs += int(info.get("drawn", 0))
             total_sliders += int(info.get("sliders", 0))
             status = "ok  " if not probs else "FAIL"
-            print(f"[{status}] {rel}: {info.get('drawn', 0)}/{info.get('graphs', 0)} plotly figures drawn, "
-                  f"{info.get('sliders', 0)} sliders clicked, MathJax {info.get('mathjax', '?')}", flush=True)
+            print(
+                f"[{status}] {rel}: {info.get('drawn', 0)}/{info.get('graphs', 0)} plotly figures drawn, "
+                f"{info.get('sliders', 0)} sliders clicked, MathJax {info.get('mathjax', '?')}",
+                flush=True,
+            )
             if probs:
                 failures[rel] = probs
     finally:
         ch.close()
     dt = time.monotonic() - t0
-    print(f"checked {len(pages)} pages, {total_figs} figures drawn, {total_sliders} sliders clicked, in {dt:.1f} s")
+    print(
+        f"checked {len(pages)} pages, {total_figs} figures drawn, {total_sliders} sliders clicked, in {dt:.1f} s"
+    )
     if failures:
         print("\nProblems:")
         for rel, probs in failures.items():

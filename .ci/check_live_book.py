@@ -42,14 +42,26 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-default-browser-check", "--hide-scrollbars"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-default-browser-check",
+    "--hide-scrollbars",
+]
 # JupyterLab settings for the session: no autosave (the copies stay as they are), every cell in the
 # DOM (no windowing), no news/update checks (they would go to the internet)
 LAB_SETTINGS = {
     "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {
+        "fetchNews": "false",
+        "checkForUpdates": False,
+    },
 }
 
 # ------------------------------------------------------------------------------ page-side helpers
@@ -143,20 +155,38 @@ class Lab:
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, KACLIB_PROFILE=profile, JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
-                   JUPYTER_CONFIG_DIR=str(tmp / "config"), PYTHONUNBUFFERED="1")
+        env = dict(
+            os.environ,
+            KACLIB_PROFILE=profile,
+            JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+            JUPYTER_CONFIG_DIR=str(tmp / "config"),
+            PYTHONUNBUFFERED="1",
+        )
         env.pop("KACLIB_BOOK_BUILD", None)  # live widgets, not the static book's notes
-        args = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={self.port}",
-                "--ServerApp.port_retries=0", "--allow-root", f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp / 'settings'}",
-                f"--LabApp.workspaces_dir={tmp / 'workspaces'}", "--LabApp.expose_app_in_browser=True",
-                "--LabApp.news_url=", "--ServerApp.terminals_enabled=False"]
+        args = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ip=127.0.0.1",
+            f"--port={self.port}",
+            "--ServerApp.port_retries=0",
+            "--allow-root",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+            f"--LabApp.user_settings_dir={tmp / 'settings'}",
+            f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+            "--LabApp.expose_app_in_browser=True",
+            "--LabApp.news_url=",
+            "--ServerApp.terminals_enabled=False",
+        ]
         self.log = open(log, "w")
         self.proc = subprocess.Popen(args, cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def api(self, method: str, path: str):
-        req = urllib.request.Request(f"{self.base}{path}", method=method,
-                                     headers={"Authorization": f"token {self.token}"})
+        req = urllib.request.Request(
+            f"{self.base}{path}", method=method, headers={"Authorization": f"token {self.token}"}
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             body = r.read()
         return json.loads(body) if body else None
@@ -201,6 +231,7 @@ class Lab:
 
 # ------------------------------------------------------------------------------ one chapter
 
+
 def wait_for(page, predicate, timeout: float, poll: float = 0.5):
     """Poll ``predicate()`` until it returns a truthy value (returned) or ``timeout`` passes (None)."""
     deadline = time.monotonic() + timeout
@@ -216,8 +247,13 @@ def wait_for(page, predicate, timeout: float, poll: float = 0.5):
 def run_all(page, path: str, timeout: float) -> tuple[list[str], dict]:
     """Click Run > Run All Cells and wait until every code cell ran (or one raised)."""
     t0 = time.monotonic()
-    state = wait_for(page, lambda: (lambda s: s if s.get("ready") and s["path"] == path and s["status"] == "idle"
-                                    else None)(page.evaluate(JS_STATE)), 120)
+    state = wait_for(
+        page,
+        lambda: (lambda s: s if s.get("ready") and s["path"] == path and s["status"] == "idle" else None)(
+            page.evaluate(JS_STATE)
+        ),
+        120,
+    )
     if state is None:
         return [f"{path} did not open with an idle kernel within 120 s"], {}
     info = {"open_s": time.monotonic() - t0, "panel": state["id"]}
@@ -244,7 +280,9 @@ def run_all(page, path: str, timeout: float) -> tuple[list[str], dict]:
     info["run_s"] = time.monotonic() - t0
     if state is None:
         s = page.evaluate(JS_STATE)
-        left = [c["source"].splitlines()[0] if c["source"] else "" for c in s.get("cells", []) if not c["count"]]
+        left = [
+            c["source"].splitlines()[0] if c["source"] else "" for c in s.get("cells", []) if not c["count"]
+        ]
         return [f"cells still not run after {timeout:g} s (first: {left[:1]})"], info
     problems = [f"cell {c['index']} raised {e}" for c in state["cells"] for e in c["errors"]]
     if state["status"] == "dead":
@@ -297,9 +335,16 @@ def open_lab(context, lab: Lab, console: list):
     """One JupyterLab page for the whole session (the app loads once)."""
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.on("console", lambda m: console.append(f"console.{m.type}: {m.text[:300]}") if m.type in ("error", "assert") else None)
+    page.on(
+        "console",
+        lambda m: (
+            console.append(f"console.{m.type}: {m.text[:300]}") if m.type in ("error", "assert") else None
+        ),
+    )
     page.on("pageerror", lambda e: console.append(f"uncaught exception: {str(e)[:300]}"))
-    page.goto(f"{lab.base}/lab/workspaces/check/tree/book?reset&token={lab.token}", wait_until="domcontentloaded")
+    page.goto(
+        f"{lab.base}/lab/workspaces/check/tree/book?reset&token={lab.token}", wait_until="domcontentloaded"
+    )
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell", timeout=120_000)
     page.evaluate("() => window.jupyterapp.restored")
     return page
@@ -309,8 +354,11 @@ def check_chapter(page, lab: Lab, nb: Path, out: Path, console: list, args) -> t
     """Open one chapter in the running JupyterLab, run it, move its sliders, close it."""
     path = f"book/{nb.name}"
     first_console = len(console)
-    page.evaluate("async (p) => { await window.jupyterapp.commands.execute('docmanager:open', "
-                  "{path: p, factory: 'Notebook'}); return true; }", path)
+    page.evaluate(
+        "async (p) => { await window.jupyterapp.commands.execute('docmanager:open', "
+        "{path: p, factory: 'Notebook'}); return true; }",
+        path,
+    )
     problems, info = run_all(page, path, args.timeout)
     sliders_done = []
     t0 = time.monotonic()
@@ -343,7 +391,9 @@ def check_chapter(page, lab: Lab, nb: Path, out: Path, console: list, args) -> t
     problems += console[first_console:]
     # close without saving (the copy stays as it was) and stop the kernel
     t0 = time.monotonic()
-    page.evaluate("() => { const p = window.jupyterapp.shell.currentWidget; if (p && p.sessionContext) { p.dispose(); } }")
+    page.evaluate(
+        "() => { const p = window.jupyterapp.shell.currentWidget; if (p && p.sessionContext) { p.dispose(); } }"
+    )
     lab.shutdown_kernels(wait=False)  # the kernel stops while the next chapter opens
     info["close_s"] = time.monotonic() - t0
     return problems, info
@@ -365,8 +415,9 @@ def write_timings(path: Path, args, chapters: dict, wall: float) -> None:
         "chapters": chapters,
     }
     try:
-        record["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                          text=True, timeout=10).stdout.strip()
+        record["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -375,13 +426,23 @@ def write_timings(path: Path, args, chapters: dict, wall: float) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--book", default=str(ROOT / "book"), help="folder of the chapters (default book/)")
-    ap.add_argument("--only", action="append", default=[], help="only notebooks matching this glob (repeatable)")
-    ap.add_argument("--out", default=str(ROOT / "_build" / "live_check"), help="screenshots and the server log")
+    ap.add_argument(
+        "--only", action="append", default=[], help="only notebooks matching this glob (repeatable)"
+    )
+    ap.add_argument(
+        "--out", default=str(ROOT / "_build" / "live_check"), help="screenshots and the server log"
+    )
     ap.add_argument("--profile", default="smoke", help="KACLIB_PROFILE of the kernels (default smoke)")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds for one chapter to run (default 900)")
-    ap.add_argument("--slider-timeout", type=float, default=60.0, help="seconds for a widget to redraw (default 60)")
+    ap.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds for one chapter to run (default 900)"
+    )
+    ap.add_argument(
+        "--slider-timeout", type=float, default=60.0, help="seconds for a widget to redraw (default 60)"
+    )
     ap.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH)")
-    ap.add_argument("--allow-no-widget", action="store_true", help="do not fail a chapter without a live slider")
+    ap.add_argument(
+        "--allow-no-widget", action="store_true", help="do not fail a chapter without a live slider"
+    )
     args = ap.parse_args(argv)
 
     notebooks = chapters(Path(args.book), args.only)
@@ -395,7 +456,10 @@ def main(argv=None) -> int:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        print("check_live_book: the playwright package is missing (pip install -r requirements.txt)", file=sys.stderr)
+        print(
+            "check_live_book: the playwright package is missing (pip install -r requirements.txt)",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -413,8 +477,10 @@ def main(argv=None) -> int:
         except RuntimeError as exc:
             print(f"check_live_book: {exc} (log: {out / 'jupyterlab.log'})", file=sys.stderr)
             return 2
-        print(f"[live] JupyterLab up on 127.0.0.1:{lab.port} ({time.monotonic() - t_start:.1f} s), "
-              f"profile {args.profile}")
+        print(
+            f"[live] JupyterLab up on 127.0.0.1:{lab.port} ({time.monotonic() - t_start:.1f} s), "
+            f"profile {args.profile}"
+        )
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=binary, headless=True, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1280, "height": 1000})
@@ -443,18 +509,25 @@ def main(argv=None) -> int:
                 problems += [f"request outside the local server: {u}" for u in offline]
                 offline.clear()
                 status = "ok  " if not problems else "FAIL"
-                print(f"[{status}] {nb.name}: opened in {info.get('open_s', 0):.1f} s, {info.get('cells', '?')} code cells "
-                      f"ran in {info.get('run_s', 0):.1f} s; {info.get('widgets', 0)} widget(s), sliders moved in "
-                      f"{info.get('sliders_s', 0):.1f} s: {', '.join(info.get('sliders', [])) or '-'} "
-                      f"(total {time.monotonic() - t0:.1f} s)", flush=True)
+                print(
+                    f"[{status}] {nb.name}: opened in {info.get('open_s', 0):.1f} s, {info.get('cells', '?')} code cells "
+                    f"ran in {info.get('run_s', 0):.1f} s; {info.get('widgets', 0)} widget(s), sliders moved in "
+                    f"{info.get('sliders_s', 0):.1f} s: {', '.join(info.get('sliders', [])) or '-'} "
+                    f"(total {time.monotonic() - t0:.1f} s)",
+                    flush=True,
+                )
                 if problems:
                     failures[nb.name] = problems
-                timings[nb.stem] = {"ok": not problems, "open_s": round(info.get("open_s", 0), 1),
-                                    "run_all_s": round(info.get("run_s", 0), 1),
-                                    "sliders_s": round(info.get("sliders_s", 0), 1),
-                                    "close_s": round(info.get("close_s", 0), 1),
-                                    "screenshot_s": round(info.get("screenshot_s", 0), 1),
-                                    "total_s": round(time.monotonic() - t0, 1), "sliders": info.get("sliders", [])}
+                timings[nb.stem] = {
+                    "ok": not problems,
+                    "open_s": round(info.get("open_s", 0), 1),
+                    "run_all_s": round(info.get("run_s", 0), 1),
+                    "sliders_s": round(info.get("sliders_s", 0), 1),
+                    "close_s": round(info.get("close_s", 0), 1),
+                    "screenshot_s": round(info.get("screenshot_s", 0), 1),
+                    "total_s": round(time.monotonic() - t0, 1),
+                    "sliders": info.get("sliders", []),
+                }
             browser.close()
     finally:
         if lab is not None:

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import RESULTS, format_table, throwaway_cache, write_results  # noqa: E402
 
 from kaclib.stats import mean_ci  # noqa: E402
@@ -41,19 +40,33 @@ from kaclib.stats import mean_ci  # noqa: E402
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trajectories", action="store_true", help="section 1: end points against whole trajectories")
-    ap.add_argument("--cost", action="store_true", help="section 2: passes, FLOPs, training cost (wall-clock: --timing)")
-    ap.add_argument("--timing", action="store_true", help="with --cost: wall-clock per 1,000 images (idle machine only)")
+    ap.add_argument(
+        "--trajectories", action="store_true", help="section 1: end points against whole trajectories"
+    )
+    ap.add_argument(
+        "--cost", action="store_true", help="section 2: passes, FLOPs, training cost (wall-clock: --timing)"
+    )
+    ap.add_argument(
+        "--timing", action="store_true", help="with --cost: wall-clock per 1,000 images (idle machine only)"
+    )
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="as ladder.py (default: profile's, at least 2)")
-    ap.add_argument("--gaussian-seeds", type=int, nargs="+", default=None, help="as ladder.py (default: --seeds)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="as ladder.py (default: profile's, at least 2)"
+    )
+    ap.add_argument(
+        "--gaussian-seeds", type=int, nargs="+", default=None, help="as ladder.py (default: --seeds)"
+    )
     ap.add_argument("--iters", type=str, default=None, help="as ladder.py, e.g. 100,200,250,250")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as ladder.py")
     ap.add_argument("--teacher-model", action="append", default=[], metavar="KEY=VALUE", help="as ladder.py")
     ap.add_argument("--no-gaussian", action="store_true")
-    ap.add_argument("--n", type=int, default=None, help="latents per trajectory study (default 256; smoke 16)")
-    ap.add_argument("--n-timing", type=int, default=None, help="images per timed draw (default 1000; smoke 16)")
+    ap.add_argument(
+        "--n", type=int, default=None, help="latents per trajectory study (default 256; smoke 16)"
+    )
+    ap.add_argument(
+        "--n-timing", type=int, default=None, help="images per timed draw (default 1000; smoke 16)"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="timed draws per row (the best is kept)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--quiet", action="store_true")
@@ -79,13 +92,19 @@ def find_ladders(args, prof, smoke: bool) -> tuple:
     if args.iters:
         changes["iters"] = tuple(int(s) for s in args.iters.split(","))
     base = config_for_profile(prof, **changes)
-    model_cfg = {"preset": prof.model_preset, "head": prof.head,
-                 **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.teacher_model)}}
+    model_cfg = {
+        "preset": prof.model_preset,
+        "head": prof.head,
+        **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.teacher_model)},
+    }
     out, missing = {}, []
     for fam in ["kac"] + ([] if args.no_gaussian else ["gaussian"]):
-        for s in (seeds if fam == "kac" else gseeds):
-            tcfg = (teacher_config(prof, seed=s, model=model_cfg) if fam == "kac"
-                    else teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"}))
+        for s in seeds if fam == "kac" else gseeds:
+            tcfg = (
+                teacher_config(prof, seed=s, model=model_cfg)
+                if fam == "kac"
+                else teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"})
+            )
             cfg = base.replace(seed=s)
             if smoke:
                 tdir = get_teacher(tcfg, progress=not args.quiet)
@@ -97,8 +116,10 @@ def find_ladders(args, prof, smoke: bool) -> tuple:
                 missing.append(f"{fam} seed {s}: {ldir}")
             out[(fam, s)] = (tdir, ldir)
     if missing:
-        raise SystemExit("beyond.py: error: these ladders are not (fully) trained; run benchmarks/ladder.py with the "
-                         "same flags first:\n  " + "\n  ".join(missing))
+        raise SystemExit(
+            "beyond.py: error: these ladders are not (fully) trained; run benchmarks/ladder.py with the "
+            "same flags first:\n  " + "\n  ".join(missing)
+        )
     return base, out
 
 
@@ -116,26 +137,40 @@ def trajectories(ladders: dict, n: int, progress: bool) -> dict:
         per[f"{fam}-seed{s}"] = d
         fams.setdefault(fam, []).append((s, study))
         if progress and study.slope is not None:
-            print(f"{fam} seed {s}: slope {study.slope.slope:.3f} [{study.slope.lo:.3f}, {study.slope.hi:.3f}] "
-                  f"in {d['seconds']:.1f} s", flush=True)
+            print(
+                f"{fam} seed {s}: slope {study.slope.slope:.3f} [{study.slope.lo:.3f}, {study.slope.hi:.3f}] "
+                f"in {d['seconds']:.1f} s",
+                flush=True,
+            )
     summary = {}
     for fam, lst in fams.items():
-        pts = [(st.deviation.delta, float(st.deviation.sup_interior.mean())) for _, sd in lst for st in sd.stages]
+        pts = [
+            (st.deviation.delta, float(st.deviation.sup_interior.mean())) for _, sd in lst for st in sd.stages
+        ]
         first = lst[0][1]
         several = len({p[0] for p in pts}) >= 2  # a slope needs two step sizes
         summary[fam] = {
             "slopes_over_seeds": mean_ci([sd.slope.slope for _, sd in lst]).to_dict() if several else None,
             "pooled_slope": deviation_slope(*zip(*pts)).to_dict() if several else None,
             "scatter_seed": lst[0][0],
-            "scatter": {str(st.spec.student_steps): {
-                "delta": st.deviation.delta,
-                "sup_endpoint_error": np.round(st.deviation.sup_endpoint, 6).tolist(),
-                "sup_interior_deviation": np.round(st.deviation.sup_interior, 6).tolist()} for st in first.stages},
+            "scatter": {
+                str(st.spec.student_steps): {
+                    "delta": st.deviation.delta,
+                    "sup_endpoint_error": np.round(st.deviation.sup_endpoint, 6).tolist(),
+                    "sup_interior_deviation": np.round(st.deviation.sup_interior, 6).tolist(),
+                }
+                for st in first.stages
+            },
         }
-    return {"n": n, "latent_seed": "1000 + seed", "per_ladder": per, "per_family": summary,
-            "norm": "Euclidean norm over all pixels of one image; interior = max over the teacher substeps strictly "
-                    "inside the student interval; slope = d log(mean over samples of the largest interior "
-                    "deviation along the path) / d log(Delta), one point per stage, 95% CI (t, n - 2)"}
+    return {
+        "n": n,
+        "latent_seed": "1000 + seed",
+        "per_ladder": per,
+        "per_family": summary,
+        "norm": "Euclidean norm over all pixels of one image; interior = max over the teacher substeps strictly "
+        "inside the student interval; slope = d log(mean over samples of the largest interior "
+        "deviation along the path) / d log(Delta), one point per stage, 95% CI (t, n - 2)",
+    }
 
 
 def _rows(base, ladders: dict, fam: str, seed: int) -> list:
@@ -148,7 +183,10 @@ def _rows(base, ladders: dict, fam: str, seed: int) -> list:
     teacher = load_run(tdir)
     students = load_ladder(ldir)
     rows = [(f"{fam}_teacher", M, teacher.model, teacher.path, "ab2", base.w) for M in base.ladder]
-    rows += [(f"{fam}_ladder", M, run.model, run.path, "euler", 1.0) for M, run in sorted(students.items(), reverse=True)]
+    rows += [
+        (f"{fam}_ladder", M, run.model, run.path, "euler", 1.0)
+        for M, run in sorted(students.items(), reverse=True)
+    ]
     return rows
 
 
@@ -160,14 +198,21 @@ def _ladder_fids(base, profile: str) -> dict:
     res = json.loads(f.read_text())
     if res.get("distill_config") != base.to_dict() or res.get("profile") != profile:
         return {}
-    return {(row, int(steps)): v["fid"]["mean"] for row, d in res.get("results", {}).items() for steps, v in d.items()}
+    return {
+        (row, int(steps)): v["fid"]["mean"]
+        for row, d in res.get("results", {}).items()
+        for steps, v in d.items()
+    }
 
 
 def cost(base, ladders: dict, args, smoke: bool, profile: str) -> dict:
     """Section 2: training cost per ladder; passes, FLOPs (and wall-clock) per row; one table."""
     from kaclib.cost import distillation_training_cost, sampling_cost, wall_clock_per_1000
 
-    training = {f"{fam}-seed{s}": distillation_training_cost(ldir).to_dict() for (fam, s), (_, ldir) in ladders.items()}
+    training = {
+        f"{fam}-seed{s}": distillation_training_cost(ldir).to_dict()
+        for (fam, s), (_, ldir) in ladders.items()
+    }
     fids = _ladder_fids(base, profile)
     n_time = args.n_timing or (16 if smoke else 1000)
     rows, table = [], []
@@ -175,28 +220,55 @@ def cost(base, ladders: dict, args, smoke: bool, profile: str) -> dict:
         seed = min(s for f, s in ladders if f == fam)
         tc = training[f"{fam}-seed{seed}"]
         cum = np.cumsum([st["total_flops"] for st in tc["stages"]])
-        cum_ratio = {st["student_steps"]: (c / tc["teacher_training_flops"] if tc["teacher_training_flops"] else None)
-                     for st, c in zip(tc["stages"], cum)}
+        cum_ratio = {
+            st["student_steps"]: (c / tc["teacher_training_flops"] if tc["teacher_training_flops"] else None)
+            for st, c in zip(tc["stages"], cum)
+        }
         for row, M, model, path, method, w in _rows(base, ladders, fam, seed):
             sc = sampling_cost(model, path, M, method, w).to_dict()
-            rec = {"row": row, **sc, "fid": fids.get((row, M)),
-                   "training_flops_ratio": cum_ratio.get(M) if row.endswith("_ladder") else None}
+            rec = {
+                "row": row,
+                **sc,
+                "fid": fids.get((row, M)),
+                "training_flops_ratio": cum_ratio.get(M) if row.endswith("_ladder") else None,
+            }
             if args.timing:
                 wc = wall_clock_per_1000(model, path, M, method, w, n=n_time, repeats=args.repeats, seed=0)
                 rec["wall_clock"] = wc.to_dict()
             rows.append(rec)
             s1000 = f"{rec['wall_clock']['seconds_per_1000']:.3f}" if args.timing else "-"
-            table.append([row, M, method, rec["network_passes"], f"{sc['flops_per_image'] / 1e6:.2f}", s1000,
-                          "-" if rec["fid"] is None else f"{rec['fid']:.3f}",
-                          "-" if rec["training_flops_ratio"] is None else f"{rec['training_flops_ratio']:.4f}"])
-    header = ["row", "steps", "sampler", "passes/image", "MFLOPs/image", "s per 1000 (end to end)",
-              "FID (ladder.json)", "training FLOPs / teacher's"]
-    return {"training": training, "rows": rows, "table": {"header": header, "rows": table},
-            "timing": {"n": n_time, "repeats": args.repeats} if args.timing else None,
-            "conventions": "FLOPs: torch FlopCounterMode (2 per multiply-add of matmuls/convolutions/attention, "
-                           "element-wise work not counted), one pass at batch 1 times the passes; training FLOPs: "
-                           "teacher passes x F + student iterations x batch x 3 x F (forward + backward = 3 "
-                           "forwards); students' ratio is cumulative down the ladder (all stages up to the row)"}
+            table.append(
+                [
+                    row,
+                    M,
+                    method,
+                    rec["network_passes"],
+                    f"{sc['flops_per_image'] / 1e6:.2f}",
+                    s1000,
+                    "-" if rec["fid"] is None else f"{rec['fid']:.3f}",
+                    "-" if rec["training_flops_ratio"] is None else f"{rec['training_flops_ratio']:.4f}",
+                ]
+            )
+    header = [
+        "row",
+        "steps",
+        "sampler",
+        "passes/image",
+        "MFLOPs/image",
+        "s per 1000 (end to end)",
+        "FID (ladder.json)",
+        "training FLOPs / teacher's",
+    ]
+    return {
+        "training": training,
+        "rows": rows,
+        "table": {"header": header, "rows": table},
+        "timing": {"n": n_time, "repeats": args.repeats} if args.timing else None,
+        "conventions": "FLOPs: torch FlopCounterMode (2 per multiply-add of matmuls/convolutions/attention, "
+        "element-wise work not counted), one pass at batch 1 times the passes; training FLOPs: "
+        "teacher passes x F + student iterations x batch x 3 x F (forward + backward = 3 "
+        "forwards); students' ratio is cumulative down the ladder (all stages up to the row)",
+    }
 
 
 def main(argv=None) -> int:
@@ -210,8 +282,11 @@ def main(argv=None) -> int:
     # smoke: a throw-away cache, so the smoke teachers and ladders never mix with real artifacts
     with throwaway_cache(smoke, "kaclib-beyond-smoke-"):
         base, ladders = find_ladders(args, prof, smoke)
-        payload = {"profile": prof.name, "distill_config": base.to_dict(),
-                   "ladders": {f"{f}-seed{s}": str(d) for (f, s), (_, d) in ladders.items()}}
+        payload = {
+            "profile": prof.name,
+            "distill_config": base.to_dict(),
+            "ladders": {f"{f}-seed{s}": str(d) for (f, s), (_, d) in ladders.items()},
+        }
         if args.trajectories:
             payload["trajectories"] = trajectories(ladders, args.n or (16 if smoke else 256), not args.quiet)
         if args.cost:
@@ -238,15 +313,19 @@ def report(payload: dict) -> None:
         print("\nend points against whole trajectories (mean over samples, largest along the path):")
         for key, d in tr["per_ladder"].items():
             for s in d["stages"]:
-                print(f"  {key} {s['teacher_steps']:>3} -> {s['student_steps']:<3} Delta {s['delta']:.3g}: "
-                      f"end point {s['sup_endpoint_error']['mean']:.4g}, interior {s['sup_interior_deviation']['mean']:.4g}, "
-                      f"Spearman {s['per_sample']['spearman']:.3f}")
+                print(
+                    f"  {key} {s['teacher_steps']:>3} -> {s['student_steps']:<3} Delta {s['delta']:.3g}: "
+                    f"end point {s['sup_endpoint_error']['mean']:.4g}, interior {s['sup_interior_deviation']['mean']:.4g}, "
+                    f"Spearman {s['per_sample']['spearman']:.3f}"
+                )
         for fam, d in tr["per_family"].items():
             p = d["pooled_slope"]
             if p is None:
                 continue
-            print(f"  {fam}: slope of interior deviation vs Delta {p['slope']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] "
-                  f"(pooled over seeds and stages, n = {p['n']})")
+            print(
+                f"  {fam}: slope of interior deviation vs Delta {p['slope']:.3f} [{p['lo']:.3f}, {p['hi']:.3f}] "
+                f"(pooled over seeds and stages, n = {p['n']})"
+            )
     c = payload.get("cost")
     if c:
         print("\ncost beside NFE:")

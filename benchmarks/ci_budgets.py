@@ -15,11 +15,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table, write_results  # noqa: E402
 
-STAGES = [("installed", "pip install -r requirements.txt", None), ("tests passed", "pytest --nbval", 10 * 60),
-          ("gpu_check smoke passed", "benchmarks/gpu_check.py --profile smoke", None),
-          ("book built", "jupyter-book build book (cpu profile; cache state in the note)", 20 * 60),
-          ("browser check passed", "headless Chromium check of every page, plotly sliders clicked", None),
-          ("live book check passed", "JupyterLab in headless Chromium, every chapter run, sliders dragged", 5 * 60)]
+STAGES = [
+    ("installed", "pip install -r requirements.txt", None),
+    ("tests passed", "pytest --nbval", 10 * 60),
+    ("gpu_check smoke passed", "benchmarks/gpu_check.py --profile smoke", None),
+    ("book built", "jupyter-book build book (cpu profile; cache state in the note)", 20 * 60),
+    ("browser check passed", "headless Chromium check of every page, plotly sliders clicked", None),
+    ("live book check passed", "JupyterLab in headless Chromium, every chapter run, sliders dragged", 5 * 60),
+]
 
 
 def main(argv=None) -> dict:
@@ -42,8 +45,13 @@ def main(argv=None) -> dict:
         summary += f"\n\n`pytest --nbval`: {tests.group(1)} passed."
     if args.note:
         summary += f" Conditions: {args.note}."
-    payload = {"stages_s": stamps, "total_s": total, "tests_passed": int(tests.group(1)) if tests else None,
-               "note": args.note, "summary_markdown": summary}
+    payload = {
+        "stages_s": stamps,
+        "total_s": total,
+        "tests_passed": int(tests.group(1)) if tests else None,
+        "note": args.note,
+        "summary_markdown": summary,
+    }
     print(summary)
     write_results("budgets", payload)
     return payload

@@ -31,8 +31,9 @@ def machine_info() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -49,8 +50,12 @@ def machine_info() -> dict:
 
 def write_results(name: str, payload: dict, command: str | None = None) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "command": command or "python " + " ".join(sys.argv),
-               "machine": machine_info(), **payload}
+    payload = {
+        "benchmark": name,
+        "command": command or "python " + " ".join(sys.argv),
+        "machine": machine_info(),
+        **payload,
+    }
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return out
@@ -66,7 +71,6 @@ def best_time(fn, repeats: int = 7, warmup: int = 1) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
 
 
 @contextlib.contextmanager

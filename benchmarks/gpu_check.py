@@ -57,7 +57,9 @@ from kaclib.accel import AccelConfig, compile_unavailable_reason, prepare_model 
 MODES = {
     "fp32": AccelConfig(amp_dtype="fp32", channels_last=False, compile=False, fused_adam="auto", tf32=False),
     "bf16": AccelConfig(amp_dtype="bf16", channels_last=False, compile=False, fused_adam="auto", tf32=True),
-    "channels_last": AccelConfig(amp_dtype="bf16", channels_last=True, compile=False, fused_adam="auto", tf32=True),
+    "channels_last": AccelConfig(
+        amp_dtype="bf16", channels_last=True, compile=False, fused_adam="auto", tf32=True
+    ),
     "compile": AccelConfig(amp_dtype="bf16", channels_last=False, compile=True, fused_adam="auto", tf32=True),
 }
 """The training-throughput modes: fp32 is plain float32 (no TF32); the others add one switch each
@@ -84,20 +86,49 @@ class Plan:
 
 
 PLANS = {
-    "gpu": Plan(profile="gpu", device="cuda", preset_overrides={}, batch_size=128, warmup_steps=10, timed_steps=40,
-                teacher_steps=2000, n_eval=5000, sample_batch=1000, stage=(100, 20), stage_iters=400, budget_s=300.0,
-                compile_backend=None),
+    "gpu": Plan(
+        profile="gpu",
+        device="cuda",
+        preset_overrides={},
+        batch_size=128,
+        warmup_steps=10,
+        timed_steps=40,
+        teacher_steps=2000,
+        n_eval=5000,
+        sample_batch=1000,
+        stage=(100, 20),
+        stage_iters=400,
+        budget_s=300.0,
+        compile_backend=None,
+    ),
     # every code path at toy size: a 2-level UNet on 3x32x32, the smoke profile's digits teacher; compile
     # with the aot_eager backend (dynamo + AOT autograd, no C++ build: inductor takes minutes on a CPU)
-    "smoke": Plan(profile="smoke", device="cpu",
-                  preset_overrides={"base_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1,
-                                    "attn_resolutions": (16,), "norm_groups": 8},
-                  batch_size=8, warmup_steps=1, timed_steps=2, teacher_steps=30, n_eval=64, sample_batch=64,
-                  stage=(8, 2), stage_iters=3, budget_s=600.0, compile_backend="aot_eager"),
+    "smoke": Plan(
+        profile="smoke",
+        device="cpu",
+        preset_overrides={
+            "base_channels": 8,
+            "channel_mult": (1, 2),
+            "num_res_blocks": 1,
+            "attn_resolutions": (16,),
+            "norm_groups": 8,
+        },
+        batch_size=8,
+        warmup_steps=1,
+        timed_steps=2,
+        teacher_steps=30,
+        n_eval=64,
+        sample_batch=64,
+        stage=(8, 2),
+        stage_iters=3,
+        budget_s=600.0,
+        compile_backend="aot_eager",
+    ),
 }
 
 
 # =============================================================================== helpers
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -117,23 +148,40 @@ def peak_memory(device: torch.device) -> dict:
     import resource
 
     b = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
-    return {"kind": "process max RSS (resource.getrusage ru_maxrss, CPU; whole process so far)", "bytes": b,
-            "gib": round(b / 2**30, 3)}
+    return {
+        "kind": "process max RSS (resource.getrusage ru_maxrss, CPU; whole process so far)",
+        "bytes": b,
+        "gib": round(b / 2**30, 3),
+    }
 
 
 def machine(device: torch.device) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=ROOT, timeout=10).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "git_commit": commit,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "git_commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    capability=f"{p.major}.{p.minor}")
+        info.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            capability=f"{p.major}.{p.minor}",
+        )
     return info
 
 
@@ -153,6 +201,7 @@ def prepare_mnist(path: str) -> Path:
 
 # =============================================================================== (i) training throughput
 
+
 def train_throughput(plan: Plan, mode: str, device: torch.device) -> dict:
     """Images/s of :func:`kaclib.train.fit` steps (after ``warmup_steps``) of the cifar10-paper UNet."""
     from kaclib.models import build_model, count_parameters, get_preset
@@ -161,7 +210,9 @@ def train_throughput(plan: Plan, mode: str, device: torch.device) -> dict:
     from kaclib.train import fit
 
     prof = get_profile(plan.profile)
-    path = build_path({"kind": "kac", "a": prof.kac_a, "c": prof.kac_c, "f": prof.kac_f, "g": prof.kac_g, "T": 1.0})
+    path = build_path(
+        {"kind": "kac", "a": prof.kac_a, "c": prof.kac_c, "f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
+    )
     cfg = get_preset("cifar10-paper", **plan.preset_overrides)
     g = torch.Generator().manual_seed(0)
     n = 4 * plan.batch_size
@@ -181,26 +232,52 @@ def train_throughput(plan: Plan, mode: str, device: torch.device) -> dict:
     skipped = compile_unavailable_reason(device) if accel.compile else None
     reset_peak(device)
     t0 = time.perf_counter()
-    res = fit(model, path, data, labels, 10, steps=steps, batch_size=plan.batch_size, lr=2e-4, seed=0,
-              device=device, progress=False, log_every=steps, callback=callback, accel=accel)
+    res = fit(
+        model,
+        path,
+        data,
+        labels,
+        10,
+        steps=steps,
+        batch_size=plan.batch_size,
+        lr=2e-4,
+        seed=0,
+        device=device,
+        progress=False,
+        log_every=steps,
+        callback=callback,
+        accel=accel,
+    )
     timed_s = marks[steps] - marks[plan.warmup_steps]
     final = float(res.losses[-1])
     return {
-        "accel": accel.resolve(device).to_dict(), "compile_skipped": skipped,
+        "accel": accel.resolve(device).to_dict(),
+        "compile_skipped": skipped,
         "compile_backend": os.environ.get("KACLIB_COMPILE_BACKEND", "inductor") if accel.compile else None,
-        "images_per_s": plan.timed_steps * plan.batch_size / timed_s, "s_per_step": timed_s / plan.timed_steps,
-        "warmup_steps": plan.warmup_steps, "warmup_s": marks[plan.warmup_steps] - t0, "timed_steps": plan.timed_steps,
-        "batch_size": plan.batch_size, "parameters": count_parameters(model), "final_loss": final,
-        "loss_finite": bool(np.isfinite(final)), "peak_memory": peak_memory(device),
+        "images_per_s": plan.timed_steps * plan.batch_size / timed_s,
+        "s_per_step": timed_s / plan.timed_steps,
+        "warmup_steps": plan.warmup_steps,
+        "warmup_s": marks[plan.warmup_steps] - t0,
+        "timed_steps": plan.timed_steps,
+        "batch_size": plan.batch_size,
+        "parameters": count_parameters(model),
+        "final_loss": final,
+        "loss_finite": bool(np.isfinite(final)),
+        "peak_memory": peak_memory(device),
     }
 
 
 # =============================================================================== (ii)+(iii) teacher, stage, sampling
 
+
 def _score(evaluator, gen) -> dict:
     s = evaluator.score(gen.images, gen.labels)
-    return {"fid": float(s.fid), "accuracy": None if getattr(s, "accuracy", None) is None else float(s.accuracy),
-            "metric": getattr(s, "metric_name", None), "n": int(gen.images.shape[0])}
+    return {
+        "fid": float(s.fid),
+        "accuracy": None if getattr(s, "accuracy", None) is None else float(s.accuracy),
+        "metric": getattr(s, "metric_name", None),
+        "n": int(gen.images.shape[0]),
+    }
 
 
 def _sampling(model, path, plan, device, steps, method, w, evaluator=None) -> dict:
@@ -211,9 +288,17 @@ def _sampling(model, path, plan, device, steps, method, w, evaluator=None) -> di
     generate(model, path, min(plan.sample_batch, plan.n_eval), 1, **kw)  # cuDNN autotune, lazy init
     reset_peak(device)
     gen = generate(model, path, plan.n_eval, steps, seed=7, **kw)
-    out = {"steps": steps, "method": method, "w": w, "n": plan.n_eval, "batch_size": plan.sample_batch,
-           "network_passes_per_image": gen.network_passes, "seconds": gen.seconds,
-           "images_per_s": plan.n_eval / gen.seconds, "peak_memory": peak_memory(device)}
+    out = {
+        "steps": steps,
+        "method": method,
+        "w": w,
+        "n": plan.n_eval,
+        "batch_size": plan.sample_batch,
+        "network_passes_per_image": gen.network_passes,
+        "seconds": gen.seconds,
+        "images_per_s": plan.n_eval / gen.seconds,
+        "peak_memory": peak_memory(device),
+    }
     if evaluator is not None:
         out["score"] = _score(evaluator, gen)
     return out
@@ -227,27 +312,39 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     from kaclib.train import load_run, train
 
     prof = get_profile(plan.profile)
-    cfg = teacher_config(prof).replace(steps=plan.teacher_steps, checkpoint_every=0,
-                                       log_every=max(plan.teacher_steps // 10, 1))
+    cfg = teacher_config(prof).replace(
+        steps=plan.teacher_steps, checkpoint_every=0, log_every=max(plan.teacher_steps // 10, 1)
+    )
     reset_peak(device)
     t0 = time.perf_counter()
     tr = train(cfg, work / "teacher", device=device, progress=False)
     _sync(device)
     train_s = time.perf_counter() - t0
-    teacher = {"dataset": cfg.dataset, "preset": prof.model_preset, "steps": tr.step, "batch_size": cfg.batch_size,
-               "accel": tr.config.accel.resolve(device).to_dict(), "train_s": train_s,
-               "s_per_step": tr.seconds_per_step,
-               "images_per_s": cfg.batch_size / tr.seconds_per_step,
-               "final_loss": float(tr.losses[-min(50, len(tr.losses)):].mean()), "peak_memory": peak_memory(device)}
+    teacher = {
+        "dataset": cfg.dataset,
+        "preset": prof.model_preset,
+        "steps": tr.step,
+        "batch_size": cfg.batch_size,
+        "accel": tr.config.accel.resolve(device).to_dict(),
+        "train_s": train_s,
+        "s_per_step": tr.seconds_per_step,
+        "images_per_s": cfg.batch_size / tr.seconds_per_step,
+        "final_loss": float(tr.losses[-min(50, len(tr.losses)) :].mean()),
+        "peak_memory": peak_memory(device),
+    }
     t0 = time.perf_counter()
     evaluator = Evaluator(cfg.dataset)
     teacher["evaluator_setup_s"] = time.perf_counter() - t0
     loaded = load_run(work / "teacher", device=device)
-    prepare_model(loaded.model, replace(AccelConfig(), compile=False), device)  # channels-last weights on CUDA
+    prepare_model(
+        loaded.model, replace(AccelConfig(), compile=False), device
+    )  # channels-last weights on CUDA
     big, small = plan.stage
     w = prof.guidance_w
     teacher["sample"] = _sampling(loaded.model, loaded.path, plan, device, big, "ab2", w, evaluator)
-    teacher["sample_at_student_steps"] = _sampling(loaded.model, loaded.path, plan, device, small, "ab2", w, evaluator)
+    teacher["sample_at_student_steps"] = _sampling(
+        loaded.model, loaded.path, plan, device, small, "ab2", w, evaluator
+    )
     record("teacher", teacher)
 
     dcfg = config_for_profile(prof, ladder=(big, small), iters=plan.stage_iters, checkpoint_every=0)
@@ -258,39 +355,60 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     stage = lad.stages[0]
     student = lad.student
     prepare_model(student, replace(AccelConfig(), compile=False), device)
-    out = {"ladder": [big, small], "iters": stage.iters, "batch_size": dcfg.batch_size,
-           "seconds": time.perf_counter() - t0,
-           "teacher_passes_x_samples": stage.teacher_passes, "accel": lad.config.accel.to_dict(),
-           "final_loss": float(stage.losses[-1]) if len(stage.losses) else None, "peak_memory": peak_memory(device),
-           "sample_student": _sampling(student, lad.path, plan, device, small, "euler", 1.0, evaluator),
-           "sample_one_step": _sampling(student, lad.path, plan, device, 1, "euler", 1.0),
-           "note": "sample_one_step: one Euler step of the distilled student's network (what a 1-step student "
-                   "costs: one pass per image; its quality is not that of a trained 1-step student)"}
+    out = {
+        "ladder": [big, small],
+        "iters": stage.iters,
+        "batch_size": dcfg.batch_size,
+        "seconds": time.perf_counter() - t0,
+        "teacher_passes_x_samples": stage.teacher_passes,
+        "accel": lad.config.accel.to_dict(),
+        "final_loss": float(stage.losses[-1]) if len(stage.losses) else None,
+        "peak_memory": peak_memory(device),
+        "sample_student": _sampling(student, lad.path, plan, device, small, "euler", 1.0, evaluator),
+        "sample_one_step": _sampling(student, lad.path, plan, device, 1, "euler", 1.0),
+        "note": "sample_one_step: one Euler step of the distilled student's network (what a 1-step student "
+        "costs: one pass per image; its quality is not that of a trained 1-step student)",
+    }
     record("distill", out)
     keys = ("steps", "method", "w", "images_per_s", "network_passes_per_image", "seconds", "n")
-    record("sampling", {
-        "teacher": {k: teacher["sample"][k] for k in keys},
-        "student_1_step": {k: out["sample_one_step"][k] for k in keys},
-        "speedup": out["sample_one_step"]["images_per_s"] / teacher["sample"]["images_per_s"],
-    })
+    record(
+        "sampling",
+        {
+            "teacher": {k: teacher["sample"][k] for k in keys},
+            "student_1_step": {k: out["sample_one_step"][k] for k in keys},
+            "speedup": out["sample_one_step"]["images_per_s"] / teacher["sample"]["images_per_s"],
+        },
+    )
 
 
 # =============================================================================== main
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", choices=sorted(PLANS), default="gpu")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/gpu_check.json)")
-    p.add_argument("--mnist", default=None, help="MNIST-5k .npz made by --prepare-mnist (sets KACLIB_MNIST5K_NPZ)")
-    p.add_argument("--prepare-mnist", default=None, metavar="PATH", help="write the MNIST-5k .npz here and exit")
+    p.add_argument(
+        "--mnist", default=None, help="MNIST-5k .npz made by --prepare-mnist (sets KACLIB_MNIST5K_NPZ)"
+    )
+    p.add_argument(
+        "--prepare-mnist", default=None, metavar="PATH", help="write the MNIST-5k .npz here and exit"
+    )
     p.add_argument("--device", default=None, help="default: the profile's (cuda for gpu, cpu for smoke)")
     p.add_argument("--budget-s", type=float, default=None, help="start no part after this many seconds")
     p.add_argument("--work-dir", default=None, help="run directories (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--parts", default="throughput,teacher,compile",
-                   help="comma-separated subset of throughput, teacher, compile")
-    p.add_argument("--merge", default=None, metavar="JSON",
-                   help="start from this earlier result and replace only the parts run now (a rerun of a failed part)")
+    p.add_argument(
+        "--parts",
+        default="throughput,teacher,compile",
+        help="comma-separated subset of throughput, teacher, compile",
+    )
+    p.add_argument(
+        "--merge",
+        default=None,
+        metavar="JSON",
+        help="start from this earlier result and replace only the parts run now (a rerun of a failed part)",
+    )
     return p.parse_args(argv)
 
 
@@ -308,28 +426,42 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.mnist:
         if not Path(args.mnist).is_file():
-            print(f"gpu_check: error: --mnist {args.mnist} is not a file (make it with --prepare-mnist)",
-                  file=sys.stderr)
+            print(
+                f"gpu_check: error: --mnist {args.mnist} is not a file (make it with --prepare-mnist)",
+                file=sys.stderr,
+            )
             return 2
         os.environ["KACLIB_MNIST5K_NPZ"] = str(Path(args.mnist).resolve())
     if plan.compile_backend and "KACLIB_COMPILE_BACKEND" not in os.environ:
         os.environ["KACLIB_COMPILE_BACKEND"] = plan.compile_backend
     device = torch.device(args.device or plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: error: CUDA is not available here (use --profile smoke on the CPU)", file=sys.stderr)
+        print(
+            "gpu_check: error: CUDA is not available here (use --profile smoke on the CPU)", file=sys.stderr
+        )
         return 2
     out_path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "gpu_check.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     bad = sorted(set(parts) - {"throughput", "teacher", "compile"})
     if bad or not parts:
-        print(f"gpu_check: error: --parts takes throughput, teacher, compile; got {args.parts!r}", file=sys.stderr)
+        print(
+            f"gpu_check: error: --parts takes throughput, teacher, compile; got {args.parts!r}",
+            file=sys.stderr,
+        )
         return 2
     t_start = time.perf_counter()
     command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = {"benchmark": "gpu_check", "command": command,
-              "profile": args.profile, "plan": asdict(plan), "machine": machine(device), "modes": {},
-              "errors": {}, "skipped": {}}
+    result = {
+        "benchmark": "gpu_check",
+        "command": command,
+        "profile": args.profile,
+        "plan": asdict(plan),
+        "machine": machine(device),
+        "modes": {},
+        "errors": {},
+        "skipped": {},
+    }
     if args.merge:
         _merge(result, json.loads(Path(args.merge).read_text()), parts)
 
@@ -337,8 +469,15 @@ def main(argv=None) -> int:
         result["wall_s"] = time.perf_counter() - t_start
         parts = {k: v for k, v in result.items() if k != "peak_memory"}
         b = max([0] + _part_peaks(parts))
-        result["peak_memory"] = peak_memory(device) if device.type != "cuda" else {
-            "kind": "torch.cuda.max_memory_allocated (largest of the parts)", "bytes": b, "gib": round(b / 2**30, 3)}
+        result["peak_memory"] = (
+            peak_memory(device)
+            if device.type != "cuda"
+            else {
+                "kind": "torch.cuda.max_memory_allocated (largest of the parts)",
+                "bytes": b,
+                "gib": round(b / 2**30, 3),
+            }
+        )
         out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
     def record(key, value):
@@ -361,6 +500,7 @@ def main(argv=None) -> int:
     def mode(name):
         def fn():
             result["modes"][name] = train_throughput(plan, name, device)
+
         return fn
 
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
@@ -374,13 +514,24 @@ def main(argv=None) -> int:
             run("compile", mode("compile"))
     write()
     print(json.dumps({k: {"images_per_s": round(v["images_per_s"], 1)} for k, v in result["modes"].items()}))
-    print(f"[gpu_check] wrote {out_path} ({result['wall_s']:.0f} s); errors: {sorted(result['errors']) or 'none'}")
+    print(
+        f"[gpu_check] wrote {out_path} ({result['wall_s']:.0f} s); errors: {sorted(result['errors']) or 'none'}"
+    )
     return 1 if result["errors"] else 0
 
 
-PART_NAMES = {"throughput": ("fp32", "bf16", "channels_last"), "teacher": ("teacher",), "compile": ("compile",)}
-RESULT_KEYS = {"fp32": (), "bf16": (), "channels_last": (), "compile": (),
-               "teacher": ("teacher", "distill", "sampling")}
+PART_NAMES = {
+    "throughput": ("fp32", "bf16", "channels_last"),
+    "teacher": ("teacher",),
+    "compile": ("compile",),
+}
+RESULT_KEYS = {
+    "fp32": (),
+    "bf16": (),
+    "channels_last": (),
+    "compile": (),
+    "teacher": ("teacher", "distill", "sampling"),
+}
 
 
 def _merge(result: dict, prev: dict, parts: list) -> None:
@@ -395,8 +546,11 @@ def _merge(result: dict, prev: dict, parts: list) -> None:
         for book in ("errors", "skipped"):
             if name in prev.get(book, {}):
                 result[book][name] = prev[book][name]
-    result["merged_from"] = {"command": prev.get("command"), "machine": prev.get("machine"),
-                             "kept": sorted(set(RESULT_KEYS) - now)}
+    result["merged_from"] = {
+        "command": prev.get("command"),
+        "machine": prev.get("machine"),
+        "kept": sorted(set(RESULT_KEYS) - now),
+    }
 
 
 def _part_peaks(obj) -> list[int]:

@@ -38,8 +38,15 @@ class TableSampler:
     (atoms included), built from the density by a cumulative trapezoid rule on a fine grid, and
     sampled by bilinear interpolation in (time, quantile level)."""
 
-    def __init__(self, proc: KacProcess, s_max: float = 1.0, M: int = 10_000, Q: int = 4096, grid: int = 4096,
-                 chunk: int = 500):
+    def __init__(
+        self,
+        proc: KacProcess,
+        s_max: float = 1.0,
+        M: int = 10_000,
+        Q: int = 4096,
+        grid: int = 4096,
+        chunk: int = 500,
+    ):
         self.proc, self.s_max, self.M, self.Q = proc, s_max, M, Q
         times = torch.linspace(0.0, s_max, M, dtype=torch.float64)
         levels = torch.linspace(0.0, 1.0, Q, dtype=torch.float64)
@@ -49,8 +56,10 @@ class TableSampler:
             s = times[lo : lo + chunk, None]
             x = u[None, :] * proc.c * s
             dens = proc.density(x, s.expand_as(x))
-            dx = (x[:, 1:] - x[:, :-1])
-            cum = torch.cat([torch.zeros_like(s), torch.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]) * dx, 1)], 1)
+            dx = x[:, 1:] - x[:, :-1]
+            cum = torch.cat(
+                [torch.zeros_like(s), torch.cumsum(0.5 * (dens[:, 1:] + dens[:, :-1]) * dx, 1)], 1
+            )
             atom = 0.5 * torch.exp(-proc.a * s)
             cdf = atom + cum  # on [-cs, cs); the right atom is the jump to 1 at x = cs
             cdf = cdf / (cdf[:, -1:] + atom)  # normalise the quadrature's small mass error
@@ -133,9 +142,14 @@ def latent_timing(n: int, repeats: int) -> dict:
     kac = KacPath(prof.kac_a, prof.kac_c, f=prof.kac_f, g=prof.kac_g)
     shape = (1, 8, 8)
     out = {"n": n, "shape": list(shape), "kac_path": repr(kac)}
-    best = interleaved_best({"randn_s": lambda: torch.randn(n, *shape),
-                             "kac_s": lambda: image_latents(kac, n, shape),
-                             "gaussian_s": lambda: image_latents(GaussianPath(), n, shape)}, repeats)
+    best = interleaved_best(
+        {
+            "randn_s": lambda: torch.randn(n, *shape),
+            "kac_s": lambda: image_latents(kac, n, shape),
+            "gaussian_s": lambda: image_latents(GaussianPath(), n, shape),
+        },
+        repeats,
+    )
     out.update(best)
     out["kac_legacy_loop_s"] = best_time(lambda: legacy_image_latents(kac, n, shape), 3)
     out["kac_over_randn"] = out["kac_s"] / out["randn_s"]
@@ -155,8 +169,12 @@ def student_timing(n: int, repeats: int) -> dict:
 
     prof = get_profile("cpu")
     paths = {"kac": KacPath(prof.kac_a, prof.kac_c, f=prof.kac_f, g=prof.kac_g), "gaussian": GaussianPath()}
-    out = {"n": n, "preset": prof.model_preset, "solver": "euler, 1 step, w = 1 (one network pass)",
-           "weights": "untrained (timing depends only on the architecture)"}
+    out = {
+        "n": n,
+        "preset": prof.model_preset,
+        "solver": "euler, 1 step, w = 1 (one network pass)",
+        "weights": "untrained (timing depends only on the architecture)",
+    }
     models, runs = {}, {name: [] for name in paths}
     for name in paths:
         torch.manual_seed(0)
@@ -166,7 +184,10 @@ def student_timing(n: int, repeats: int) -> dict:
         def fn():
             t0 = time.perf_counter()
             g = generate(models[name], paths[name], n, 1, method="euler", w=1.0, seed=len(runs[name]))
-            runs[name].append({"total_s": time.perf_counter() - t0, "latent_s": g.latent_seconds, "network_s": g.seconds})
+            runs[name].append(
+                {"total_s": time.perf_counter() - t0, "latent_s": g.latent_seconds, "network_s": g.seconds}
+            )
+
         return fn
 
     interleaved_best({name: run(name) for name in paths}, repeats)
@@ -196,10 +217,18 @@ def main(argv=None) -> dict:
     table = TableSampler(proc, M=M)
     build_s = time.perf_counter() - t0
     setup = {
-        "ours": {"build_seconds": 0.0, "bytes": 0,
-                 "note": "no stored table: exact Poisson (per-call CDF of a few dozen terms per distinct time) / Beta construction"},
-        "table": {"build_seconds": build_s, "bytes": table.nbytes, "M": M, "Q": table.Q,
-                  "peak_rss_increase_mb": max_rss_mb() - rss0},
+        "ours": {
+            "build_seconds": 0.0,
+            "bytes": 0,
+            "note": "no stored table: exact Poisson (per-call CDF of a few dozen terms per distinct time) / Beta construction",
+        },
+        "table": {
+            "build_seconds": build_s,
+            "bytes": table.nbytes,
+            "M": M,
+            "Q": table.Q,
+            "peak_rss_increase_mb": max_rss_mb() - rss0,
+        },
     }
 
     # ---- throughput at the two training shapes, t ~ U[0, 1] per image
@@ -211,10 +240,10 @@ def main(argv=None) -> dict:
         n = t.numel()
         x = proc.sample(t, generator=gen)
         row = {}
-        row["ours_sample"] = n / best_time(lambda: proc.sample(t, generator=gen), repeats)
-        row["table_sample"] = n / best_time(lambda: table.sample(t, generator=gen), repeats)
-        row["ours_velocity"] = n / best_time(lambda: proc.velocity(x, t), repeats)
-        row["table_velocity"] = n / best_time(lambda: table.velocity(x, t), repeats)
+        row["ours_sample"] = n / best_time(lambda: proc.sample(t, generator=gen), repeats)  # noqa: B023 (called at once)
+        row["table_sample"] = n / best_time(lambda: table.sample(t, generator=gen), repeats)  # noqa: B023 (called at once)
+        row["ours_velocity"] = n / best_time(lambda: proc.velocity(x, t), repeats)  # noqa: B023 (called at once)
+        row["table_velocity"] = n / best_time(lambda: table.velocity(x, t), repeats)  # noqa: B023 (called at once)
         row["sample_speedup"] = row["ours_sample"] / row["table_sample"]
         row["velocity_speedup"] = row["ours_velocity"] / row["table_velocity"]
         speed[label] = row
@@ -223,7 +252,7 @@ def main(argv=None) -> dict:
     ks = {}
     for s in [2.0**-10, 2.0**-6, 2.0**-3, 1.0]:
         st = torch.full((n_ks,), s)
-        ref = lambda v: proc.cdf(v, torch.tensor(s, dtype=torch.float64))  # noqa: E731
+        ref = lambda v: proc.cdf(v, torch.tensor(s, dtype=torch.float64))  # noqa: E731, B023 (called at once)
         ks[f"{s:g}"] = {
             "ours": ks_distance(proc.sample(st, generator=gen), ref),
             "table": ks_distance(table.sample(st, generator=gen), ref),
@@ -246,47 +275,117 @@ def main(argv=None) -> dict:
         "setup_under_1s_64mb": setup["ours"]["build_seconds"] <= 1 and setup["ours"]["bytes"] <= 64 * 2**20,
     }
 
-    print(f"Kac process (a, c) = ({a:g}, {c:g}); {torch.get_num_threads()} threads; values per second (best of {repeats})")
-    print(format_table(
-        ["shape", "sample ours", "sample table", "x", "velocity ours", "velocity table (f64)", "x"],
-        [[k, r["ours_sample"], r["table_sample"], r["sample_speedup"], r["ours_velocity"], r["table_velocity"],
-          r["velocity_speedup"]] for k, r in speed.items()]))
+    print(
+        f"Kac process (a, c) = ({a:g}, {c:g}); {torch.get_num_threads()} threads; values per second (best of {repeats})"
+    )
+    print(
+        format_table(
+            ["shape", "sample ours", "sample table", "x", "velocity ours", "velocity table (f64)", "x"],
+            [
+                [
+                    k,
+                    r["ours_sample"],
+                    r["table_sample"],
+                    r["sample_speedup"],
+                    r["ours_velocity"],
+                    r["table_velocity"],
+                    r["velocity_speedup"],
+                ]
+                for k, r in speed.items()
+            ],
+        )
+    )
     print()
-    print(format_table(["s", "KS ours", "KS table", "99% bound"],
-                       [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()]))
+    print(
+        format_table(
+            ["s", "KS ours", "KS table", "99% bound"],
+            [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()],
+        )
+    )
     print()
-    lat_rows = [["torch.randn", latents["randn_s"] * 1e3, 1.0],
-                ["Gaussian path (counter-based)", latents["gaussian_s"] * 1e3, latents["gaussian_over_randn"]],
-                [f"Kac path {latents['kac_path']} (counter-based)", latents["kac_s"] * 1e3, latents["kac_over_randn"]],
-                ["Kac path, former per-image generators", latents["kac_legacy_loop_s"] * 1e3,
-                 latents["kac_legacy_loop_s"] / latents["randn_s"]]]
+    lat_rows = [
+        ["torch.randn", latents["randn_s"] * 1e3, 1.0],
+        ["Gaussian path (counter-based)", latents["gaussian_s"] * 1e3, latents["gaussian_over_randn"]],
+        [
+            f"Kac path {latents['kac_path']} (counter-based)",
+            latents["kac_s"] * 1e3,
+            latents["kac_over_randn"],
+        ],
+        [
+            "Kac path, former per-image generators",
+            latents["kac_legacy_loop_s"] * 1e3,
+            latents["kac_legacy_loop_s"] / latents["randn_s"],
+        ],
+    ]
     print(format_table([f"latents of {latents['n']} digits", "ms", "x randn"], lat_rows))
     print()
-    stu_rows = [[k, students[k]["total_s"], students[k]["latent_s"], students[k]["network_s"]] for k in ("kac", "gaussian")]
+    stu_rows = [
+        [k, students[k]["total_s"], students[k]["latent_s"], students[k]["network_s"]]
+        for k in ("kac", "gaussian")
+    ]
     print(format_table([f"1-step student, {n_images} digits", "total s", "latents s", "network s"], stu_rows))
     print()
     print(f"set-up: ours none; table {M} x {table.Q} built in {build_s:.1f} s, {table.nbytes / 2**20:.0f} MB")
     print("targets:", targets)
-    summary = "\n\n".join([
-        f"Kac process `(a, c) = ({a:g}, {c:g})`, values per second (best of {repeats}), {torch.get_num_threads()} thread(s), "
-        "one time per image drawn from U[0, 1]:",
-        markdown_table(["shape", "sample: ours", "sample: table", "speed-up", "velocity: ours", "velocity: table (float64)", "speed-up"],
-                       [[k, r["ours_sample"], r["table_sample"], round(r["sample_speedup"], 2), r["ours_velocity"],
-                         r["table_velocity"], round(r["velocity_speedup"], 2)] for k, r in speed.items()]),
-        f"Kolmogorov-Smirnov distance to the exact CDF ({n_ks:,} draws):",
-        markdown_table(["s", "ours", "table", "99% bound"], [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()]),
-        f"Latents of {latents['n']:,} digits (1x8x8), one seed per image (`kaclib.evaluation.image_latents`, best of "
-        f"{latent_repeats}, interleaved):",
-        markdown_table(["latents", "ms", "x torch.randn"], [[r[0], round(r[1], 3), round(r[2], 1)] for r in lat_rows]),
-        f"1-step students, {n_images:,} digits end to end (latents + one pass of the `{students['preset']}` UNet, "
-        f"untrained weights, best of {repeats}): Kac {students['kac']['total_s']:.3f} s "
-        f"(latents {students['kac']['latent_s']:.4f} s), Gaussian {students['gaussian']['total_s']:.3f} s "
-        f"(latents {students['gaussian']['latent_s']:.4f} s): {students['kac_over_gaussian']:.2f}x.",
-        f"Set-up: ours none; the table ({M:,} times x {table.Q} quantiles) took {build_s:.1f} s and "
-        f"{table.nbytes / 2**20:.0f} MB. Targets: " + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in targets.items()) + ".",
-    ])
-    payload = {"a": a, "c": c, "quick": args.quick, "summary_markdown": summary, "throughput_values_per_s": speed, "ks": ks,
-               "latents": latents, "students_1step": students, "setup": setup, "targets": targets}
+    summary = "\n\n".join(
+        [
+            f"Kac process `(a, c) = ({a:g}, {c:g})`, values per second (best of {repeats}), {torch.get_num_threads()} thread(s), "
+            "one time per image drawn from U[0, 1]:",
+            markdown_table(
+                [
+                    "shape",
+                    "sample: ours",
+                    "sample: table",
+                    "speed-up",
+                    "velocity: ours",
+                    "velocity: table (float64)",
+                    "speed-up",
+                ],
+                [
+                    [
+                        k,
+                        r["ours_sample"],
+                        r["table_sample"],
+                        round(r["sample_speedup"], 2),
+                        r["ours_velocity"],
+                        r["table_velocity"],
+                        round(r["velocity_speedup"], 2),
+                    ]
+                    for k, r in speed.items()
+                ],
+            ),
+            f"Kolmogorov-Smirnov distance to the exact CDF ({n_ks:,} draws):",
+            markdown_table(
+                ["s", "ours", "table", "99% bound"],
+                [[k, v["ours"], v["table"], v["bound_99"]] for k, v in ks.items()],
+            ),
+            f"Latents of {latents['n']:,} digits (1x8x8), one seed per image (`kaclib.evaluation.image_latents`, best of "
+            f"{latent_repeats}, interleaved):",
+            markdown_table(
+                ["latents", "ms", "x torch.randn"], [[r[0], round(r[1], 3), round(r[2], 1)] for r in lat_rows]
+            ),
+            f"1-step students, {n_images:,} digits end to end (latents + one pass of the `{students['preset']}` UNet, "
+            f"untrained weights, best of {repeats}): Kac {students['kac']['total_s']:.3f} s "
+            f"(latents {students['kac']['latent_s']:.4f} s), Gaussian {students['gaussian']['total_s']:.3f} s "
+            f"(latents {students['gaussian']['latent_s']:.4f} s): {students['kac_over_gaussian']:.2f}x.",
+            f"Set-up: ours none; the table ({M:,} times x {table.Q} quantiles) took {build_s:.1f} s and "
+            f"{table.nbytes / 2**20:.0f} MB. Targets: "
+            + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in targets.items())
+            + ".",
+        ]
+    )
+    payload = {
+        "a": a,
+        "c": c,
+        "quick": args.quick,
+        "summary_markdown": summary,
+        "throughput_values_per_s": speed,
+        "ks": ks,
+        "latents": latents,
+        "students_1step": students,
+        "setup": setup,
+        "targets": targets,
+    }
     if not args.no_write and not args.quick:
         print("wrote", write_results("kac_core", payload))
     return payload

@@ -39,7 +39,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from common import format_table, write_results  # noqa: E402
 
 from kaclib.runs import RunBusyError  # noqa: E402
@@ -77,7 +76,8 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
     from kaclib.train import load_run
 
     tcfg = teacher_config(prof, steps=1500, ema_decay=0.995).replace(
-        path={"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t2", "T": 1.0})
+        path={"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t2", "T": 1.0}
+    )
     tdir = get_teacher(tcfg, progress=progress)
     ev = Evaluator(prof.dataset)
     teacher = load_run(tdir)
@@ -85,7 +85,13 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
         "prototype_lr5e-4_ema0.999": dict(lr=5e-4, ema_decay=0.999, ema_warmup=False),
         "default_lr3e-4_ema0.99_warmup": dict(lr=3e-4, ema_decay=0.99, ema_warmup=True),
     }
-    out = {"teacher": str(tdir), "teacher_config": tcfg.to_dict(), "n": n, "metric": ev.metric_name, "variants": {}}
+    out = {
+        "teacher": str(tdir),
+        "teacher_config": tcfg.to_dict(),
+        "n": n,
+        "metric": ev.metric_name,
+        "variants": {},
+    }
 
     def fid(model, steps, method="euler"):
         g = generate(model, teacher.path, n, steps, method=method, w=1.0, num_classes=10, seed=7)
@@ -104,7 +110,9 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
             rows[M] = {
                 "ema_student": fid(st.student, M),
                 "raw_student": fid(load_run(st.run_dir, ema=False).model, M),
-                "teacher_at_student_steps": fid(teacher.model, M, "ab2") if st.spec.index == 1 else fid(st.teacher, M),
+                "teacher_at_student_steps": fid(teacher.model, M, "ab2")
+                if st.spec.index == 1
+                else fid(st.teacher, M),
                 "final_loss": json.loads((st.run_dir / "result.json").read_text())["final_loss"],
             }
         out["variants"][name] = {"config": cfg.to_dict(), "stages": rows, "run_dir": str(d)}
@@ -140,18 +148,28 @@ def timing_study(results: dict, n: int, repeats: int) -> dict:
         last = sorted(Path(gauss[0]["run_dir"]).glob("stage-*"))[-1]
         g1 = load_run(last)
         out["sample_s_per_1000"]["gaussian_student_1"] = min(
-            1000 * generate(g1.model, g1.path, n, 1, method="euler", w=1.0, num_classes=10, seed=r).end_to_end_seconds_per_image
-            for r in range(repeats))
+            1000
+            * generate(
+                g1.model, g1.path, n, 1, method="euler", w=1.0, num_classes=10, seed=r
+            ).end_to_end_seconds_per_image
+            for r in range(repeats)
+        )
     for M in results["distill_config"]["ladder"]:
         out["sample_s_per_1000"][f"teacher_{M}"] = best(kac.model, M, "ab2", w)
     ladder0 = results["distill_config"]["ladder"][0]
-    out["speedup_1step_vs_teacher"] = out["sample_s_per_1000"][f"teacher_{ladder0}"] / out["sample_s_per_1000"]["student_1"]
+    out["speedup_1step_vs_teacher"] = (
+        out["sample_s_per_1000"][f"teacher_{ladder0}"] / out["sample_s_per_1000"]["student_1"]
+    )
     for kind, lst in results["training"].items():
         secs = []
         for rec in lst:
             total = 0.0
             for stage in sorted(Path(rec["run_dir"]).glob("stage-*")):
-                recs = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines() if line.strip()]
+                recs = [
+                    json.loads(line)
+                    for line in (stage / "metrics.jsonl").read_text().splitlines()
+                    if line.strip()
+                ]
                 total += max((r.get("elapsed_s", 0.0) for r in recs if "elapsed_s" in r), default=0.0)
             secs.append(total)
         out["training_s"][kind] = {"values": secs, **mean_ci(secs).to_dict()}
@@ -168,22 +186,80 @@ def _cmp(agg, claim, metric, a, b, floor=None, direction="<") -> dict:
 def ladder_comparisons(agg, floor, ladder) -> list[dict]:
     """The paired A-versus-B claims of the ladder table (FID and KID each), verdicts from the CIs."""
     top, out = ladder[0], []
-    pairs = [("the distilled 1-step student beats the undistilled teacher at 1 step", ("kac_ladder", 1), ("kac_teacher", 1), "<"),
-             (f"the {top}-step teacher beats the distilled 1-step student", ("kac_teacher", top), ("kac_ladder", 1), "<"),
-             (f"the {top}-step teacher is still worse than unseen real images", ("kac_teacher", top), "floor", ">"),
-             ("the ladder beats a single stage at equal budget (1 step)", ("kac_ladder", 1), ("kac_single", 1), "<"),
-             ("the Kac 1-step student beats the Gaussian-path 1-step student", ("kac_ladder", 1), ("gaussian_ladder", 1), "<"),
-             (f"the Kac {top}-step teacher beats the Gaussian-path teacher", ("kac_teacher", top), ("gaussian_teacher", top), "<")]
-    pairs += [(f"the {m}-step student beats the undistilled teacher at {m} steps", ("kac_ladder", m), ("kac_teacher", m), "<")
-              for m in ladder[1:-1]]
-    pairs.append((f"the {top}-step teacher beats the undistilled teacher at 1 step", ("kac_teacher", top),
-                  ("kac_teacher", 1), "<"))
+    pairs = [
+        (
+            "the distilled 1-step student beats the undistilled teacher at 1 step",
+            ("kac_ladder", 1),
+            ("kac_teacher", 1),
+            "<",
+        ),
+        (
+            f"the {top}-step teacher beats the distilled 1-step student",
+            ("kac_teacher", top),
+            ("kac_ladder", 1),
+            "<",
+        ),
+        (
+            f"the {top}-step teacher is still worse than unseen real images",
+            ("kac_teacher", top),
+            "floor",
+            ">",
+        ),
+        (
+            "the ladder beats a single stage at equal budget (1 step)",
+            ("kac_ladder", 1),
+            ("kac_single", 1),
+            "<",
+        ),
+        (
+            "the Kac 1-step student beats the Gaussian-path 1-step student",
+            ("kac_ladder", 1),
+            ("gaussian_ladder", 1),
+            "<",
+        ),
+        (
+            f"the Kac {top}-step teacher beats the Gaussian-path teacher",
+            ("kac_teacher", top),
+            ("gaussian_teacher", top),
+            "<",
+        ),
+    ]
+    pairs += [
+        (
+            f"the {m}-step student beats the undistilled teacher at {m} steps",
+            ("kac_ladder", m),
+            ("kac_teacher", m),
+            "<",
+        )
+        for m in ladder[1:-1]
+    ]
+    pairs.append(
+        (
+            f"the {top}-step teacher beats the undistilled teacher at 1 step",
+            ("kac_teacher", top),
+            ("kac_teacher", 1),
+            "<",
+        )
+    )
     ones = [r for r in ("kac_ladder", "kac_single") if 1 in agg.get(r, {})]
-    if len(ones) > 1:  # the three that must be told apart: 100-step teacher, undistilled 1 step, best 1-step student
+    if (
+        len(ones) > 1
+    ):  # the three that must be told apart: 100-step teacher, undistilled 1 step, best 1-step student
         best = min(ones, key=lambda r: agg[r][1]["fid"]["mean"])
-        pairs += [(f"the {top}-step teacher beats the best 1-step student ({best})", ("kac_teacher", top), (best, 1), "<"),
-                  (f"the best 1-step student ({best}) beats the undistilled teacher at 1 step", (best, 1),
-                   ("kac_teacher", 1), "<")]
+        pairs += [
+            (
+                f"the {top}-step teacher beats the best 1-step student ({best})",
+                ("kac_teacher", top),
+                (best, 1),
+                "<",
+            ),
+            (
+                f"the best 1-step student ({best}) beats the undistilled teacher at 1 step",
+                (best, 1),
+                ("kac_teacher", 1),
+                "<",
+            ),
+        ]
     for claim, a, b, direction in pairs:
         if a[0] not in agg or (b != "floor" and b[0] not in agg):
             continue
@@ -194,23 +270,45 @@ def ladder_comparisons(agg, floor, ladder) -> list[dict]:
 
 def ladder_table(agg, floor, ladder) -> tuple[list, list]:
     """Header and rows of the headline table: mean ± 95% CI half-width of FID and KID per row."""
+
     def cell(row, steps, m="fid", d=3):
         r = agg.get(row, {}).get(steps)
         return "-" if r is None else f"{r[m]['mean']:.{d}f} ± {r[m]['half_width']:.{d}f}"
 
-    header = ["steps", "paper CIFAR-10 (ratio)", "Kac ladder", "Kac teacher (AB-2)", f"single {ladder[0]}->1",
-              "Gaussian ladder", "Gaussian teacher", "KID Kac ladder", "RMSE to teacher", "passes ladder / teacher"]
+    header = [
+        "steps",
+        "paper CIFAR-10 (ratio)",
+        "Kac ladder",
+        "Kac teacher (AB-2)",
+        f"single {ladder[0]}->1",
+        "Gaussian ladder",
+        "Gaussian teacher",
+        "KID Kac ladder",
+        "RMSE to teacher",
+        "passes ladder / teacher",
+    ]
     rows = []
     for steps in ladder:
         paper = PAPER_CIFAR10["teacher_100"] if steps == ladder[0] else PAPER_CIFAR10.get(steps)
         lad = None if steps == ladder[0] else "kac_ladder"
-        rows.append([steps, f"{paper} ({paper / PAPER_CIFAR10['teacher_100']:.2f})" if paper else "-",
-                     cell(lad, steps) if lad else "(teacher)", cell("kac_teacher", steps), cell("kac_single", steps),
-                     cell("gaussian_ladder", steps) if lad else "(teacher)", cell("gaussian_teacher", steps),
-                     cell(lad or "kac_teacher", steps, "kid"), cell(lad, steps, "paired_rmse_to_teacher") if lad else "0",
-                     f"{agg[lad][steps]['network_passes'] if lad else '-'} / "
-                     f"{agg['kac_teacher'][steps]['network_passes']}"])
-    rows.append(["real", "-", "-", f"floor {floor['fid']:.3f}", "-", "-", "-", f"{floor['kid']:.3f}", "-", "-"])
+        rows.append(
+            [
+                steps,
+                f"{paper} ({paper / PAPER_CIFAR10['teacher_100']:.2f})" if paper else "-",
+                cell(lad, steps) if lad else "(teacher)",
+                cell("kac_teacher", steps),
+                cell("kac_single", steps),
+                cell("gaussian_ladder", steps) if lad else "(teacher)",
+                cell("gaussian_teacher", steps),
+                cell(lad or "kac_teacher", steps, "kid"),
+                cell(lad, steps, "paired_rmse_to_teacher") if lad else "0",
+                f"{agg[lad][steps]['network_passes'] if lad else '-'} / "
+                f"{agg['kac_teacher'][steps]['network_passes']}",
+            ]
+        )
+    rows.append(
+        ["real", "-", "-", f"floor {floor['fid']:.3f}", "-", "-", "-", f"{floor['kid']:.3f}", "-", "-"]
+    )
     return header, rows
 
 
@@ -218,21 +316,60 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="distillation seeds (default: profile's, at least 2)")
-    ap.add_argument("--gaussian-seeds", type=int, nargs="+", default=None, help="seeds of the Gaussian ladder (default: --seeds)")
-    ap.add_argument("--n-eval", type=int, default=None, help="generated images per FID (default: profile n_eval)")
-    ap.add_argument("--iters", type=str, default=None, help="iterations per stage, e.g. 800,400,200,200 (default: profile)")
-    ap.add_argument("--teacher-model", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of the teachers' UNet config (e.g. norm_groups=8)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a DistillConfig field (JSON value), e.g. states='\"rollout\"'")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="distillation seeds (default: profile's, at least 2)",
+    )
+    ap.add_argument(
+        "--gaussian-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="seeds of the Gaussian ladder (default: --seeds)",
+    )
+    ap.add_argument(
+        "--n-eval", type=int, default=None, help="generated images per FID (default: profile n_eval)"
+    )
+    ap.add_argument(
+        "--iters",
+        type=str,
+        default=None,
+        help="iterations per stage, e.g. 800,400,200,200 (default: profile)",
+    )
+    ap.add_argument(
+        "--teacher-model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the teachers' UNet config (e.g. norm_groups=8)",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a DistillConfig field (JSON value), e.g. states='\"rollout\"'",
+    )
     ap.add_argument("--no-single", action="store_true")
-    ap.add_argument("--train-only", action="store_true", help="only train the cached ladders (reverse order), for a helper process")
-    ap.add_argument("--timing", action="store_true",
-                    help="only time sampling back to back and read training seconds; merged into results/ladder.json as 'timing'")
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="only train the cached ladders (reverse order), for a helper process",
+    )
+    ap.add_argument(
+        "--timing",
+        action="store_true",
+        help="only time sampling back to back and read training seconds; merged into results/ladder.json as 'timing'",
+    )
     ap.add_argument("--study-only", default=None, help="run one variant of the EMA study (a helper process)")
-    ap.add_argument("--ema-study", action="store_true",
-                    help="only run the g = t^2 EMA study and merge it into results/ladder.json as 'ema_study'")
+    ap.add_argument(
+        "--ema-study",
+        action="store_true",
+        help="only run the g = t^2 EMA study and merge it into results/ladder.json as 'ema_study'",
+    )
     ap.add_argument("--no-gaussian", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--quiet", action="store_true")
@@ -263,7 +400,9 @@ def main(argv=None) -> int:
         study["seconds"] = time.perf_counter() - t_all
         study["command"] = "python " + " ".join(sys.argv)
         if not args.no_write and not args.study_only:
-            payload = json.loads(results_file.read_text()) if results_file.is_file() else {"benchmark": "ladder"}
+            payload = (
+                json.loads(results_file.read_text()) if results_file.is_file() else {"benchmark": "ladder"}
+            )
             payload["ema_study"] = study
             results_file.write_text(json.dumps(payload, indent=2) + "\n")
             print(f"merged ema_study into {results_file}")
@@ -293,8 +432,12 @@ def main(argv=None) -> int:
             return teacher_config(prof, seed=s, model=model_cfg)
         return teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"})
 
-    teachers = {(fam, s): get_teacher(teacher_cfg(fam, s), progress=progress)
-                for s in seeds for fam in families if fam == "kac" or s in gseeds}
+    teachers = {
+        (fam, s): get_teacher(teacher_cfg(fam, s), progress=progress)
+        for s in seeds
+        for fam in families
+        if fam == "kac" or s in gseeds
+    }
     timings["teachers_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ev = Evaluator(prof.dataset)
@@ -306,14 +449,19 @@ def main(argv=None) -> int:
     reference = {}  # (family, seed) -> the teacher's images at ladder[0] steps: the paired-RMSE reference
 
     def score(model, path, steps, method, w, seed, fam):
-        g = generate(model, path, n_eval, steps, method=method, w=w, num_classes=num_classes, seed=1000 + seed)
+        g = generate(
+            model, path, n_eval, steps, method=method, w=w, num_classes=num_classes, seed=1000 + seed
+        )
         sc = ev.score(g.images, g.labels)
         ref = reference.setdefault((fam, seed), g.images)
-        return {**{k: v for k, v in sc.to_dict().items() if k not in ("metric_name", "n")},
-                "paired_rmse_to_teacher": float(paired_rmse(g.images, ref).mean()),
-                "nfe": g.nfe, "network_passes": g.network_passes,
-                "sample_s_per_1000": 1000 * g.end_to_end_seconds_per_image,
-                "latent_s_per_1000": 1000 * g.latent_seconds / g.images.shape[0]}
+        return {
+            **{k: v for k, v in sc.to_dict().items() if k not in ("metric_name", "n")},
+            "paired_rmse_to_teacher": float(paired_rmse(g.images, ref).mean()),
+            "nfe": g.nfe,
+            "network_passes": g.network_passes,
+            "sample_s_per_1000": 1000 * g.end_to_end_seconds_per_image,
+            "latent_s_per_1000": 1000 * g.latent_seconds / g.images.shape[0],
+        }
 
     def ladder_dir(teacher_dir: Path, cfg) -> Path:
         return ladder_cache_dir(teacher_dir, cfg)
@@ -341,16 +489,23 @@ def main(argv=None) -> int:
     def single_config(cfg, passes: int):
         # equal budgets: as many student iterations as the whole ladder, and a pool whose teacher
         # passes (pool_size x ladder[0] substeps x passes per substep) match the ladder's
-        per_sample = (ladder[0] * (2 if base.w not in (0.0, 1.0) else 1)
-                      * (2 if base.teacher_solver == "midpoint" else 1))
+        per_sample = (
+            ladder[0]
+            * (2 if base.w not in (0.0, 1.0) else 1)
+            * (2 if base.teacher_solver == "midpoint" else 1)
+        )
         pool = max(base.batch_size, round(passes / per_sample))
         lr1 = base.lr if isinstance(base.lr, float) else base.lr[-1]
-        return cfg.replace(ladder=(ladder[0], 1), iters=base.total_iters, lr=lr1, targets="pool", pool_size=pool), pool
+        return cfg.replace(
+            ladder=(ladder[0], 1), iters=base.total_iters, lr=lr1, targets="pool", pool_size=pool
+        ), pool
 
     def ladder_passes(cfg) -> int:
         evals = 2 if cfg.teacher_solver == "midpoint" else 1
         first = cfg.batch_size * (2 if cfg.w not in (0.0, 1.0) else 1) * evals
-        return sum(st.iters * st.substeps * (first if st.index == 1 else cfg.batch_size) for st in cfg.stages())
+        return sum(
+            st.iters * st.substeps * (first if st.index == 1 else cfg.batch_size) for st in cfg.stages()
+        )
 
     if args.train_only:  # helper process: train the cached ladders in reverse order, then exit
         jobs = []
@@ -371,75 +526,123 @@ def main(argv=None) -> int:
         run = load_run(tdir)
         t0 = time.perf_counter()
         for steps in ladder:  # (ii) the teacher without distillation; ladder[0] first: the RMSE reference
-            rows.setdefault((f"{fam}_teacher", steps), []).append(score(run.model, run.path, steps, "ab2", base.w, s, fam))
+            rows.setdefault((f"{fam}_teacher", steps), []).append(
+                score(run.model, run.path, steps, "ab2", base.w, s, fam)
+            )
         timings["teacher_eval_s"] = timings.get("teacher_eval_s", 0) + time.perf_counter() - t0
         cfg = base.replace(seed=s)
         res, trained_s, wall_s = distil(tdir, cfg)  # (i) + (iv) the ladders
         passes = sum(st.teacher_passes for st in res.stages)
         train_info.setdefault(f"{fam}_ladder", []).append(
-            {"seed": s, "train_s": trained_s, "wall_s": wall_s, "teacher_passes": passes,
-             "iters": [st.iters for st in res.stages], "run_dir": str(res.run_dir)})
+            {
+                "seed": s,
+                "train_s": trained_s,
+                "wall_s": wall_s,
+                "teacher_passes": passes,
+                "iters": [st.iters for st in res.stages],
+                "run_dir": str(res.run_dir),
+            }
+        )
         budget[fam] = {"iters": sum(st.iters for st in res.stages), "teacher_passes": passes}
         for st in res.stages:
             rows.setdefault((f"{fam}_ladder", st.spec.student_steps), []).append(
-                score(st.student, res.path, st.spec.student_steps, "euler", 1.0, s, fam))
+                score(st.student, res.path, st.spec.student_steps, "euler", 1.0, s, fam)
+            )
         if fam == "kac" and not args.no_single:  # (iii) the single stage at the ladder's budget
             assert passes == ladder_passes(cfg), (passes, ladder_passes(cfg))
             cfg1, pool = single_config(cfg, passes)
             r1, trained1, wall1 = distil(tdir, cfg1)
             train_info.setdefault("kac_single", []).append(
-                {"seed": s, "train_s": trained1, "wall_s": wall1, "teacher_passes": r1.stages[0].teacher_passes,
-                 "iters": [r1.stages[0].iters], "pool_size": pool, "run_dir": str(r1.run_dir)})
+                {
+                    "seed": s,
+                    "train_s": trained1,
+                    "wall_s": wall1,
+                    "teacher_passes": r1.stages[0].teacher_passes,
+                    "iters": [r1.stages[0].iters],
+                    "pool_size": pool,
+                    "run_dir": str(r1.run_dir),
+                }
+            )
             rows.setdefault(("kac_single", 1), []).append(score(r1.student, r1.path, 1, "euler", 1.0, s, fam))
     timings["total_s"] = time.perf_counter() - t_all
 
     # ------------------------------------------------------------------ summaries, comparisons, tables
-    metrics = ("fid", "kid", "precision", "recall", "accuracy", "memorisation_ratio", "paired_rmse_to_teacher",
-               "n_nonfinite", "out_of_range")
+    metrics = (
+        "fid",
+        "kid",
+        "precision",
+        "recall",
+        "accuracy",
+        "memorisation_ratio",
+        "paired_rmse_to_teacher",
+        "n_nonfinite",
+        "out_of_range",
+    )
     agg = {}
     for (row, steps), lst in rows.items():
         agg.setdefault(row, {})[steps] = {
             **{m: {"values": [r[m] for r in lst], **mean_ci([r[m] for r in lst]).to_dict()} for m in metrics},
-            "nfe": lst[0]["nfe"], "network_passes": lst[0]["network_passes"],
+            "nfe": lst[0]["nfe"],
+            "network_passes": lst[0]["network_passes"],
             "sample_s_per_1000": min(r["sample_s_per_1000"] for r in lst),
             "latent_s_per_1000": min(r["latent_s_per_1000"] for r in lst),
         }
-    floor = {"fid": mean_ci([f.fid for f in floors]).mean, "kid": mean_ci([f.kid for f in floors]).mean,
-             "values": {m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")},
-             "n": n_eval, "what": f"unseen real {prof.dataset} ('test' split), class-balanced, n = {n_eval}, one subset per seed"}
+    floor = {
+        "fid": mean_ci([f.fid for f in floors]).mean,
+        "kid": mean_ci([f.kid for f in floors]).mean,
+        "values": {
+            m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")
+        },
+        "n": n_eval,
+        "what": f"unseen real {prof.dataset} ('test' split), class-balanced, n = {n_eval}, one subset per seed",
+    }
     comparisons = ladder_comparisons(agg, floor, ladder)
     header, table = ladder_table(agg, floor, ladder)
     best1 = agg.get("kac_ladder", {}).get(1)
     kt = agg["kac_teacher"][ladder[0]]["fid"]["mean"]
     targets = {}
     if best1:
-        targets["best_1step_fid_over_teacher100"] = min(
-            x["fid"]["mean"] for x in (best1, agg.get("kac_single", {}).get(1)) if x) / kt
+        targets["best_1step_fid_over_teacher100"] = (
+            min(x["fid"]["mean"] for x in (best1, agg.get("kac_single", {}).get(1)) if x) / kt
+        )
         targets["best_1step_within_1.5x"] = targets["best_1step_fid_over_teacher100"] <= 1.5
     targets["benchmark_minutes"] = timings["total_s"] / 60
 
-    print(f"\n{ev.metric_name} on {prof.dataset}, n = {n_eval} per estimate, seeds {seeds} (mean ± 95% CI half-width)")
+    print(
+        f"\n{ev.metric_name} on {prof.dataset}, n = {n_eval} per estimate, seeds {seeds} (mean ± 95% CI half-width)"
+    )
     print(format_table(header, table))
     print("\npaired comparisons (a - b, 95% CI, verdict):")
     for c in comparisons:
-        print(f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
-              f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]")
+        print(
+            f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
+            f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
+        )
     print("\ntargets:", targets)
     print("timings:", {k: round(v, 1) for k, v in timings.items()})
 
     payload = {
-        "profile": prof.name, "dataset": prof.dataset, "metric": ev.metric_name, "n_eval": n_eval,
-        "seeds": seeds, "gaussian_seeds": gseeds,
+        "profile": prof.name,
+        "dataset": prof.dataset,
+        "metric": ev.metric_name,
+        "n_eval": n_eval,
+        "seeds": seeds,
+        "gaussian_seeds": gseeds,
         "protocol": "generators learn from 'train'; the feature net from 'feature'; statistics from 'ref'; the floor "
-                    "is unseen real 'test' images at the same n and class balance; seed s = teachers, "
-                    "distillation and latents (1000 + s) of that seed; '±' = 95% CI half-width over seeds",
-        "floor": floor, "comparisons": comparisons,
+        "is unseen real 'test' images at the same n and class balance; seed s = teachers, "
+        "distillation and latents (1000 + s) of that seed; '±' = 95% CI half-width over seeds",
+        "floor": floor,
+        "comparisons": comparisons,
         "distill_config": base.to_dict(),
         "teachers": {f"{fam}-seed{s}": str(v) for (fam, s), v in teachers.items()},
-        "teacher_model": model_cfg, "teacher_conditioning": conditioning,
+        "teacher_model": model_cfg,
+        "teacher_conditioning": conditioning,
         "paper_cifar10": {str(k): v for k, v in PAPER_CIFAR10.items()},
         "results": {fam: {str(k): v for k, v in d.items()} for fam, d in agg.items()},
-        "training": train_info, "budget": budget, "targets": targets, "timings": timings,
+        "training": train_info,
+        "budget": budget,
+        "targets": targets,
+        "timings": timings,
         "table": {"header": header, "rows": table},
     }
     if results_file.is_file():  # keep a separately computed EMA study

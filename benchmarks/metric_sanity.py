@@ -38,14 +38,19 @@ def main(argv=None) -> int:
         ev = Evaluator(name)
         n = ev.max_n // 10 * 10
         res = sanity_check(ev, n, seeds=tuple(range(args.seeds))).to_dict()
-        res["protocol"] = {"feature_net": feature_training_source(name), "feature_net_test_accuracy": ev.feature_accuracy,
-                           "reference": f"{name} 'ref' split, {ev.n_ref} images",
-                           "unseen_real": f"{name} 'test' split, class-balanced subsets of n = {n}",
-                           "memoriser": f"class-balanced subsets of the {name} 'train' split"}
+        res["protocol"] = {
+            "feature_net": feature_training_source(name),
+            "feature_net_test_accuracy": ev.feature_accuracy,
+            "reference": f"{name} 'ref' split, {ev.n_ref} images",
+            "unseen_real": f"{name} 'test' split, class-balanced subsets of n = {n}",
+            "memoriser": f"class-balanced subsets of the {name} 'train' split",
+        }
         out[name] = res
         print(f"{name}: n = {n}, monotone: {res['monotone']}")
         for c in res["comparisons"]:
-            print(f"  {c['verdict']:12s} {c['claim']}: {c['diff_mean']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
+            print(
+                f"  {c['verdict']:12s} {c['claim']}: {c['diff_mean']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+            )
     path = write_results("metric_sanity", {"datasets": out, "seconds": time.time() - t0})
     print(f"wrote {path} ({time.time() - t0:.0f} s)")
     return 0

@@ -88,11 +88,21 @@ def parse_args(argv=None):
     ap.add_argument("--limit", action="store_true", help="section 2: the xi sweep, diffusion path and twin")
     ap.add_argument("--rules", action="store_true", help="section 3: the rules against the grid search")
     ap.add_argument("--profile", default="cpu", help="smoke, cpu or gpu (smoke: both sections, tiny)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; smoke 0 1)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2; smoke 0 1)"
+    )
     ap.add_argument("--xis", type=float, nargs="+", default=None, help="dampings (default 2 8 32 128)")
     ap.add_argument("--datasets", nargs="+", default=["digits", "mnist5k-14"], help="data sets of --rules")
-    ap.add_argument("--rule-gs", nargs="+", default=None, choices=GRID_GS, help="clocks of the rules (default: the profile's)")
-    ap.add_argument("--n-eval", type=int, default=None, help="images per score (default: the profile's n_eval)")
+    ap.add_argument(
+        "--rule-gs",
+        nargs="+",
+        default=None,
+        choices=GRID_GS,
+        help="clocks of the rules (default: the profile's)",
+    )
+    ap.add_argument(
+        "--n-eval", type=int, default=None, help="images per score (default: the profile's n_eval)"
+    )
     ap.add_argument("--n-traj", type=int, default=64, help="trajectories per straightness estimate")
     ap.add_argument("--few-steps", type=int, nargs="+", default=[1, 2, 4, 8], help="Euler step counts")
     ap.add_argument("--train-steps", type=int, default=None, help="override the profile's training steps")
@@ -112,6 +122,7 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- teachers
+
 
 def _model_for(prof, dataset: str, path_cfg: dict) -> dict | None:
     """The profile's network at the data set's resolution (``None``: the profile's own data set)."""
@@ -145,12 +156,30 @@ def measure(run, ev: Evaluator, st: Settings, seed: int, few: bool = True) -> di
     out = {"fid": sc.fid, "kid": sc.kid, "accuracy": sc.accuracy}
     if not few:
         return out
-    traj = generate(model, path, st.n_traj, prof.teacher_steps, method="ab2", image_shape=shape,
-                    return_trajectory=True, **kw).trajectory
+    traj = generate(
+        model,
+        path,
+        st.n_traj,
+        prof.teacher_steps,
+        method="ab2",
+        image_shape=shape,
+        return_trajectory=True,
+        **kw,
+    ).trajectory
     out["straightness"] = float(straightness(traj).mean())
     for S in st.few_steps:
-        err = few_step_error(model, path, S, prof.teacher_steps, n=st.n, method="euler", reference_method="ab2",
-                             image_shape=shape, reference=ref.images, **kw)
+        err = few_step_error(
+            model,
+            path,
+            S,
+            prof.teacher_steps,
+            n=st.n,
+            method="euler",
+            reference_method="ab2",
+            image_shape=shape,
+            reference=ref.images,
+            **kw,
+        )
         coarse = generate(model, path, st.n, S, method="euler", image_shape=shape, **kw)
         out[f"rmse_{S}"] = err.mean
         out[f"fid_{S}"] = ev.score(coarse.images, coarse.labels).fid
@@ -169,13 +198,15 @@ def summarise(per_seed: list[dict]) -> dict:
     return row
 
 
-def train_and_measure(st: Settings, path_cfg: dict, ev: Evaluator, dataset: str | None = None,
-                      few: bool = True) -> dict:
+def train_and_measure(
+    st: Settings, path_cfg: dict, ev: Evaluator, dataset: str | None = None, few: bool = True
+) -> dict:
     per_seed = [measure(train_teacher(st, path_cfg, s, dataset), ev, st, s, few) for s in st.seeds]
     return {"path": path_cfg, "seeds": list(st.seeds), **summarise(per_seed)}
 
 
 # ----------------------------------------------------------------------------- section 2
+
 
 def limit_paths(prof, xis) -> dict:
     """``{name: path config}``: the Kac family at the profile's ``D``, its limit, the profile's
@@ -199,15 +230,25 @@ def law_section(paths: dict, n_t: int = 20) -> dict:
         t = torch.linspace(1.0 / n_t, 1.0, n_t, dtype=torch.float64)
         s = build_path(cfg).g(t)
         d = law_distance(cfg["a"], cfg["c"], s, grid=2001).to_dict()
-        out[name] = {**d, "t": t.tolist(), "max_to_matched": max(d["to_matched"]),
-                     "max_to_diffusion": max(d["to_diffusion"]), "at_T_to_matched": d["to_matched"][-1],
-                     "at_T_to_diffusion": d["to_diffusion"][-1]}
+        out[name] = {
+            **d,
+            "t": t.tolist(),
+            "max_to_matched": max(d["to_matched"]),
+            "max_to_diffusion": max(d["to_diffusion"]),
+            "at_T_to_matched": d["to_matched"][-1],
+            "at_T_to_diffusion": d["to_diffusion"][-1],
+        }
     return out
 
 
 def limit_comparisons(rows: dict, few_steps) -> list[dict]:
     """Each Kac path against the diffusion path, and the profile's Kac path against its twin."""
-    metrics = [("fid", "<"), (f"rmse_{max(few_steps)}", "<"), (f"rmse_{min(few_steps)}", "<"), ("straightness", ">")]
+    metrics = [
+        ("fid", "<"),
+        (f"rmse_{max(few_steps)}", "<"),
+        (f"rmse_{min(few_steps)}", "<"),
+        ("straightness", ">"),
+    ]
     twin = "gaussian twin (profile)"
     kac_prof = next(k for k in rows if k.endswith("(profile)") and k != twin)
     pairs = [(k, "diffusion") for k in rows if k.startswith("kac")] + [(kac_prof, twin)]
@@ -215,8 +256,17 @@ def limit_comparisons(rows: dict, few_steps) -> list[dict]:
     for a, b in pairs:
         for m, direction in metrics:
             word = "higher" if direction == ">" else "lower"
-            out.append(compare(f"{a} has {word} {m} than {b}", m, a, rows[a][f"{m}_values"], b,
-                               rows[b][f"{m}_values"], direction=direction).to_dict())
+            out.append(
+                compare(
+                    f"{a} has {word} {m} than {b}",
+                    m,
+                    a,
+                    rows[a][f"{m}_values"],
+                    b,
+                    rows[b][f"{m}_values"],
+                    direction=direction,
+                ).to_dict()
+            )
     return out
 
 
@@ -230,38 +280,70 @@ def run_limit(st: Settings, xis) -> dict:
     for name, cfg in paths.items():
         t0 = time.perf_counter()
         rows[name] = train_and_measure(st, cfg, ev)
-        print(f"[limit] {name}: FID {fmt_ci(rows[name]['fid_values'])}, straightness "
-              f"{rows[name]['straightness']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return {"D": prof.kac_c**2 / (2 * prof.kac_a), "xis": list(xis), "metric_name": ev.metric_name,
-            "n_eval": st.n, "floor": ev.floor(st.n).to_dict(), "law_distance": laws, "rows": rows,
-            "comparisons": limit_comparisons(rows, st.few_steps), "table": limit_table(rows, laws, st.few_steps)}
+        print(
+            f"[limit] {name}: FID {fmt_ci(rows[name]['fid_values'])}, straightness "
+            f"{rows[name]['straightness']:.3f} ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+    return {
+        "D": prof.kac_c**2 / (2 * prof.kac_a),
+        "xis": list(xis),
+        "metric_name": ev.metric_name,
+        "n_eval": st.n,
+        "floor": ev.floor(st.n).to_dict(),
+        "law_distance": laws,
+        "rows": rows,
+        "comparisons": limit_comparisons(rows, st.few_steps),
+        "table": limit_table(rows, laws, st.few_steps),
+    }
 
 
 def limit_table(rows: dict, laws: dict, few_steps) -> str:
     S = max(few_steps)
-    headers = ["path", "KS to N(0, Var) at T", "KS to N(0, 2Dg) at T", "FID", f"FID {S} Euler",
-               f"RMSE {S} Euler", "straightness"]
+    headers = [
+        "path",
+        "KS to N(0, Var) at T",
+        "KS to N(0, 2Dg) at T",
+        "FID",
+        f"FID {S} Euler",
+        f"RMSE {S} Euler",
+        "straightness",
+    ]
     body = []
     for name, r in rows.items():
         law = laws.get(name)
-        body.append([name, law["at_T_to_matched"] if law else "-", law["at_T_to_diffusion"] if law else "-",
-                     fmt_ci(r["fid_values"]), fmt_ci(r[f"fid_{S}_values"]), fmt_ci(r[f"rmse_{S}_values"]),
-                     fmt_ci(r["straightness_values"])])
+        body.append(
+            [
+                name,
+                law["at_T_to_matched"] if law else "-",
+                law["at_T_to_diffusion"] if law else "-",
+                fmt_ci(r["fid_values"]),
+                fmt_ci(r[f"fid_{S}_values"]),
+                fmt_ci(r[f"rmse_{S}_values"]),
+                fmt_ci(r["straightness_values"]),
+            ]
+        )
     return format_table(headers, body)
 
 
 # ----------------------------------------------------------------------------- section 3
 
+
 def rule_candidates(prof, dataset: str, gs) -> tuple[dict, dict]:
     """``(grid, rules)``: ``{name: path config}`` of the grid and of every rule at each clock of
     ``gs``, the rules computed from ``dataset``'s training split only."""
     f = prof.kac_f
-    grid = {f"grid a={a:g} c={c:g} g={g}": {"kind": "kac", "a": a, "c": c, "f": f, "g": g, "T": 1.0}
-            for a, c in GRID_AC for g in GRID_GS}
+    grid = {
+        f"grid a={a:g} c={c:g} g={g}": {"kind": "kac", "a": a, "c": c, "f": f, "g": g, "T": 1.0}
+        for a, c in GRID_AC
+        for g in GRID_GS
+    }
     data = load_dataset(dataset, "train").images
     rules = {}
     for g in gs:
-        for name, choice in apply_rules(data, f, g, 1.0, options={"variance": {"a": float(prof.kac_a)}}).items():
+        for name, choice in apply_rules(
+            data, f, g, 1.0, options={"variance": {"a": float(prof.kac_a)}}
+        ).items():
             rules[f"rule {name} g={g}"] = {**choice.path_config(), "rule": choice.to_dict()}
     return grid, rules
 
@@ -277,8 +359,15 @@ def rule_verdicts(grid_rows: dict, rule_rows: dict) -> tuple[str, list[dict]]:
     ci = mean_ci(b["fid_values"])
     out = []
     for name, r in rule_rows.items():
-        c = compare(f"{name} scores lower FID than the grid's best ({best})", "fid", name, r["fid_values"], best,
-                    b["fid_values"], direction="<").to_dict()
+        c = compare(
+            f"{name} scores lower FID than the grid's best ({best})",
+            "fid",
+            name,
+            r["fid_values"],
+            best,
+            b["fid_values"],
+            direction="<",
+        ).to_dict()
         c["outcome"] = {"holds": "better", "fails": "worse", "inconclusive": "tied"}[c["verdict"]]
         c["mean_within_best_ci"] = bool(math.isfinite(ci.lo) and ci.lo <= r["fid"] <= ci.hi)
         out.append(c)
@@ -297,24 +386,48 @@ def run_rules_dataset(st: Settings, dataset: str, gs) -> dict:
         rows[name] = train_and_measure(st, _strip(cfg), ev, dataset=dataset, few=False)
         if "rule" in cfg:
             rows[name]["rule"] = cfg["rule"]
-        print(f"[rules {dataset}] {name} (a={cfg['a']:.3g}, c={cfg['c']:.3g}): FID {fmt_ci(rows[name]['fid_values'])} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(
+            f"[rules {dataset}] {name} (a={cfg['a']:.3g}, c={cfg['c']:.3g}): FID {fmt_ci(rows[name]['fid_values'])} "
+            f"({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
     best, verdicts = rule_verdicts({k: rows[k] for k in grid}, {k: rows[k] for k in rules})
-    table = format_table(["config", "a", "c", "g", "FID", "vs grid's best"],
-                         [[k, r["path"]["a"], r["path"]["c"], r["path"]["g"], fmt_ci(r["fid_values"]),
-                           next((v["outcome"] for v in verdicts if v["a"] == k), "best" if k == best else "")]
-                          for k, r in rows.items()])
-    return {"dataset": dataset, "metric_name": ev.metric_name, "n_eval": st.n, "floor": ev.floor(st.n).to_dict(),
-            "rows": rows,
-            "grid_best": best, "comparisons": verdicts, "table": table}
+    table = format_table(
+        ["config", "a", "c", "g", "FID", "vs grid's best"],
+        [
+            [
+                k,
+                r["path"]["a"],
+                r["path"]["c"],
+                r["path"]["g"],
+                fmt_ci(r["fid_values"]),
+                next((v["outcome"] for v in verdicts if v["a"] == k), "best" if k == best else ""),
+            ]
+            for k, r in rows.items()
+        ],
+    )
+    return {
+        "dataset": dataset,
+        "metric_name": ev.metric_name,
+        "n_eval": st.n,
+        "floor": ev.floor(st.n).to_dict(),
+        "rows": rows,
+        "grid_best": best,
+        "comparisons": verdicts,
+        "table": table,
+    }
 
 
 def run_rules(st: Settings, datasets, gs) -> dict:
-    return {"grid": {"ac": [list(x) for x in GRID_AC], "g": list(GRID_GS), "head": st.profile.head},
-            "rule_gs": list(gs), "datasets": {d: run_rules_dataset(st, d, gs) for d in datasets}}
+    return {
+        "grid": {"ac": [list(x) for x in GRID_AC], "g": list(GRID_GS), "head": st.profile.head},
+        "rule_gs": list(gs),
+        "datasets": {d: run_rules_dataset(st, d, gs) for d in datasets},
+    }
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def keep_earlier_sections(payload: dict) -> dict:
     """Carry over a section (``limit`` or ``rules``) that this run did not compute from an earlier
@@ -329,7 +442,10 @@ def keep_earlier_sections(payload: dict) -> dict:
         if section not in payload and section in old:
             payload[section] = old[section]
             origin = old.get("earlier_sections", {}).get(section) or {
-                "command": old.get("command"), "settings": old.get("settings"), "machine": old.get("machine")}
+                "command": old.get("command"),
+                "settings": old.get("settings"),
+                "machine": old.get("machine"),
+            }
             payload.setdefault("earlier_sections", {})[section] = origin
     return payload
 
@@ -338,8 +454,16 @@ def _settings(args, prof, feature_cache) -> Settings:
     if max(args.few_steps) >= prof.teacher_steps or min(args.few_steps) < 1:
         raise SystemExit(f"open_questions.py: error: --few-steps must lie in [1, {prof.teacher_steps})")
     n = args.n_eval or prof.n_eval
-    return Settings(profile=prof, seeds=args.seeds, n=n, n_traj=args.n_traj, few_steps=tuple(args.few_steps),
-                    train_steps=args.train_steps, feature_cache=feature_cache, progress=args.progress)
+    return Settings(
+        profile=prof,
+        seeds=args.seeds,
+        n=n,
+        n_traj=args.n_traj,
+        few_steps=tuple(args.few_steps),
+        train_steps=args.train_steps,
+        feature_cache=feature_cache,
+        progress=args.progress,
+    )
 
 
 def main(argv=None) -> int:
@@ -355,10 +479,19 @@ def main(argv=None) -> int:
         feature_cache = str(cache_root())
     with throwaway_cache(smoke, "kaclib-open-questions-smoke-"):
         st = _settings(args, prof, feature_cache)
-        payload = {"profile": prof.name, "settings": {"seeds": list(st.seeds), "n_eval": st.n, "n_traj": st.n_traj,
-                                                      "few_steps": list(st.few_steps), "teacher_steps": prof.teacher_steps,
-                                                      "guidance_w": prof.guidance_w, "train_steps": args.train_steps
-                                                      or prof.train_steps, "threads": args.threads}}
+        payload = {
+            "profile": prof.name,
+            "settings": {
+                "seeds": list(st.seeds),
+                "n_eval": st.n,
+                "n_traj": st.n_traj,
+                "few_steps": list(st.few_steps),
+                "teacher_steps": prof.teacher_steps,
+                "guidance_w": prof.guidance_w,
+                "train_steps": args.train_steps or prof.train_steps,
+                "threads": args.threads,
+            },
+        }
         if args.limit:
             payload["limit"] = run_limit(st, args.xis)
             print(payload["limit"]["table"])
@@ -372,7 +505,9 @@ def main(argv=None) -> int:
     if smoke:
         print("(not written: smoke profile)")
         return 0
-    out = write_results("open_questions", keep_earlier_sections(payload), command="python " + " ".join(sys.argv))
+    out = write_results(
+        "open_questions", keep_earlier_sections(payload), command="python " + " ".join(sys.argv)
+    )
     print(f"wrote {out}")
     return 0
 

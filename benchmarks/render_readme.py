@@ -21,26 +21,33 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _floor_note(res) -> str:
     f = res["floor"]
-    return (f"Floor: unseen real images (the `test` split: no generator, feature net or reference statistic saw "
-            f"them), class-balanced like the generated sets, n = {f['n']}: {res.get('metric', res.get('metric_name'))} "
-            f"{f['fid']:.3f}, KID {f['kid']:.3f}. `±` is the half-width of the 95% confidence interval over seeds.")
+    return (
+        f"Floor: unseen real images (the `test` split: no generator, feature net or reference statistic saw "
+        f"them), class-balanced like the generated sets, n = {f['n']}: {res.get('metric', res.get('metric_name'))} "
+        f"{f['fid']:.3f}, KID {f['kid']:.3f}. `±` is the half-width of the 95% confidence interval over seeds."
+    )
 
 
 def _comparisons(res) -> str:
-    return "Paired comparisons (per-seed differences, shared latents; verdict from the 95% CI):\n\n" + markdown_table(
-        COMPARISON_HEADER, comparison_rows(res["comparisons"]))
+    return (
+        "Paired comparisons (per-seed differences, shared latents; verdict from the 95% CI):\n\n"
+        + markdown_table(COMPARISON_HEADER, comparison_rows(res["comparisons"]))
+    )
 
 
 def _teacher(res) -> str:
     t, s = res["tables"], res["settings"]
-    return "\n\n".join([
-        f"Teachers ({s['train_steps']} training steps; under-trained: {s['under_trained_steps']}), seeds {s['seeds']}, "
-        f"n = {s['n_eval']} images per estimate, {s['threads']} thread. Guidance (AB-2):",
-        "```text\n" + t["guidance"] + "\n```",
-        f"Solvers at equal NFE: paired RMSE to the {s['reference']} reference, and FID:",
-        "```text\n" + t["solvers"] + "\n```",
-        _floor_note(res), _comparisons(res),
-    ])
+    return "\n\n".join(
+        [
+            f"Teachers ({s['train_steps']} training steps; under-trained: {s['under_trained_steps']}), seeds {s['seeds']}, "
+            f"n = {s['n_eval']} images per estimate, {s['threads']} thread. Guidance (AB-2):",
+            "```text\n" + t["guidance"] + "\n```",
+            f"Solvers at equal NFE: paired RMSE to the {s['reference']} reference, and FID:",
+            "```text\n" + t["solvers"] + "\n```",
+            _floor_note(res),
+            _comparisons(res),
+        ]
+    )
 
 
 def _ladder(res) -> str:
@@ -56,25 +63,41 @@ def _ladder(res) -> str:
     tim = res.get("timing", {}).get("sample_s_per_1000")
     if tim:
         top = res["distill_config"]["ladder"][0]
-        parts.append(f"Back-to-back sampling time per 1,000 images, latents included: 1-step student {tim['student_1']:.3f} s"
-                     + (f" (Gaussian-path 1-step student {tim['gaussian_student_1']:.3f} s)" if "gaussian_student_1" in tim else "")
-                     + f", {top}-step teacher {tim[f'teacher_{top}']:.2f} s.")
+        parts.append(
+            f"Back-to-back sampling time per 1,000 images, latents included: 1-step student {tim['student_1']:.3f} s"
+            + (
+                f" (Gaussian-path 1-step student {tim['gaussian_student_1']:.3f} s)"
+                if "gaussian_student_1" in tim
+                else ""
+            )
+            + f", {top}-step teacher {tim[f'teacher_{top}']:.2f} s."
+        )
     return "\n\n".join(parts + [_floor_note(res), _comparisons(res)])
 
 
 def _metric_sanity(res) -> str:
     parts = []
     for name, r in res["datasets"].items():
-        rows = [[k, f"{v['fid']['mean']:.3f} ± {v['fid']['half_width']:.3f}", f"{v['kid']['mean']:.3f} ± {v['kid']['half_width']:.3f}",
-                 f"{v['precision']['mean']:.3f}", f"{v['recall']['mean']:.3f}", f"{v['memorisation_ratio']['mean']:.3f}"]
-                for k, v in r["results"].items()]
+        rows = [
+            [
+                k,
+                f"{v['fid']['mean']:.3f} ± {v['fid']['half_width']:.3f}",
+                f"{v['kid']['mean']:.3f} ± {v['kid']['half_width']:.3f}",
+                f"{v['precision']['mean']:.3f}",
+                f"{v['recall']['mean']:.3f}",
+                f"{v['memorisation_ratio']['mean']:.3f}",
+            ]
+            for k, v in r["results"].items()
+        ]
         mono = ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in r["monotone"].items())
-        parts += [f"**{name}**: feature net from {r['protocol']['feature_net']} (accuracy on `test` "
-                  f"{r['protocol']['feature_net_test_accuracy']:.3f}); reference: {r['protocol']['reference']}; "
-                  f"n = {r['n']}, seeds {r['seeds']}.",
-                  markdown_table(["set", "FID", "KID", "precision", "recall", "memorisation ratio"], rows),
-                  f"Monotone in the strength of each degradation: {mono}.",
-                  markdown_table(COMPARISON_HEADER, comparison_rows(r["comparisons"]))]
+        parts += [
+            f"**{name}**: feature net from {r['protocol']['feature_net']} (accuracy on `test` "
+            f"{r['protocol']['feature_net_test_accuracy']:.3f}); reference: {r['protocol']['reference']}; "
+            f"n = {r['n']}, seeds {r['seeds']}.",
+            markdown_table(["set", "FID", "KID", "precision", "recall", "memorisation ratio"], rows),
+            f"Monotone in the strength of each degradation: {mono}.",
+            markdown_table(COMPARISON_HEADER, comparison_rows(r["comparisons"])),
+        ]
     return "\n\n".join(parts)
 
 
@@ -91,8 +114,10 @@ def render_block(name: str) -> str | None:
         return None
     m = res.get("machine", {})
     where = f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}"
-    return (f"**{name}**: `{res.get('command', '')}` on {where}, {m.get('date', '')}"
-            f" (commit {m.get('git_commit', '?')}).\n\n{summary}")
+    return (
+        f"**{name}**: `{res.get('command', '')}` on {where}, {m.get('date', '')}"
+        f" (commit {m.get('git_commit', '?')}).\n\n{summary}"
+    )
 
 
 def main(names: list[str] | None = None) -> None:
@@ -103,8 +128,12 @@ def main(names: list[str] | None = None) -> None:
         block = render_block(name)
         if block is None:
             continue
-        text = re.sub(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)",
-                      lambda mm: mm.group(1) + block + mm.group(2), text, flags=re.S)
+        text = re.sub(
+            rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)",
+            lambda mm: mm.group(1) + block + mm.group(2),  # noqa: B023 (called at once)
+            text,
+            flags=re.S,
+        )
     readme.write_text(text)
     print("README updated")
 

@@ -55,20 +55,30 @@ class Bench:
         self.meta: dict[str, dict] = {}
 
     def run(self, row, seed, run, steps, method, w, reference=None, **extra):
-        g = generate(run.model, run.path, self.n, steps, method=method, w=w, seed=1000 + seed, progress=self.progress)
+        g = generate(
+            run.model, run.path, self.n, steps, method=method, w=w, seed=1000 + seed, progress=self.progress
+        )
         sc = self.ev.score(g.images, g.labels).to_dict()
         vals = {m: sc[m] for m in METRICS}
         if reference is not None:
             vals["paired_rmse_to_reference"] = float(paired_rmse(g.images, reference).mean())
         for m, v in vals.items():
             self.values.setdefault(row, {}).setdefault(m, []).append(v)
-        self.meta[row] = {"steps": steps, "method": method, "w": w, "nfe": g.nfe, "network_passes": g.network_passes,
-                          **extra}
+        self.meta[row] = {
+            "steps": steps,
+            "method": method,
+            "w": w,
+            "nfe": g.nfe,
+            "network_passes": g.network_passes,
+            **extra,
+        }
         return g
 
     def summary(self) -> dict:
-        return {row: {**self.meta[row], **{m: {"values": v, **mean_ci(v).to_dict()} for m, v in ms.items()}}
-                for row, ms in self.values.items()}
+        return {
+            row: {**self.meta[row], **{m: {"values": v, **mean_ci(v).to_dict()} for m, v in ms.items()}}
+            for row, ms in self.values.items()
+        }
 
     def cell(self, row, m="fid", d=3):
         if row not in self.values:
@@ -85,19 +95,33 @@ def comparisons(bench: Bench, steps: int) -> list[dict]:
             if a in v and b in v:
                 out.append(compare(claim, m, a, v[a][m], b, v[b][m], direction=direction).to_dict())
 
-    add("guidance helps: the conditional field (w = 1) beats unconditional sampling (w = 0)",
-        f"kac/w=1/{steps}", f"kac/w=0/{steps}")
+    add(
+        "guidance helps: the conditional field (w = 1) beats unconditional sampling (w = 0)",
+        f"kac/w=1/{steps}",
+        f"kac/w=0/{steps}",
+    )
     for setting in (f"{steps}", "4", f"{steps}/under-trained"):
         for w in (1.2, 2.2, 2.0):
-            add(f"w = {w:g} beats w = 1 ({setting} steps)" if "under" not in setting else
-                f"w = {w:g} beats w = 1 (under-trained teacher, {steps} steps)",
-                f"kac/w={w:g}/{setting}", f"kac/w=1/{setting}")
-    add(f"the Kac teacher beats the Gaussian-path peer ({steps} AB-2 steps, w = 1)", f"kac/w=1/{steps}",
-        f"gaussian/w=1/{steps}")
+            add(
+                f"w = {w:g} beats w = 1 ({setting} steps)"
+                if "under" not in setting
+                else f"w = {w:g} beats w = 1 (under-trained teacher, {steps} steps)",
+                f"kac/w={w:g}/{setting}",
+                f"kac/w=1/{setting}",
+            )
+    add(
+        f"the Kac teacher beats the Gaussian-path peer ({steps} AB-2 steps, w = 1)",
+        f"kac/w=1/{steps}",
+        f"gaussian/w=1/{steps}",
+    )
     for nfe in NFES:
         for s in ("ab2", "midpoint"):
-            add(f"{s} is closer than Euler to the 1,000-step reference at NFE {nfe}", f"solver/{s}/nfe={nfe}",
-                f"solver/euler/nfe={nfe}", metrics=("paired_rmse_to_reference",))
+            add(
+                f"{s} is closer than Euler to the 1,000-step reference at NFE {nfe}",
+                f"solver/{s}/nfe={nfe}",
+                f"solver/euler/nfe={nfe}",
+                metrics=("paired_rmse_to_reference",),
+            )
     return out
 
 
@@ -106,9 +130,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    ap.add_argument("--n-eval", type=int, default=None, help="images per estimate (default: the profile's, capped "
-                                                              "at the unseen real images of the floor)")
-    ap.add_argument("--under-steps", type=int, default=300, help="training steps of the under-trained teacher")
+    ap.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help="images per estimate (default: the profile's, capped at the unseen real images of the floor)",
+    )
+    ap.add_argument(
+        "--under-steps", type=int, default=300, help="training steps of the under-trained teacher"
+    )
     ap.add_argument("--quick", action="store_true", help="smoke profile, one seed, no JSON")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
@@ -125,9 +155,14 @@ def main(argv=None) -> int:
     velocity, training = {}, {}
 
     for s in seeds:
-        dirs = {name: get_teacher(cfg, progress=args.progress) for name, cfg in {
-            "kac": teacher_config(prof, seed=s), "gaussian": teacher_config(prof, path="gaussian", seed=s),
-            "under": teacher_config(prof, seed=s, steps=under)}.items()}
+        dirs = {
+            name: get_teacher(cfg, progress=args.progress)
+            for name, cfg in {
+                "kac": teacher_config(prof, seed=s),
+                "gaussian": teacher_config(prof, path="gaussian", seed=s),
+                "under": teacher_config(prof, seed=s, steps=under),
+            }.items()
+        }
         training[s] = {k: str(d) for k, d in dirs.items()}
         runs_ = {k: load_run(d) for k, d in dirs.items()}
         kac = runs_["kac"]
@@ -137,7 +172,9 @@ def main(argv=None) -> int:
             bench.run(f"kac/w={w:g}/{S}/under-trained", s, runs_["under"], S, "ab2", w, train_steps=under)
         for w in (0.0, 1.0):
             bench.run(f"gaussian/w={w:g}/{S}", s, runs_["gaussian"], S, "ab2", w)
-        ref = generate(kac.model, kac.path, n, 10 * S, method="ab2", w=1.0, seed=1000 + s).images  # 2. solvers
+        ref = generate(
+            kac.model, kac.path, n, 10 * S, method="ab2", w=1.0, seed=1000 + s
+        ).images  # 2. solvers
         for nfe in NFES:
             for method, per in SOLVER_STEPS.items():
                 bench.run(f"solver/{method}/nfe={nfe}", s, kac, nfe // per, method, 1.0, reference=ref)
@@ -145,54 +182,114 @@ def main(argv=None) -> int:
         for w in (1.0, 2.0):
             g = generate(kac.model, kac.path, n, S, method="ab2", w=w, seed=1000 + s, return_trajectory=True)
             field = kac.model if w == 1.0 else GuidedVelocity(kac.model, w, kac.model.cfg.num_classes)
-            velocity[s][f"w={w:g}"] = trajectory_bound_stats(field, kac.path, g.trajectory, time_grid(S),
-                                                            labels=g.labels).to_dict()
+            velocity[s][f"w={w:g}"] = trajectory_bound_stats(
+                field, kac.path, g.trajectory, time_grid(S), labels=g.labels
+            ).to_dict()
         print(f"seed {s} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     metric = ev.metric_name
     floor = {m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")}
     comps = comparisons(bench, S)
-    w_rows = [[f"{w:g}", f"{w - 1:g}", bench.cell(f"kac/w={w:g}/{S}"), bench.cell(f"kac/w={w:g}/{S}", "kid"),
-               bench.cell(f"kac/w={w:g}/{S}", "precision"), bench.cell(f"kac/w={w:g}/{S}", "recall"),
-               bench.cell(f"kac/w={w:g}/{S}", "accuracy"), bench.cell(f"kac/w={w:g}/4"),
-               bench.cell(f"kac/w={w:g}/{S}/under-trained")] for w in WS]
-    t_w = format_table(["w", "w' = w - 1", f"{metric} ({S} steps)", "KID", "precision", "recall", "accuracy",
-                        f"{metric} (4 steps)", f"{metric} (under-trained, {under} training steps)"], w_rows)
-    s_rows = [[nfe] + [bench.cell(f"solver/{m}/nfe={nfe}", "paired_rmse_to_reference", 4) for m in SOLVER_STEPS]
-              + [bench.cell(f"solver/{m}/nfe={nfe}") for m in SOLVER_STEPS] for nfe in NFES]
-    t_s = format_table(["NFE"] + [f"RMSE {m}" for m in SOLVER_STEPS] + [f"{metric} {m}" for m in SOLVER_STEPS], s_rows)
+    w_rows = [
+        [
+            f"{w:g}",
+            f"{w - 1:g}",
+            bench.cell(f"kac/w={w:g}/{S}"),
+            bench.cell(f"kac/w={w:g}/{S}", "kid"),
+            bench.cell(f"kac/w={w:g}/{S}", "precision"),
+            bench.cell(f"kac/w={w:g}/{S}", "recall"),
+            bench.cell(f"kac/w={w:g}/{S}", "accuracy"),
+            bench.cell(f"kac/w={w:g}/4"),
+            bench.cell(f"kac/w={w:g}/{S}/under-trained"),
+        ]
+        for w in WS
+    ]
+    t_w = format_table(
+        [
+            "w",
+            "w' = w - 1",
+            f"{metric} ({S} steps)",
+            "KID",
+            "precision",
+            "recall",
+            "accuracy",
+            f"{metric} (4 steps)",
+            f"{metric} (under-trained, {under} training steps)",
+        ],
+        w_rows,
+    )
+    s_rows = [
+        [nfe]
+        + [bench.cell(f"solver/{m}/nfe={nfe}", "paired_rmse_to_reference", 4) for m in SOLVER_STEPS]
+        + [bench.cell(f"solver/{m}/nfe={nfe}") for m in SOLVER_STEPS]
+        for nfe in NFES
+    ]
+    t_s = format_table(
+        ["NFE"] + [f"RMSE {m}" for m in SOLVER_STEPS] + [f"{metric} {m}" for m in SOLVER_STEPS], s_rows
+    )
     v_rows = []
     for k, t in enumerate(velocity[seeds[0]]["w=1"]["times"]):
         if k % max(1, S // 10) and k != len(velocity[seeds[0]]["w=1"]["times"]) - 1:
             continue
-        v_rows.append([f"{t:.2f}", f"{velocity[seeds[0]]['w=1']['bound'][k]:.3f}"]
-                      + [f"{max(velocity[s][w]['ratio_max'][k] for s in seeds):.3f} / "
-                         f"{max(velocity[s][w]['violation_fraction'][k] for s in seeds):.4f}" for w in ("w=1", "w=2")])
-    t_v = format_table(["t", "|f'|+g'c", "w = 1: max ratio / violating", "w = 2: max ratio / violating"], v_rows)
+        v_rows.append(
+            [f"{t:.2f}", f"{velocity[seeds[0]]['w=1']['bound'][k]:.3f}"]
+            + [
+                f"{max(velocity[s][w]['ratio_max'][k] for s in seeds):.3f} / "
+                f"{max(velocity[s][w]['violation_fraction'][k] for s in seeds):.4f}"
+                for w in ("w=1", "w=2")
+            ]
+        )
+    t_v = format_table(
+        ["t", "|f'|+g'c", "w = 1: max ratio / violating", "w = 2: max ratio / violating"], v_rows
+    )
     mc = {m: mean_ci(v) for m, v in floor.items()}
-    print(f"\n{metric}, n = {n}, seeds {seeds}, mean ± 95% CI half-width; floor (unseen real) "
-          f"{mc['fid'].mean:.3f} ± {mc['fid'].half_width:.3f}, KID {mc['kid'].mean:.3f}")
-    for title, tab in (("guidance", t_w), ("solvers at equal NFE", t_s), ("finite speed along trajectories", t_v)):
+    print(
+        f"\n{metric}, n = {n}, seeds {seeds}, mean ± 95% CI half-width; floor (unseen real) "
+        f"{mc['fid'].mean:.3f} ± {mc['fid'].half_width:.3f}, KID {mc['kid'].mean:.3f}"
+    )
+    for title, tab in (
+        ("guidance", t_w),
+        ("solvers at equal NFE", t_s),
+        ("finite speed along trajectories", t_v),
+    ):
         print(f"\n## {title}\n{tab}")
     print("\n## comparisons")
     for c in comps:
-        print(f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
-              f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]")
+        print(
+            f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
+            f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
+        )
     total = time.perf_counter() - t_start
     print(f"total {total:.0f} s")
     if not args.quick:
-        out = write_results("teacher", {
-            "settings": {"profile": prof.name, "seeds": seeds, "n_eval": n, "teacher_steps": S,
-                         "train_steps": prof.train_steps, "under_trained_steps": under, "threads": args.threads,
-                         "ws": list(WS), "nfes": list(NFES), "reference": f"AB-2, {10 * S} steps, w = 1"},
-            "protocol": "generators learn from 'train'; feature net from 'feature'; statistics from 'ref'; floor = "
-                        "unseen real 'test' images at the same n and class balance; latents 1000 + seed shared "
-                        "by every row of a seed; '±' = 95% CI half-width over seeds",
-            "metric_name": metric, "floor": {"fid": mc["fid"].mean, "kid": mc["kid"].mean, "values": floor, "n": n},
-            "results": bench.summary(), "comparisons": comps, "velocity_along_trajectories": velocity,
-            "tables": {"guidance": t_w, "solvers": t_s, "velocity": t_v}, "training": training,
-            "total_seconds": total,
-        })
+        out = write_results(
+            "teacher",
+            {
+                "settings": {
+                    "profile": prof.name,
+                    "seeds": seeds,
+                    "n_eval": n,
+                    "teacher_steps": S,
+                    "train_steps": prof.train_steps,
+                    "under_trained_steps": under,
+                    "threads": args.threads,
+                    "ws": list(WS),
+                    "nfes": list(NFES),
+                    "reference": f"AB-2, {10 * S} steps, w = 1",
+                },
+                "protocol": "generators learn from 'train'; feature net from 'feature'; statistics from 'ref'; floor = "
+                "unseen real 'test' images at the same n and class balance; latents 1000 + seed shared "
+                "by every row of a seed; '±' = 95% CI half-width over seeds",
+                "metric_name": metric,
+                "floor": {"fid": mc["fid"].mean, "kid": mc["kid"].mean, "values": floor, "n": n},
+                "results": bench.summary(),
+                "comparisons": comps,
+                "velocity_along_trajectories": velocity,
+                "tables": {"guidance": t_w, "solvers": t_s, "velocity": t_v},
+                "training": training,
+                "total_seconds": total,
+            },
+        )
         print(f"wrote {out}")
     return 0
 

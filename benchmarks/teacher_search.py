@@ -44,11 +44,19 @@ GS = ("t", "t2")
 HEADS = ("free", "bounded")
 
 
-def search_config(a: float, c: float, g: str, head: str, steps: int, seed: int, ema_decay: float) -> TrainConfig:
+def search_config(
+    a: float, c: float, g: str, head: str, steps: int, seed: int, ema_decay: float
+) -> TrainConfig:
     return TrainConfig(
-        dataset="digits", model={"preset": "digits-tiny", "head": head},
+        dataset="digits",
+        model={"preset": "digits-tiny", "head": head},
         path={"kind": "kac", "a": a, "c": c, "f": "linear", "g": g, "T": 1.0},
-        batch_size=128, steps=steps, seed=seed, ema_decay=ema_decay, checkpoint_every=0, log_every=100,
+        batch_size=128,
+        steps=steps,
+        seed=seed,
+        ema_decay=ema_decay,
+        checkpoint_every=0,
+        log_every=100,
     )
 
 
@@ -64,8 +72,15 @@ def choose(rows: list[dict]) -> tuple[dict, list[dict]]:
     for r in rows:
         if r is best:
             continue
-        c = compare(f"{_name(r)} scores worse than {_name(best)} at 100 steps", "fid", _name(r), r["fid_100_values"],
-                    _name(best), best["fid_100_values"], direction=">").to_dict()
+        c = compare(
+            f"{_name(r)} scores worse than {_name(best)} at 100 steps",
+            "fid",
+            _name(r),
+            r["fid_100_values"],
+            _name(best),
+            best["fid_100_values"],
+            direction=">",
+        ).to_dict()
         comps.append(c)
         if c["verdict"] == "inconclusive":
             tied.append(r)
@@ -82,9 +97,15 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=500, help="training steps per config")
     ap.add_argument("--n-eval", type=int, default=400, help="generated images per FID")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per config")
-    ap.add_argument("--ema-decay", type=float, default=0.99,
-                    help="EMA decay (default 0.99: with 0.999 a 500-step EMA would still hold 61%% of the initial weights)")
-    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/teacher_search.json")
+    ap.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.99,
+        help="EMA decay (default 0.99: with 0.999 a 500-step EMA would still hold 61%% of the initial weights)",
+    )
+    ap.add_argument(
+        "--no-save", action="store_true", help="do not write benchmarks/results/teacher_search.json"
+    )
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -104,49 +125,103 @@ def main(argv=None) -> int:
             run = load_run(run_dir)
             r100 = evaluate_run(run, 100, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
             r4 = evaluate_run(run, 4, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
-            gen = generate(run.model, run.path, 64, 100, method="ab2", w=1.0, seed=1000 + seed, return_trajectory=True)
-            tb = trajectory_bound_stats(run.model, run.path, gen.trajectory, time_grid(100), labels=gen.labels)
-            per_seed.append({"fid_100": r100["fid"], "kid_100": r100["kid"], "acc_100": r100["accuracy"],
-                             "fid_4": r4["fid"], "kid_4": r4["kid"], "acc_4": r4["accuracy"],
-                             "coord_ratio_max": max(tb.ratio_max), "violation_fraction_max": max(tb.violation_fraction),
-                             "train_seconds": train_seconds(run_dir), "run_dir": str(run_dir)})
+            gen = generate(
+                run.model, run.path, 64, 100, method="ab2", w=1.0, seed=1000 + seed, return_trajectory=True
+            )
+            tb = trajectory_bound_stats(
+                run.model, run.path, gen.trajectory, time_grid(100), labels=gen.labels
+            )
+            per_seed.append(
+                {
+                    "fid_100": r100["fid"],
+                    "kid_100": r100["kid"],
+                    "acc_100": r100["accuracy"],
+                    "fid_4": r4["fid"],
+                    "kid_4": r4["kid"],
+                    "acc_4": r4["accuracy"],
+                    "coord_ratio_max": max(tb.ratio_max),
+                    "violation_fraction_max": max(tb.violation_fraction),
+                    "train_seconds": train_seconds(run_dir),
+                    "run_dir": str(run_dir),
+                }
+            )
         row = {"a": a, "c": c, "g": g, "head": head, "seeds": seeds}
-        for key in ("fid_100", "kid_100", "acc_100", "fid_4", "kid_4", "acc_4", "coord_ratio_max", "train_seconds"):
+        for key in (
+            "fid_100",
+            "kid_100",
+            "acc_100",
+            "fid_4",
+            "kid_4",
+            "acc_4",
+            "coord_ratio_max",
+            "train_seconds",
+        ):
             vals = [p[key] for p in per_seed]
             ci = mean_ci(vals)
             row[key], row[f"{key}_values"], row[f"{key}_half_width"] = ci.mean, vals, ci.half_width
         row["violation_fraction_max"] = max(p["violation_fraction_max"] for p in per_seed)
         row["run_dirs"] = [p["run_dir"] for p in per_seed]
         rows.append(row)
-        print(f"[{i + 1}/{len(configs)}] {_name(row)}: FID100 {fmt_ci(row['fid_100_values'])} "
-              f"FID4 {fmt_ci(row['fid_4_values'])} ratio {row['coord_ratio_max']:.2f} "
-              f"({time.perf_counter() - t_start:.0f} s so far)", flush=True)
+        print(
+            f"[{i + 1}/{len(configs)}] {_name(row)}: FID100 {fmt_ci(row['fid_100_values'])} "
+            f"FID4 {fmt_ci(row['fid_4_values'])} ratio {row['coord_ratio_max']:.2f} "
+            f"({time.perf_counter() - t_start:.0f} s so far)",
+            flush=True,
+        )
         if not args.no_save:  # partial results after every config
-            write_results("teacher_search", {"status": "partial", "rows": rows}, command="python " + " ".join(sys.argv))
+            write_results(
+                "teacher_search", {"status": "partial", "rows": rows}, command="python " + " ".join(sys.argv)
+            )
 
     chosen, comps = choose(rows)
     headers = ["a", "c", "g", "head", "FID-digits 100", "FID-digits 4", "acc 100", "max |u|/bound", "train s"]
-    table = format_table(headers, [[r["a"], r["c"], r["g"], r["head"], fmt_ci(r["fid_100_values"]),
-                                    fmt_ci(r["fid_4_values"]), r["acc_100"], r["coord_ratio_max"], r["train_seconds"]]
-                                   for r in rows])
+    table = format_table(
+        headers,
+        [
+            [
+                r["a"],
+                r["c"],
+                r["g"],
+                r["head"],
+                fmt_ci(r["fid_100_values"]),
+                fmt_ci(r["fid_4_values"]),
+                r["acc_100"],
+                r["coord_ratio_max"],
+                r["train_seconds"],
+            ]
+            for r in rows
+        ],
+    )
     print(table)
-    print(f"floor (unseen real, n = {floor.n}): {floor.metric_name} {floor.fid:.3f}, accuracy {floor.accuracy:.3f}")
+    print(
+        f"floor (unseen real, n = {floor.n}): {floor.metric_name} {floor.fid:.3f}, accuracy {floor.accuracy:.3f}"
+    )
     tied = [c for c in comps if c["verdict"] == "inconclusive"]
-    reason = (f"lowest mean 4-step FID ({chosen['fid_4']:.3f}) among the {len(tied) + 1} configs tied with the best "
-              f"100-step FID ({min(r['fid_100'] for r in rows):.3f}; tied: paired 95% CI over {len(seeds)} seeds "
-              "contains 0)")
+    reason = (
+        f"lowest mean 4-step FID ({chosen['fid_4']:.3f}) among the {len(tied) + 1} configs tied with the best "
+        f"100-step FID ({min(r['fid_100'] for r in rows):.3f}; tied: paired 95% CI over {len(seeds)} seeds "
+        "contains 0)"
+    )
     print(f"chosen: {_name(chosen)}: {reason}")
     payload = {
         "status": "complete",
-        "settings": {"train_steps": args.train_steps, "n_eval": n, "seeds": seeds, "threads": args.threads,
-                     "ema_decay": args.ema_decay, "preset": "digits-tiny", "batch_size": 128, "guidance_w": 1.0,
-                     "solver": "ab2"},
+        "settings": {
+            "train_steps": args.train_steps,
+            "n_eval": n,
+            "seeds": seeds,
+            "threads": args.threads,
+            "ema_decay": args.ema_decay,
+            "preset": "digits-tiny",
+            "batch_size": 128,
+            "guidance_w": 1.0,
+            "solver": "ab2",
+        },
         "metric_name": evaluator.metric_name,
         "floor": floor.to_dict(),
         "rows": rows,
         "chosen": {k: chosen[k] for k in ("a", "c", "g", "head", "fid_100", "fid_4", "coord_ratio_max")},
         "selection_rule": "among the configs tied with the best mean 100-step FID (paired 95% CI of the difference "
-                          "contains 0), the lowest mean 4-step FID",
+        "contains 0), the lowest mean 4-step FID",
         "comparisons": comps,
         "reason": reason,
         "table": table,

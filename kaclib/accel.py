@@ -74,7 +74,9 @@ def _auto_or_bool(name: str, value):
 
 
 def _device(device) -> torch.device:
-    return device if isinstance(device, torch.device) else torch.device(device if device is not None else "cpu")
+    return (
+        device if isinstance(device, torch.device) else torch.device(device if device is not None else "cpu")
+    )
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,13 @@ class AccelConfig:
         cuda = _device(device).type == "cuda"
         pick = lambda v: cuda if v == "auto" else v  # noqa: E731
         amp = ("bf16" if cuda else "fp32") if self.amp_dtype == "auto" else self.amp_dtype
-        return AccelConfig(amp_dtype=amp, channels_last=pick(self.channels_last), compile=self.compile,
-                           fused_adam=pick(self.fused_adam), tf32=self.tf32 and cuda)
+        return AccelConfig(
+            amp_dtype=amp,
+            channels_last=pick(self.channels_last),
+            compile=self.compile,
+            fused_adam=pick(self.fused_adam),
+            tf32=self.tf32 and cuda,
+        )
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -123,7 +130,9 @@ class AccelConfig:
         if isinstance(d, AccelConfig):
             return d
         if not isinstance(d, Mapping):
-            raise ValueError(f"accel must be a dict of {[f.name for f in dataclasses.fields(cls)]}, got {d!r}")
+            raise ValueError(
+                f"accel must be a dict of {[f.name for f in dataclasses.fields(cls)]}, got {d!r}"
+            )
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown AccelConfig field(s): {', '.join(unknown)}")
@@ -139,6 +148,7 @@ def _resolved(cfg: AccelConfig | None, device) -> AccelConfig:
 
 
 # ----------------------------------------------------------------------------- contexts
+
 
 def autocast(device, cfg: AccelConfig | None):
     """``torch.autocast`` in bf16 when ``cfg`` (resolved on ``device``) asks for it, else a no-op."""
@@ -168,6 +178,7 @@ def tf32_policy(device, cfg: AccelConfig | None):
 
 
 # ----------------------------------------------------------------------------- models and data
+
 
 def compile_unavailable_reason(device) -> str | None:
     """Why ``torch.compile`` cannot run on ``device`` here, or ``None`` when it can (as far as a
@@ -252,6 +263,7 @@ def velocity_fn(velocity, cfg: AccelConfig | None, device):
 
 # ----------------------------------------------------------------------------- run directories
 
+
 def saved_accel(saved_config: Mapping | None) -> AccelConfig | None:
     """The switches a saved run config recorded: ``None`` for no config (a new run), :data:`OFF`
     for a config without ``accel`` (plain fp32: runs that used no switch, and every run written
@@ -270,8 +282,11 @@ def check_resume(saved: AccelConfig | None, new: AccelConfig, run_dir) -> None:
 
     if saved is None:
         return
-    diff = [(f"accel.{k}", getattr(saved, k), getattr(new, k)) for k in FIXED_ON_RESUME
-            if getattr(saved, k) != getattr(new, k)]
+    diff = [
+        (f"accel.{k}", getattr(saved, k), getattr(new, k))
+        for k in FIXED_ON_RESUME
+        if getattr(saved, k) != getattr(new, k)
+    ]
     if diff:
         raise ConfigMismatchError(run_dir, diff)
 

@@ -44,7 +44,9 @@ ARTIFACT_MANIFEST = "artifact.json"
 
 def config_hash(config: dict, length: int = 12) -> str:
     """Stable short hash of a JSON-serialisable configuration (and :data:`CACHE_VERSION`)."""
-    blob = json.dumps({"config": config, "cache_version": CACHE_VERSION}, sort_keys=True, default=str).encode()
+    blob = json.dumps(
+        {"config": config, "cache_version": CACHE_VERSION}, sort_keys=True, default=str
+    ).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
@@ -66,7 +68,9 @@ def _intact(final: Path, config: dict) -> bool:
         if manifest.get("config") != norm or not isinstance(files, dict):
             return False
         # the files it was published with (later additions, e.g. an evaluation.json, are not checked)
-        return all(hashlib.sha256((final / rel).read_bytes()).hexdigest() == sha for rel, sha in files.items())
+        return all(
+            hashlib.sha256((final / rel).read_bytes()).hexdigest() == sha for rel, sha in files.items()
+        )
     except (OSError, ValueError, AttributeError, TypeError):
         return False
 
@@ -111,7 +115,9 @@ def _discard(final: Path, root: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def load_or_compute(name: str, config: dict, compute: Callable[[Path], None], root: Path | None = None) -> Path:
+def load_or_compute(
+    name: str, config: dict, compute: Callable[[Path], None], root: Path | None = None
+) -> Path:
     """Return the directory of artifact ``name`` for ``config``, computing it first if needed.
 
     ``compute(tmp_dir)`` writes the artifact's files into ``tmp_dir``; on success the directory is

@@ -79,8 +79,10 @@ class Claim:
         (:func:`kaclib.stats.compare`, or its ``to_dict()`` from a committed benchmark JSON)."""
         c = comparison if isinstance(comparison, dict) else comparison.to_dict()
         lo, hi = c["ci95"]
-        measured = (f"{c['metric']}: {c['a']} - {c['b']} = {c['diff_mean']:+.4g}, 95% CI [{lo:+.4g}, {hi:+.4g}] "
-                    f"over {len(c['diff_values'])} paired seeds" + (f" ({where})" if where else ""))
+        measured = (
+            f"{c['metric']}: {c['a']} - {c['b']} = {c['diff_mean']:+.4g}, 95% CI [{lo:+.4g}, {hi:+.4g}] "
+            f"over {len(c['diff_values'])} paired seeds" + (f" ({where})" if where else "")
+        )
         return cls(claim, measured, source=source, verdict=c["verdict"])
 
     def __post_init__(self):
@@ -137,8 +139,14 @@ def source_hash(chapter: str, folder: str | os.PathLike | None = None) -> str | 
     return h.hexdigest()[:16]
 
 
-def record(chapter: str, title: str, claims: list, *, profile: str | None = None,
-           folder: str | os.PathLike | None = None) -> Path:
+def record(
+    chapter: str,
+    title: str,
+    claims: list,
+    *,
+    profile: str | None = None,
+    folder: str | os.PathLike | None = None,
+) -> Path:
     """Write the chapter's measured claims; returns the JSON file written."""
     if not isinstance(chapter, str) or not chapter or "/" in chapter:
         raise ValueError(f"chapter must be a docname such as '01_kac_process', got {chapter!r}")
@@ -217,12 +225,18 @@ def run_chapter(chapter: str, folder: str | os.PathLike | None = None, timeout: 
         raise FileNotFoundError(f"chapter {chapter!r} not found in {folder or Path.cwd()}")
     nb = jupytext.read(path)
     kernel = nb.metadata.get("kernelspec", {}).get("name", "python3")
-    nbclient.NotebookClient(nb, timeout=timeout, kernel_name=kernel,
-                            resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
 
 
-def collect(toc: str | os.PathLike = "_toc.yml", folder: str | os.PathLike | None = None,
-            profile: str | None = None, run_missing: bool = False, verbose: bool = True) -> list[dict]:
+def collect(
+    toc: str | os.PathLike = "_toc.yml",
+    folder: str | os.PathLike | None = None,
+    profile: str | None = None,
+    run_missing: bool = False,
+    verbose: bool = True,
+) -> list[dict]:
     """One entry per notebook chapter of the TOC: ``{"chapter", "status", "record"}``.
 
     ``status`` is ``"ok"``, ``"stale"`` (recorded from other code), ``"missing"`` or
@@ -241,7 +255,7 @@ def collect(toc: str | os.PathLike = "_toc.yml", folder: str | os.PathLike | Non
         def status_of(r):
             if r is None:
                 return "missing"
-            return "ok" if r.get("source_hash") == current else "stale"
+            return "ok" if r.get("source_hash") == current else "stale"  # noqa: B023 (called at once)
 
         status = status_of(rec)
         if status != "ok" and run_missing:
@@ -274,8 +288,12 @@ def table_html(entries: list[dict]) -> str:
         title = html.escape(rec.get("title") or e["chapter"])
         link = f'<a href="{html.escape(e["chapter"])}.html">{title}</a>'
         if e["status"] != "ok" or not rec.get("claims"):
-            note = {"missing": "not run yet", "stale": "recorded from older code: re-run the chapter",
-                    "no-claims": "records no claims", "ok": "records no claims"}[e["status"]]
+            note = {
+                "missing": "not run yet",
+                "stale": "recorded from older code: re-run the chapter",
+                "no-claims": "records no claims",
+                "ok": "records no claims",
+            }[e["status"]]
             rows.append(f"<tr><td colspan='2'><em>{note}</em></td><td>{link}</td><td></td></tr>")
             continue
         for c in rec["claims"]:
@@ -285,8 +303,10 @@ def table_html(entries: list[dict]) -> str:
                 f"<tr><td>{html.escape(c['claim'])}{src}</td><td>{html.escape(c['measured'])}</td>"
                 f"<td>{link}</td><td style='color:{colour};font-weight:600'>{word}</td></tr>"
             )
-    head = ("<tr><th style='width:34%'>Claim</th><th style='width:34%'>Measured in this build</th>"
-            "<th>Chapter</th><th>Outcome</th></tr>")
+    head = (
+        "<tr><th style='width:34%'>Claim</th><th style='width:34%'>Measured in this build</th>"
+        "<th>Chapter</th><th>Outcome</th></tr>"
+    )
     return (
         "<div class='kac-claims' style='overflow-x:auto'>"
         "<table class='table' style='width:100%;font-size:0.9em;table-layout:auto'>"
@@ -306,8 +326,12 @@ def table_text(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def show_table(toc: str | os.PathLike = "_toc.yml", folder: str | os.PathLike | None = None,
-               run_missing: bool = True, require_complete: bool | None = None) -> list[dict]:
+def show_table(
+    toc: str | os.PathLike = "_toc.yml",
+    folder: str | os.PathLike | None = None,
+    run_missing: bool = True,
+    require_complete: bool | None = None,
+) -> list[dict]:
     """Display the claims table (HTML + plain text); returns the entries.
 
     ``require_complete`` (default: inside the book build) raises when a chapter's record is still

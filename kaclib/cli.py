@@ -64,6 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 # =============================================================================== argument types
 
+
 def _int_at_least(minimum: int, what: str, maximum: int | None = None):
     """An argparse type: an integer ``>= minimum`` (and ``<= maximum``; ``what`` names it in the error)."""
 
@@ -133,13 +134,22 @@ def _w_value(w):
 
 # =============================================================================== parser
 
+
 def _add_profile(p):
-    p.add_argument("--profile", choices=("smoke", "cpu", "gpu"), default=None,
-                   help="defaults for budgets, model and sampling (default: $KACLIB_PROFILE, else gpu with CUDA, else cpu)")
+    p.add_argument(
+        "--profile",
+        choices=("smoke", "cpu", "gpu"),
+        default=None,
+        help="defaults for budgets, model and sampling (default: $KACLIB_PROFILE, else gpu with CUDA, else cpu)",
+    )
 
 
 def _add_device(p):
-    p.add_argument("--device", default="auto", help="torch device, e.g. cpu, cuda, cuda:1 (default auto: cuda if available)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device, e.g. cpu, cuda, cuda:1 (default auto: cuda if available)",
+    )
 
 
 def _add_progress(p):
@@ -147,92 +157,192 @@ def _add_progress(p):
 
 
 def _add_data_root(p):
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="folder of the data files (default: $KACLIB_DATA_DIR, else ~/.cache/kaclib/data)")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="folder of the data files (default: $KACLIB_DATA_DIR, else ~/.cache/kaclib/data)",
+    )
 
 
 def _add_set(p, what: str):
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a {what} field; dotted keys reach nested dicts (model.head=bounded); "
-                        "values are parsed as JSON when possible (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a {what} field; dotted keys reach nested dicts (model.head=bounded); "
+        "values are parsed as JSON when possible (repeatable)",
+    )
 
 
 def _add_sampling(p, many: bool):
     lst = "comma-separated list; " if many else ""
-    p.add_argument("--steps", type=_list_of(_steps_int, "positive integers") if many else _steps_int, default=None,
-                   help=f"solver steps ({lst}default: the profile's teacher_steps; a distilled student: its own steps)")
-    p.add_argument("--method", type=_list_of(_method, "solvers") if many else _method, default=None,
-                   help=f"solver: euler, midpoint or ab2 ({lst}default: ab2; a distilled student: euler)")
-    p.add_argument("--w", type=_list_of(_weight, "weights") if many else _weight, default=None,
-                   help=f"guidance weight v_u + w (v_c - v_u): 0 unconditional, 1 conditional, >1 guided, 'none' "
-                        f"without labels ({lst}default: the profile's guidance_w; a distilled student: 1)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling seed: image i uses seed (SEED, i) (default 0)")
-    p.add_argument("--batch-size", type=_batch_int, default=500, help=f"images per solver batch (default 500, at most {_MAX_BATCH})")
+    p.add_argument(
+        "--steps",
+        type=_list_of(_steps_int, "positive integers") if many else _steps_int,
+        default=None,
+        help=f"solver steps ({lst}default: the profile's teacher_steps; a distilled student: its own steps)",
+    )
+    p.add_argument(
+        "--method",
+        type=_list_of(_method, "solvers") if many else _method,
+        default=None,
+        help=f"solver: euler, midpoint or ab2 ({lst}default: ab2; a distilled student: euler)",
+    )
+    p.add_argument(
+        "--w",
+        type=_list_of(_weight, "weights") if many else _weight,
+        default=None,
+        help=f"guidance weight v_u + w (v_c - v_u): 0 unconditional, 1 conditional, >1 guided, 'none' "
+        f"without labels ({lst}default: the profile's guidance_w; a distilled student: 1)",
+    )
+    p.add_argument(
+        "--seed", type=_nonneg_int, default=0, help="sampling seed: image i uses seed (SEED, i) (default 0)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch_int,
+        default=500,
+        help=f"images per solver batch (default 500, at most {_MAX_BATCH})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m kaclib",
-                     description="kaclib: Kac-flow teachers with velocity-space guidance and endpoint-only distillation "
-                                 "(train, sample, evaluate, distill).",
-                     epilog="Run 'python -m kaclib <command> --help' for a command's options.")
-    parser.add_argument("--threads", type=_positive_int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is best on a shared machine)")
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,evaluate,distill}", parser_class=_Parser)
+    parser = _Parser(
+        prog="python -m kaclib",
+        description="kaclib: Kac-flow teachers with velocity-space guidance and endpoint-only distillation "
+        "(train, sample, evaluate, distill).",
+        epilog="Run 'python -m kaclib <command> --help' for a command's options.",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is best on a shared machine)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="{train,sample,evaluate,distill}", parser_class=_Parser
+    )
 
-    p = sub.add_parser("train", help="train a teacher into a run directory",
-                       description="Train a class-conditional velocity model (label dropout for guidance) on a "
-                                   "Kac-flow or Gaussian path. Defaults: the profile's teacher (kaclib.evaluation.teacher_config).")
-    p.add_argument("--run-dir", required=True, metavar="DIR", help="run directory (created; an existing run needs --resume)")
+    p = sub.add_parser(
+        "train",
+        help="train a teacher into a run directory",
+        description="Train a class-conditional velocity model (label dropout for guidance) on a "
+        "Kac-flow or Gaussian path. Defaults: the profile's teacher (kaclib.evaluation.teacher_config).",
+    )
+    p.add_argument(
+        "--run-dir",
+        required=True,
+        metavar="DIR",
+        help="run directory (created; an existing run needs --resume)",
+    )
     _add_profile(p)
-    p.add_argument("--preset", default=None, help="UNet preset (default: the profile's model_preset), e.g. smoke, digits-tiny")
-    p.add_argument("--dataset", default=None, help="data set: digits, mnist5k, cifar10, celeba64 (default: the profile's)")
-    p.add_argument("--path", choices=("kac", "gaussian"), default="kac", help="probability path (default kac)")
-    p.add_argument("--steps", type=_steps_int, default=None, help="training steps (default: the profile's train_steps)")
-    p.add_argument("--seed", type=_nonneg_int, default=None, help="training seed (default: the profile's first seed)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="UNet preset (default: the profile's model_preset), e.g. smoke, digits-tiny",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="data set: digits, mnist5k, cifar10, celeba64 (default: the profile's)",
+    )
+    p.add_argument(
+        "--path", choices=("kac", "gaussian"), default="kac", help="probability path (default kac)"
+    )
+    p.add_argument(
+        "--steps", type=_steps_int, default=None, help="training steps (default: the profile's train_steps)"
+    )
+    p.add_argument(
+        "--seed", type=_nonneg_int, default=None, help="training seed (default: the profile's first seed)"
+    )
     _add_set(p, "TrainConfig")
     _add_device(p)
     p.add_argument("--resume", action="store_true", help="continue the run found in --run-dir (same config)")
     _add_data_root(p)
     _add_progress(p)
 
-    p = sub.add_parser("sample", help="write an image grid PNG and an .npz of samples",
-                       description="Draw images from a run (a teacher or a distilled student) and write "
-                                   "OUT.png (a grid, one row per class cycle) and OUT.npz (images, labels, settings).")
+    p = sub.add_parser(
+        "sample",
+        help="write an image grid PNG and an .npz of samples",
+        description="Draw images from a run (a teacher or a distilled student) and write "
+        "OUT.png (a grid, one row per class cycle) and OUT.npz (images, labels, settings).",
+    )
     p.add_argument("--run-dir", required=True, metavar="DIR", help="run directory to sample from")
     _add_profile(p)
     _add_sampling(p, many=False)
-    p.add_argument("--n", type=_images_int, default=100, help="number of images (default 100, balanced labels)")
-    p.add_argument("--labels", default=None, metavar="LIST",
-                   help="comma-separated class labels, repeated to --n images (default: 0, 1, ..., K-1, 0, ...)")
-    p.add_argument("--nrow", type=_positive_int, default=None, help="images per grid row (default: the class count, else 10)")
-    p.add_argument("--out", default=None, metavar="PREFIX",
-                   help="output prefix (default: DIR/samples/<method>-<steps>steps-w<w>-seed<seed>)")
+    p.add_argument(
+        "--n", type=_images_int, default=100, help="number of images (default 100, balanced labels)"
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        metavar="LIST",
+        help="comma-separated class labels, repeated to --n images (default: 0, 1, ..., K-1, 0, ...)",
+    )
+    p.add_argument(
+        "--nrow",
+        type=_positive_int,
+        default=None,
+        help="images per grid row (default: the class count, else 10)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="PREFIX",
+        help="output prefix (default: DIR/samples/<method>-<steps>steps-w<w>-seed<seed>)",
+    )
     _add_device(p)
     _add_progress(p)
 
-    p = sub.add_parser("evaluate", help="FID-<dataset>, accuracy, NFE and time per image of a run",
-                       description="Score a run: one row per combination of --steps, --method and --w. Prints a "
-                                   "table and merges the rows into DIR/evaluation.json.")
+    p = sub.add_parser(
+        "evaluate",
+        help="FID-<dataset>, accuracy, NFE and time per image of a run",
+        description="Score a run: one row per combination of --steps, --method and --w. Prints a "
+        "table and merges the rows into DIR/evaluation.json.",
+    )
     p.add_argument("--run-dir", required=True, metavar="DIR", help="run directory to evaluate")
     _add_profile(p)
     _add_sampling(p, many=True)
-    p.add_argument("--n", type=_images_int, default=None, help="generated images per row (default: the profile's n_eval)")
+    p.add_argument(
+        "--n", type=_images_int, default=None, help="generated images per row (default: the profile's n_eval)"
+    )
     p.add_argument("--dataset", default=None, help="data set of the metric (default: the run's)")
-    p.add_argument("--out", default=None, metavar="FILE", help="JSON file to merge the rows into (default DIR/evaluation.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="JSON file to merge the rows into (default DIR/evaluation.json)",
+    )
     _add_device(p)
     _add_data_root(p)
     _add_progress(p)
 
-    p = sub.add_parser("distill", help="endpoint-only distillation ladder (kaclib.distill.run_ladder)",
-                       description="Distil a teacher run down a ladder of step counts; each stage's student "
-                                   "becomes the next stage's teacher. Stage runs go to DIR/stage-<i>-<M>steps/.")
+    p = sub.add_parser(
+        "distill",
+        help="endpoint-only distillation ladder (kaclib.distill.run_ladder)",
+        description="Distil a teacher run down a ladder of step counts; each stage's student "
+        "becomes the next stage's teacher. Stage runs go to DIR/stage-<i>-<M>steps/.",
+    )
     p.add_argument("--teacher", required=True, metavar="RUN", help="the teacher's run directory")
-    p.add_argument("--run-dir", required=True, metavar="DIR", help="ladder directory (created; an existing ladder needs --resume)")
-    p.add_argument("--ladder", type=_list_of(_positive_int, "step counts"), default=None,
-                   help="comma-separated step counts, each divisible by the next (default: the profile's "
-                        "distill_ladder, e.g. 100,20,4,2,1)")
+    p.add_argument(
+        "--run-dir",
+        required=True,
+        metavar="DIR",
+        help="ladder directory (created; an existing ladder needs --resume)",
+    )
+    p.add_argument(
+        "--ladder",
+        type=_list_of(_positive_int, "step counts"),
+        default=None,
+        help="comma-separated step counts, each divisible by the next (default: the profile's "
+        "distill_ladder, e.g. 100,20,4,2,1)",
+    )
     _add_profile(p)
-    p.add_argument("--dataset", default=None, help="data set of forward-noised states (default: the teacher's)")
+    p.add_argument(
+        "--dataset", default=None, help="data set of forward-noised states (default: the teacher's)"
+    )
     p.add_argument("--seed", type=_nonneg_int, default=None, help="distillation seed (default 0)")
     _add_set(p, "DistillConfig")
     _add_device(p)
@@ -243,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # =============================================================================== helpers
+
 
 def _device(name: str) -> str:
     import torch
@@ -270,8 +381,10 @@ def _read_run(run_dir: str) -> dict:
         raise CLIError(f"--run-dir {run_dir}: no such directory")
     cfg = runs.read_config(p)
     if "model" not in cfg or "path" not in cfg:
-        raise CLIError(f"{run_dir} is not a model run (its config.json lacks 'model' or 'path'); "
-                       "for a distillation ladder pass one of its stage-* directories")
+        raise CLIError(
+            f"{run_dir} is not a model run (its config.json lacks 'model' or 'path'); "
+            "for a distillation ladder pass one of its stage-* directories"
+        )
     return cfg
 
 
@@ -279,8 +392,12 @@ def _sampling_defaults(raw: dict, profile) -> dict:
     """steps / method / w defaults for a run: its own for a distilled student, the profile's else."""
     dist = raw.get("distilled")
     if isinstance(dist, dict):
-        return {"steps": int(dist.get("steps", 1)), "method": dist.get("sampler", "euler"),
-                "w": float(dist.get("sample_w", 1.0)), "student": True}
+        return {
+            "steps": int(dist.get("steps", 1)),
+            "method": dist.get("sampler", "euler"),
+            "w": float(dist.get("sample_w", 1.0)),
+            "student": True,
+        }
     return {"steps": profile.teacher_steps, "method": "ab2", "w": profile.guidance_w, "student": False}
 
 
@@ -299,8 +416,10 @@ def _refuse_inside_run(out: Path, allowed: Path | None = None) -> None:
         return
     if allowed is not None and os.path.abspath(out).startswith(os.path.abspath(allowed) + os.sep):
         return
-    raise CLIError(f"--out {out}: lies inside the run directory {root}: refusing to write over a run's files "
-                   "(leave --out out for the default, or write outside run directories)")
+    raise CLIError(
+        f"--out {out}: lies inside the run directory {root}: refusing to write over a run's files "
+        "(leave --out out for the default, or write outside run directories)"
+    )
 
 
 _RESULTS_KIND = "kaclib-evaluation"
@@ -317,8 +436,12 @@ def _read_results(out: Path) -> list:
         obj = json.loads(out.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise CLIError(refuse) from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("rows"), list) or obj.get("kind", _RESULTS_KIND) != _RESULTS_KIND \
-            or not all(isinstance(r, dict) for r in obj["rows"]):
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("rows"), list)
+        or obj.get("kind", _RESULTS_KIND) != _RESULTS_KIND
+        or not all(isinstance(r, dict) for r in obj["rows"])
+    ):
         raise CLIError(refuse)
     legacy = obj.get("run_dir")  # rows written before rows named their run
     rows = []
@@ -342,7 +465,9 @@ def _check_sample_out(out: Path) -> None:
         except Exception:  # not an npz at all
             ours = False
         if not ours:
-            raise CLIError(f"--out {out}: {npz} exists and is not a kaclib sample file: refusing to overwrite it")
+            raise CLIError(
+                f"--out {out}: {npz} exists and is not a kaclib sample file: refusing to overwrite it"
+            )
     if png.exists() and not ours:
         raise CLIError(f"--out {out}: {png} exists without its kaclib .npz: refusing to overwrite it")
 
@@ -351,11 +476,14 @@ def _check_images(images, what: str) -> None:
     import torch
 
     if not bool(torch.isfinite(images).all()):
-        raise CLIError(f"{what} gave non-finite images (NaN or inf): nothing was written "
-                       "(a guidance weight too large, or a damaged model?)")
+        raise CLIError(
+            f"{what} gave non-finite images (NaN or inf): nothing was written "
+            "(a guidance weight too large, or a damaged model?)"
+        )
 
 
 # =============================================================================== commands
+
 
 def cmd_train(args) -> int:
     from .evaluation import teacher_config
@@ -376,11 +504,22 @@ def cmd_train(args) -> int:
     run_dir = runs.check_run_path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CLIError(f"--run-dir {run_dir} exists and is not a directory")
-    res = train(cfg, run_dir, device=device, resume=args.resume, progress=not args.no_progress, data_root=args.data_root)
+    res = train(
+        cfg,
+        run_dir,
+        device=device,
+        resume=args.resume,
+        progress=not args.no_progress,
+        data_root=args.data_root,
+    )
     losses = res.losses
-    tail = float(losses[-min(len(losses), 50):].mean()) if len(losses) else None
-    print(format_table(["run dir", "dataset", "path", "steps", "s/step", "loss (last 50)"],
-                       [[str(run_dir), cfg.dataset, cfg.path["kind"], res.step, res.seconds_per_step, tail]]))
+    tail = float(losses[-min(len(losses), 50) :].mean()) if len(losses) else None
+    print(
+        format_table(
+            ["run dir", "dataset", "path", "steps", "s/step", "loss (last 50)"],
+            [[str(run_dir), cfg.dataset, cfg.path["kind"], res.step, res.seconds_per_step, tail]],
+        )
+    )
     return 0
 
 
@@ -420,7 +559,9 @@ def save_grid(images, path: Path, nrow: int, cell: int = 32) -> None:
     for i in range(n):
         r, k = divmod(i, ncol)
         img = x[i].transpose(1, 2, 0).repeat(scale, 0).repeat(scale, 1)
-        grid[pad + r * (H + pad): pad + r * (H + pad) + H, pad + k * (W + pad): pad + k * (W + pad) + W] = img
+        grid[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + k * (W + pad) : pad + k * (W + pad) + W] = (
+            img
+        )
     img = Image.fromarray(grid[..., 0] if c == 1 else grid, mode="L" if c == 1 else "RGB")
     img.save(path)
 
@@ -449,23 +590,51 @@ def cmd_sample(args) -> int:
     if args.out:
         _refuse_inside_run(out, allowed=samples)
     _check_sample_out(out)
-    gen = generate(run.model, run.path, labels, steps, method=method, w=w, seed=args.seed, batch_size=args.batch_size,
-                   device=device, progress=not args.no_progress)
+    gen = generate(
+        run.model,
+        run.path,
+        labels,
+        steps,
+        method=method,
+        w=w,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.no_progress,
+    )
     _check_images(gen.images, f"sampling {args.run_dir}")
     out.parent.mkdir(parents=True, exist_ok=True)
     png, npz = out.with_name(out.name + ".png"), out.with_name(out.name + ".npz")
     save_grid(gen.images, png, args.nrow or (K if K > 1 else 10))
 
     def write_npz(fh):
-        np.savez_compressed(fh, images=gen.images.numpy(),
-                            labels=(gen.labels.numpy() if gen.labels is not None else np.zeros(0, np.int64)),
-                            settings=json.dumps(gen.summary()))
+        np.savez_compressed(
+            fh,
+            images=gen.images.numpy(),
+            labels=(gen.labels.numpy() if gen.labels is not None else np.zeros(0, np.int64)),
+            settings=json.dumps(gen.summary()),
+        )
 
     runs.atomic_write(npz, write_npz)
     s = gen.summary()
-    print(format_table(["images", "steps", "method", "w", "NFE", "passes", "s/image", "png", "npz"],
-                       [[s["n"], s["steps"], s["method"], _w_tag(s["w"]), s["nfe"], s["network_passes"],
-                         s["seconds_per_image"], str(png), str(npz)]]))
+    print(
+        format_table(
+            ["images", "steps", "method", "w", "NFE", "passes", "s/image", "png", "npz"],
+            [
+                [
+                    s["n"],
+                    s["steps"],
+                    s["method"],
+                    _w_tag(s["w"]),
+                    s["nfe"],
+                    s["network_passes"],
+                    s["seconds_per_image"],
+                    str(png),
+                    str(npz),
+                ]
+            ],
+        )
+    )
     return 0
 
 
@@ -494,8 +663,10 @@ def cmd_evaluate(args) -> int:
     m = raw["model"]
     shape = (m.get("in_channels"), m.get("image_size"), m.get("image_size"))
     if tuple(DATASETS[dataset].image_shape) != shape:
-        raise CLIError(f"--dataset {dataset} has images of shape {DATASETS[dataset].image_shape}, "
-                       f"the model makes {shape}")
+        raise CLIError(
+            f"--dataset {dataset} has images of shape {DATASETS[dataset].image_shape}, "
+            f"the model makes {shape}"
+        )
     default_out = Path(args.run_dir) / "evaluation.json"
     out = Path(args.out) if args.out else default_out
     if not _same_path(out, default_out):
@@ -511,23 +682,75 @@ def cmd_evaluate(args) -> int:
     for steps in steps_list:
         for method in methods:
             for w in ws:
-                gen = generate(run.model, run.path, n, steps, method=method, w=(None if K == 0 else w), seed=args.seed,
-                               batch_size=args.batch_size, device=device, progress=not args.no_progress)
+                gen = generate(
+                    run.model,
+                    run.path,
+                    n,
+                    steps,
+                    method=method,
+                    w=(None if K == 0 else w),
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                    device=device,
+                    progress=not args.no_progress,
+                )
                 _check_images(gen.images, f"sampling {args.run_dir}")
                 sc = evaluator.score(gen.images, gen.labels)
-                rows.append({"run": run_tag, **sc.to_dict(), "floor": floor and floor.fid,
-                             "floor_kid": floor and floor.kid, **gen.summary(),
-                             "student": dflt["student"], "checkpoint_step": run.step,
-                             "date": time.strftime("%Y-%m-%d %H:%M:%S")})
-    print(format_table(
-        ["steps", "method", "w", "NFE", "passes", evaluator.metric_name, "floor", "accuracy", "s/image", "n"],
-        [[r["steps"], r["method"], _w_tag(r["w"]), r["nfe"], r["network_passes"], r["fid"], r["floor"], r["accuracy"],
-          r["seconds_per_image"], r["n"]] for r in rows]))
+                rows.append(
+                    {
+                        "run": run_tag,
+                        **sc.to_dict(),
+                        "floor": floor and floor.fid,
+                        "floor_kid": floor and floor.kid,
+                        **gen.summary(),
+                        "student": dflt["student"],
+                        "checkpoint_step": run.step,
+                        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    }
+                )
+    print(
+        format_table(
+            [
+                "steps",
+                "method",
+                "w",
+                "NFE",
+                "passes",
+                evaluator.metric_name,
+                "floor",
+                "accuracy",
+                "s/image",
+                "n",
+            ],
+            [
+                [
+                    r["steps"],
+                    r["method"],
+                    _w_tag(r["w"]),
+                    r["nfe"],
+                    r["network_passes"],
+                    r["fid"],
+                    r["floor"],
+                    r["accuracy"],
+                    r["seconds_per_image"],
+                    r["n"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     old = _read_results(out)  # re-read: merge with what is there now
     # the merge key includes the run (its path relative to the results file), so a file shared by
     # several runs keeps every run's rows
-    key = lambda r: (r.get("run"), r.get("metric_name"), r.get("steps"), r.get("method"), r.get("w"), r.get("n"),  # noqa: E731
-                     r.get("seed"))
+    key = lambda r: (
+        r.get("run"),
+        r.get("metric_name"),
+        r.get("steps"),
+        r.get("method"),
+        r.get("w"),
+        r.get("n"),  # noqa: E731
+        r.get("seed"),
+    )
     new_keys = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new_keys] + rows
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -560,12 +783,27 @@ def cmd_distill(args) -> int:
     if args.dataset is not None:
         base["dataset"] = args.dataset
     cfg = DistillConfig.from_dict(apply_overrides(base, args.set))
-    res = run_ladder(teacher, args.run_dir, cfg, device=device, resume=args.resume, progress=not args.no_progress,
-                     **({"data_root": args.data_root} if args.data_root else {}))
+    res = run_ladder(
+        teacher,
+        args.run_dir,
+        cfg,
+        device=device,
+        resume=args.resume,
+        progress=not args.no_progress,
+        **({"data_root": args.data_root} if args.data_root else {}),
+    )
     rows = []
     for s in res.stages:
-        rows.append([s.spec.index, f"{s.spec.teacher_steps} -> {s.spec.student_steps}", s.spec.substeps, s.iters,
-                     s.seconds, str(s.run_dir)])
+        rows.append(
+            [
+                s.spec.index,
+                f"{s.spec.teacher_steps} -> {s.spec.student_steps}",
+                s.spec.substeps,
+                s.iters,
+                s.seconds,
+                str(s.run_dir),
+            ]
+        )
     print(format_table(["stage", "steps", "substeps", "iters", "seconds", "run dir"], rows))
     return 0
 
@@ -587,7 +825,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
-            raise CLIError("a command is required: train, sample, evaluate or distill (see python -m kaclib --help)")
+            raise CLIError(
+                "a command is required: train, sample, evaluate or distill (see python -m kaclib --help)"
+            )
         if args.threads is not None:
             import torch
 
@@ -606,7 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("KACLIB_DEBUG"):
             raise
         expected = isinstance(e, (ValueError, TypeError, KeyError, OSError))
-        print(f"{PROG}: error: {_one_line(e) if expected else type(e).__name__ + ': ' + _one_line(e)}", file=sys.stderr)
+        print(
+            f"{PROG}: error: {_one_line(e) if expected else type(e).__name__ + ': ' + _one_line(e)}",
+            file=sys.stderr,
+        )
     return EXIT_ERROR
 
 

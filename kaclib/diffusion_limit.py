@@ -59,8 +59,15 @@ class LawDistance:
         return self.c**2 / (2 * self.a)
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "c": self.c, "xi": 2 * self.a, "D": self.D, "s": list(self.s),
-                "to_matched": list(self.to_matched), "to_diffusion": list(self.to_diffusion)}
+        return {
+            "a": self.a,
+            "c": self.c,
+            "xi": 2 * self.a,
+            "D": self.D,
+            "s": list(self.s),
+            "to_matched": list(self.to_matched),
+            "to_diffusion": list(self.to_diffusion),
+        }
 
 
 def _normal_cdf(x: torch.Tensor, std: float) -> torch.Tensor:
@@ -117,8 +124,12 @@ def law_distance(a: float, c: float, s, grid: int = 4001) -> LawDistance:
     D = c * c / (2 * a)
     matched, diffusion = [], []
     for si in times.tolist():
-        m, d = _kolmogorov_one(proc, si, (math.sqrt(float(proc.var(torch.tensor(si, dtype=torch.float64)))),
-                                          math.sqrt(2 * D * si)), grid)
+        m, d = _kolmogorov_one(
+            proc,
+            si,
+            (math.sqrt(float(proc.var(torch.tensor(si, dtype=torch.float64)))), math.sqrt(2 * D * si)),
+            grid,
+        )
         matched.append(m)
         diffusion.append(d)
     return LawDistance(a, c, tuple(times.tolist()), tuple(matched), tuple(diffusion))
@@ -147,7 +158,9 @@ def straightness(trajectory: torch.Tensor) -> torch.Tensor:
     length = (x[1:] - x[:-1]).norm(dim=-1).sum(0)
     chord = (x[-1] - x[0]).norm(dim=-1)
     pos = length > 0
-    return torch.where(pos, chord / torch.where(pos, length, torch.ones_like(length)), torch.ones_like(length))
+    return torch.where(
+        pos, chord / torch.where(pos, length, torch.ones_like(length)), torch.ones_like(length)
+    )
 
 
 @dataclass(frozen=True)
@@ -165,13 +178,28 @@ class FewStepError:
         return float(sum(self.rmse) / len(self.rmse))
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "reference_steps": self.reference_steps, "method": self.method,
-                "rmse_mean": self.mean, "n": len(self.rmse)}
+        return {
+            "steps": self.steps,
+            "reference_steps": self.reference_steps,
+            "method": self.method,
+            "rmse_mean": self.mean,
+            "n": len(self.rmse),
+        }
 
 
-def few_step_error(model, path, steps: int, reference_steps: int, n: int = 64, seed: int = 0,
-                   method: str = "euler", reference_method: str | None = None, w: float | None = 1.0,
-                   image_shape=None, reference=None) -> FewStepError:
+def few_step_error(
+    model,
+    path,
+    steps: int,
+    reference_steps: int,
+    n: int = 64,
+    seed: int = 0,
+    method: str = "euler",
+    reference_method: str | None = None,
+    w: float | None = 1.0,
+    image_shape=None,
+    reference=None,
+) -> FewStepError:
     """Paired RMSE of an ``steps``-step sample to a fine reference from the same latents.
 
     Parameters

@@ -133,7 +133,9 @@ RESULT_FILE = "result.json"
 POOL_FILE = "pool.safetensors"
 MAX_BATCH = 16384  # as kaclib.train.MAX_BATCH
 MAX_POOL = 10**6  # a 10^6-tuple CIFAR-10 pool already holds 23 GiB
-MUTABLE_FIELDS = ("distill.checkpoint_every", "distill.log_every") + tuple(f"distill.accel.{k}" for k in _accel.MUTABLE_ON_RESUME)
+MUTABLE_FIELDS = ("distill.checkpoint_every", "distill.log_every") + tuple(
+    f"distill.accel.{k}" for k in _accel.MUTABLE_ON_RESUME
+)
 
 # generator streams of step_seed(seed, stage, iteration, stream)
 _S_BATCH, _S_GLOBAL, _S_POOL, _S_WALKERS, _S_ORDER = 0, 1, 2, 3, 4
@@ -143,6 +145,7 @@ _WALKER_ITER = -3
 
 # =============================================================================== schedule
 
+
 def check_ladder(ladder) -> tuple:
     """Validate a ladder of step counts; returns it as a tuple of ints.
 
@@ -150,7 +153,9 @@ def check_ladder(ladder) -> tuple:
     is divisible by the next one (the student's step must cover a whole number of teacher steps).
     """
     if isinstance(ladder, (str, bytes)) or not isinstance(ladder, Sequence):
-        raise ValueError(f"ladder must be a sequence of step counts such as (100, 20, 4, 2, 1), got {ladder!r}")
+        raise ValueError(
+            f"ladder must be a sequence of step counts such as (100, 20, 4, 2, 1), got {ladder!r}"
+        )
     ladder = tuple(ladder)
     if len(ladder) < 2:
         raise ValueError(f"ladder needs at least two step counts (teacher, student), got {ladder!r}")
@@ -214,7 +219,9 @@ def ladder_schedule(ladder=(100, 20, 4, 2, 1), iters=500, lr=3e-4) -> list[Stage
     iters_t = _per_stage("iters", iters, n, _int_ge0)
     lr_t = _per_stage("lr", lr, n, _pos_float)
     return [
-        StageSpec(index=i + 1, teacher_steps=a, student_steps=b, substeps=a // b, lr=lr_t[i], iters=iters_t[i])
+        StageSpec(
+            index=i + 1, teacher_steps=a, student_steps=b, substeps=a // b, lr=lr_t[i], iters=iters_t[i]
+        )
         for i, (a, b) in enumerate(zip(ladder, ladder[1:]))
     ]
 
@@ -224,6 +231,7 @@ def stage_dir_name(spec: StageSpec) -> str:
 
 
 # =============================================================================== configuration
+
 
 def _tuple_or_scalar(v):
     return tuple(v) if isinstance(v, list) else v
@@ -281,23 +289,43 @@ class DistillConfig:
         object.__setattr__(self, "lr", _tuple_or_scalar(self.lr))
         ladder_schedule(self.ladder, self.iters, self.lr)  # validates iters and lr
         object.__setattr__(self, "w", check_guidance_weight(self.w))
-        for name, value, allowed in (("teacher_solver", self.teacher_solver, SOLVERS), ("gate_solver", self.gate_solver, SOLVERS),
-                                     ("states", self.states, STATES), ("targets", self.targets, TARGETS)):
+        for name, value, allowed in (
+            ("teacher_solver", self.teacher_solver, SOLVERS),
+            ("gate_solver", self.gate_solver, SOLVERS),
+            ("states", self.states, STATES),
+            ("targets", self.targets, TARGETS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        for name, minimum in (("pool_size", 1), ("batch_size", 1), ("warmup_iters", 0), ("seed", 0), ("data_seed", 0),
-                              ("gate_n", 2), ("gate_chunk", 1), ("gate_max_extra", 0), ("gate_seed", 0),
-                              ("checkpoint_every", 0), ("log_every", 1)):
+        for name, minimum in (
+            ("pool_size", 1),
+            ("batch_size", 1),
+            ("warmup_iters", 0),
+            ("seed", 0),
+            ("data_seed", 0),
+            ("gate_n", 2),
+            ("gate_chunk", 1),
+            ("gate_max_extra", 0),
+            ("gate_seed", 0),
+            ("checkpoint_every", 0),
+            ("log_every", 1),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
         for name, maximum in (("batch_size", MAX_BATCH), ("pool_size", MAX_POOL)):
             v = getattr(self, name)
-            if v > maximum:  # a pool holds states and targets: 2 x 3 x 32 x 32 float32 = 24.6 kB per CIFAR tuple
-                raise ValueError(f"{name} must be <= {maximum}, got {v!r} (about {v * 24576 / 2**30:.3g} GiB of "
-                                 "32x32 RGB states and targets: an absurd value that would exhaust memory)")
+            if (
+                v > maximum
+            ):  # a pool holds states and targets: 2 x 3 x 32 x 32 float32 = 24.6 kB per CIFAR tuple
+                raise ValueError(
+                    f"{name} must be <= {maximum}, got {v!r} (about {v * 24576 / 2**30:.3g} GiB of "
+                    "32x32 RGB states and targets: an absurd value that would exhaust memory)"
+                )
         if self.grad_clip is not None:
-            object.__setattr__(self, "grad_clip", check_finite_param("grad_clip", self.grad_clip, positive=True))
+            object.__setattr__(
+                self, "grad_clip", check_finite_param("grad_clip", self.grad_clip, positive=True)
+            )
         d = check_finite_param("ema_decay", self.ema_decay, nonneg=True)
         if d >= 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
@@ -343,12 +371,17 @@ def config_for_profile(profile=None, **changes) -> DistillConfig:
     from .profiles import Profile, get_profile
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    cfg = DistillConfig(ladder=tuple(prof.distill_ladder), iters=prof.distill_iters, w=prof.guidance_w,
-                        batch_size=prof.batch_size)
+    cfg = DistillConfig(
+        ladder=tuple(prof.distill_ladder),
+        iters=prof.distill_iters,
+        w=prof.guidance_w,
+        batch_size=prof.batch_size,
+    )
     return cfg.replace(**changes) if changes else cfg
 
 
 # =============================================================================== teachers and hand-off
+
 
 @dataclass
 class TeacherField:
@@ -369,7 +402,9 @@ class TeacherField:
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if not self.guided and self.solver != "euler":
-            raise ValueError("a distilled teacher is an Euler stepper on its own grid: its solver must be 'euler'")
+            raise ValueError(
+                "a distilled teacher is an Euler stepper on its own grid: its solver must be 'euler'"
+            )
         if self.guided:
             if self.num_classes is None:
                 raise ValueError("a guided teacher needs num_classes (the null label's index)")
@@ -411,8 +446,13 @@ def _ema_avg_fn(decay: float, warmup: bool):
     return avg_fn
 
 
-def hand_off(model: nn.Module, lr: float = 3e-4, ema_decay: float = 0.99, ema_warmup: bool = True,
-             accel: AccelConfig | None = None) -> Handoff:
+def hand_off(
+    model: nn.Module,
+    lr: float = 3e-4,
+    ema_decay: float = 0.99,
+    ema_warmup: bool = True,
+    accel: AccelConfig | None = None,
+) -> Handoff:
     """The one place where a model becomes a teacher: a frozen deep copy of ``model`` (``eval()``,
     ``requires_grad_(False)``) as the teacher, a second deep copy as the trainable student, a fresh
     Adam optimizer on the student and a fresh EMA of it (first update copies; see
@@ -427,11 +467,14 @@ def hand_off(model: nn.Module, lr: float = 3e-4, ema_decay: float = 0.99, ema_wa
     student = copy.deepcopy(model).train().requires_grad_(True)
     params = list(student.parameters())
     optimizer = _accel.make_optimizer(params, lr, accel, params[0].device if params else "cpu")
-    ema = AveragedModel(student, avg_fn=_ema_avg_fn(check_finite_param("ema_decay", ema_decay, nonneg=True), ema_warmup))
+    ema = AveragedModel(
+        student, avg_fn=_ema_avg_fn(check_finite_param("ema_decay", ema_decay, nonneg=True), ema_warmup)
+    )
     return Handoff(teacher=teacher, student=student, optimizer=optimizer, ema=ema)
 
 
 # =============================================================================== the two end points
+
 
 def _grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tensor:
     """``T (steps - index)/steps`` computed in float64 (as :func:`kaclib.solvers.time_grid`)."""
@@ -439,9 +482,17 @@ def _grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tenso
 
 
 @torch.no_grad()
-def segment_endpoint(velocity, x: torch.Tensor, k: torch.Tensor, y: torch.Tensor | None,
-                     student_steps: int, substeps: int, T: float = 1.0, method: str = "euler",
-                     return_path: bool = False):
+def segment_endpoint(
+    velocity,
+    x: torch.Tensor,
+    k: torch.Tensor,
+    y: torch.Tensor | None,
+    student_steps: int,
+    substeps: int,
+    T: float = 1.0,
+    method: str = "euler",
+    return_path: bool = False,
+):
     """Integrate ``dx/dt = velocity(x, t, y)`` with ``substeps`` steps of ``method`` from ``t_k`` to
     ``t_{k+1}`` of the ``student_steps`` grid (per-sample ``k``, a ``(B,)`` int tensor).
 
@@ -474,7 +525,9 @@ def segment_endpoint(velocity, x: torch.Tensor, k: torch.Tensor, y: torch.Tensor
     return (x, torch.stack(states)) if return_path else x
 
 
-def student_step(student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0) -> torch.Tensor:
+def student_step(
+    student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0
+) -> torch.Tensor:
     """The student's one Euler step ``x - Delta u_phi(x, t_k, y)`` (with gradients)."""
     t = _grid_times(k.to(x.device), student_steps, T, x.dtype)
     return x - (T / student_steps) * student(x, t, y)
@@ -492,7 +545,9 @@ class EndpointLoss:
     student_steps: int
     T: float = 1.0
 
-    def __call__(self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor
+    ) -> torch.Tensor:
         delta = self.T / self.student_steps
         pred = student_step(student, x, k, y, self.student_steps, self.T)
         return torch.mean((pred.to(target.dtype) - target) ** 2) / delta**2
@@ -503,6 +558,7 @@ def _evals_per_substep(method: str) -> int:
 
 
 # =============================================================================== batch sources
+
 
 class _Source:
     """Supplies ``(x, k, y, target)`` for iteration ``it``; ``state()``/``load()`` for checkpoints."""
@@ -554,7 +610,9 @@ class _RolloutOnline(_Source):
     def init(self):
         c = self.ctx
         B, M = c.batch_size, c.spec.student_steps
-        g = torch.Generator(device=c.device).manual_seed(step_seed(c.seed, c.spec.index, _WALKER_ITER, _S_WALKERS))
+        g = torch.Generator(device=c.device).manual_seed(
+            step_seed(c.seed, c.spec.index, _WALKER_ITER, _S_WALKERS)
+        )
         x = c.path.sample_latent((B,) + c.shape, generator=g, device=c.device, dtype=c.dtype)
         y = torch.randint(c.num_classes, (B,), generator=g, device=c.device)
         k = torch.arange(B, device=c.device) % M  # staggered phases
@@ -582,7 +640,9 @@ class _RolloutOnline(_Source):
         return x, k, y, target
 
     def state(self):
-        return {"walkers": None if self.x is None else {"x": self.x.cpu(), "k": self.k.cpu(), "y": self.y.cpu()}}
+        return {
+            "walkers": None if self.x is None else {"x": self.x.cpu(), "k": self.k.cpu(), "y": self.y.cpu()}
+        }
 
     def load(self, state):
         w = state.get("walkers")
@@ -615,7 +675,9 @@ class _Pool(_Source):
         if c.states == "forward":
             order = _EpochOrder(c.data.shape[0], step_seed(c.seed, c.spec.index, _POOL_ITER, _S_ORDER))
             n_chunks = math.ceil(P / chunk)
-            for i in tqdm(range(n_chunks), desc=f"stage {c.spec.index} pool", disable=not c.progress, leave=False):
+            for i in tqdm(
+                range(n_chunks), desc=f"stage {c.spec.index} pool", disable=not c.progress, leave=False
+            ):
                 b = min(chunk, P - i * chunk)
                 idx = order[torch.arange(i * chunk, i * chunk + b)].to(c.device)
                 x0, y = c.data[idx], c.labels[idx]
@@ -625,7 +687,9 @@ class _Pool(_Source):
         else:  # whole teacher trajectories: M tuples each
             n_traj = math.ceil(P / M)
             n_chunks = math.ceil(n_traj / chunk)
-            for i in tqdm(range(n_chunks), desc=f"stage {c.spec.index} pool", disable=not c.progress, leave=False):
+            for i in tqdm(
+                range(n_chunks), desc=f"stage {c.spec.index} pool", disable=not c.progress, leave=False
+            ):
                 b = min(chunk, n_traj - i * chunk)
                 x = c.path.sample_latent((b,) + c.shape, generator=g, device=c.device, dtype=c.dtype)
                 y = torch.randint(c.num_classes, (b,), generator=g, device=c.device)
@@ -636,7 +700,12 @@ class _Pool(_Source):
                 traj = torch.stack(traj, 1)  # (b, M + 1, ...): trajectory-major, so [:P] keeps whole ones
                 xs.append(traj[:, :-1].flatten(0, 1)), ts.append(traj[:, 1:].flatten(0, 1))
                 ks.append(torch.arange(M, device=c.device).repeat(b)), ys.append(y.repeat_interleave(M))
-        pool = {"x": torch.cat(xs)[:P], "k": torch.cat(ks)[:P], "y": torch.cat(ys)[:P], "target": torch.cat(ts)[:P]}
+        pool = {
+            "x": torch.cat(xs)[:P],
+            "k": torch.cat(ks)[:P],
+            "y": torch.cat(ys)[:P],
+            "target": torch.cat(ts)[:P],
+        }
         return {key: v.contiguous() for key, v in pool.items()}
 
     def _ensure(self):
@@ -648,7 +717,9 @@ class _Pool(_Source):
             data = f.read_bytes()
             sha = hashlib.sha256(data).hexdigest()
             if self.sha256 is not None and sha != self.sha256:
-                raise runs.RunDirError(f"{f} does not match its fingerprint in {runs.STATE_FILE} (damaged or replaced)")
+                raise runs.RunDirError(
+                    f"{f} does not match its fingerprint in {runs.STATE_FILE} (damaged or replaced)"
+                )
             self.pool = {k: v.to(c.device) for k, v in runs.load_tensors(data, f).items()}
             self.sha256 = sha
         else:
@@ -688,11 +759,16 @@ class _Ctx:
 
     def target(self, x, k, y):
         tf = self.teacher
-        self.counter[0] += x.shape[0] * self.spec.substeps * _evals_per_substep(tf.solver) * tf.passes_per_eval()
-        return segment_endpoint(tf.velocity, x, k, y, self.spec.student_steps, self.spec.substeps, self.T, tf.solver)
+        self.counter[0] += (
+            x.shape[0] * self.spec.substeps * _evals_per_substep(tf.solver) * tf.passes_per_eval()
+        )
+        return segment_endpoint(
+            tf.velocity, x, k, y, self.spec.student_steps, self.spec.substeps, self.T, tf.solver
+        )
 
 
 # =============================================================================== one stage
+
 
 @dataclass
 class StageResult:
@@ -719,14 +795,26 @@ def _lr_at(it: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, (it + 1) / warmup) if warmup > 0 else lr
 
 
-def _save_stage_checkpoint(run_dir: Path, student, ema, optimizer, step, extra: dict, config: dict | None = None) -> None:
+def _save_stage_checkpoint(
+    run_dir: Path, student, ema, optimizer, step, extra: dict, config: dict | None = None
+) -> None:
     meta = {"step": str(step)}
-    state = {"step": step, "optimizer": optimizer.state_dict(), "ema_n_averaged": int(ema.n_averaged), **extra}
-    runs.save_checkpoint(run_dir, {
-        runs.MODEL_FILE: runs.weights_bytes(student, meta),
-        runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
-        runs.STATE_FILE: runs.save_torch_bytes(state),
-    }, config=config, step=step)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "ema_n_averaged": int(ema.n_averaged),
+        **extra,
+    }
+    runs.save_checkpoint(
+        run_dir,
+        {
+            runs.MODEL_FILE: runs.weights_bytes(student, meta),
+            runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
+            runs.STATE_FILE: runs.save_torch_bytes(state),
+        },
+        config=config,
+        step=step,
+    )
 
 
 def train_stage(
@@ -784,29 +872,93 @@ def train_stage(
 
     acc = config.accel.resolve(device)
     layout = dataclasses.replace(acc, compile=False)  # channels-last weights (in place), no compile
-    student, optimizer, ema = _accel.prepare_model(handoff.student, layout, device), handoff.optimizer, handoff.ema.to(device)
+    student, optimizer, ema = (
+        _accel.prepare_model(handoff.student, layout, device),
+        handoff.optimizer,
+        handoff.ema.to(device),
+    )
     frozen = freeze(_accel.prepare_model(teacher.model, layout, device))
-    ctx = _Ctx(teacher=teacher, path=path, spec=spec, data=data, labels=labels, num_classes=num_classes,
-               seed=config.seed, batch_size=config.batch_size, pool_size=config.pool_size, states=config.states,
-               device=device, progress=progress, shape=shape, dtype=dtype, T=float(path.T))
+    ctx = _Ctx(
+        teacher=teacher,
+        path=path,
+        spec=spec,
+        data=data,
+        labels=labels,
+        num_classes=num_classes,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        pool_size=config.pool_size,
+        states=config.states,
+        device=device,
+        progress=progress,
+        shape=shape,
+        dtype=dtype,
+        T=float(path.T),
+    )
     run_dir = runs.check_run_path(run_dir) if run_dir is not None else None
     lock = contextlib.ExitStack()  # the stage directory's lock, held while the stage trains
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.enter_context(runs.run_lock(run_dir))
         if run_config is None:  # the config.json the caller wrote, else this stage's own
-            run_config = (runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file()
-                          else {"distill": config.to_dict(), "stage": spec.to_dict()})
+            run_config = (
+                runs.read_config(run_dir)
+                if (run_dir / runs.CONFIG_FILE).is_file()
+                else {"distill": config.to_dict(), "stage": spec.to_dict()}
+            )
     try:
-        return _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes, device, run_dir, resume,
-                            progress, callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx,
-                            loss_fn=loss_fn, batch_fn=batch_fn)
+        return _train_stage(
+            teacher,
+            handoff,
+            path,
+            spec,
+            config,
+            data,
+            labels,
+            num_classes,
+            device,
+            run_dir,
+            resume,
+            progress,
+            callback,
+            gate_fn,
+            run_config,
+            student,
+            optimizer,
+            ema,
+            frozen,
+            ctx,
+            loss_fn=loss_fn,
+            batch_fn=batch_fn,
+        )
     finally:
         lock.close()
 
 
-def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes, device, run_dir, resume, progress,
-                 callback, gate_fn, run_config, student, optimizer, ema, frozen, ctx, loss_fn=None, batch_fn=None):
+def _train_stage(
+    teacher,
+    handoff,
+    path,
+    spec,
+    config,
+    data,
+    labels,
+    num_classes,
+    device,
+    run_dir,
+    resume,
+    progress,
+    callback,
+    gate_fn,
+    run_config,
+    student,
+    optimizer,
+    ema,
+    frozen,
+    ctx,
+    loss_fn=None,
+    batch_fn=None,
+):
     acc = config.accel.resolve(device)
     if batch_fn is not None:
         source = _HookSource(batch_fn)
@@ -823,11 +975,17 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
             raise FileExistsError(f"{run_dir} already holds a checkpoint: pass resume=True to continue it")
         ckpt, state = load_checkpoint_into(run_dir, student, ema, optimizer)  # verified against its manifest
         try:
-            start, target_iters, gate_log = int(state["step"]), int(state["target_iters"]), list(state["gate"])
+            start, target_iters, gate_log = (
+                int(state["step"]),
+                int(state["target_iters"]),
+                list(state["gate"]),
+            )
             spent = int(state["teacher_passes"])
             source.load(state)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: not the state of this stage ({e})") from None
+            raise runs.RunDirError(
+                f"{run_dir / runs.STATE_FILE}: not the state of this stage ({e})"
+            ) from None
         last_good = start
         runs.rewind_metrics(run_dir, ckpt)
     elif run_dir is not None:
@@ -843,14 +1001,28 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
     t0 = time.perf_counter()
     last_t, last_step = t0, start
     cap = spec.iters + (config.gate_max_extra if gate_fn is not None else 0)
-    bar = tqdm(total=target_iters, initial=start, desc=f"stage {spec.index}: {spec.teacher_steps}->{M} steps",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=target_iters,
+        initial=start,
+        desc=f"stage {spec.index}: {spec.teacher_steps}->{M} steps",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def stop(what, it):
-        kept = ("no checkpoint was written" if last_good is None else
-                f"the last good checkpoint (iteration {last_good}) in {run_dir} is kept") if run_dir is not None else "nothing was saved"
-        raise runs.NonFiniteError(f"stage {spec.index}: {what} at iteration {it}: distillation stopped; {kept} "
-                                  "(a learning rate or guidance weight too large, or a non-finite teacher?)")
+        kept = (
+            (
+                "no checkpoint was written"
+                if last_good is None
+                else f"the last good checkpoint (iteration {last_good}) in {run_dir} is kept"
+            )
+            if run_dir is not None
+            else "nothing was saved"
+        )
+        raise runs.NonFiniteError(
+            f"stage {spec.index}: {what} at iteration {it}: distillation stopped; {kept} "
+            "(a learning rate or guidance weight too large, or a non-finite teacher?)"
+        )
 
     def checkpoint(step):
         nonlocal last_good
@@ -860,8 +1032,13 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
             except runs.NonFiniteError:
                 stop("non-finite weights (NaN or inf)", step)
         if run_dir is not None:
-            extra = {"target_iters": target_iters, "gate": gate_log, "teacher_passes": ctx.counter[0],
-                     "seed": config.seed, **source.state()}
+            extra = {
+                "target_iters": target_iters,
+                "gate": gate_log,
+                "teacher_passes": ctx.counter[0],
+                "seed": config.seed,
+                **source.state(),
+            }
             _save_stage_checkpoint(run_dir, student, ema, optimizer, step, extra, run_config)
             last_good = step
 
@@ -874,7 +1051,9 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
                 torch.default_generator.manual_seed(s_global)
                 if device.type == "cuda":
                     torch.cuda.manual_seed(s_global)
-                g = torch.Generator(device=device).manual_seed(step_seed(config.seed, spec.index, it, _S_BATCH))
+                g = torch.Generator(device=device).manual_seed(
+                    step_seed(config.seed, spec.index, it, _S_BATCH)
+                )
                 student.train()
                 with _accel.autocast(device, acc):  # bf16 passes; states, targets and loss stay fp32
                     x, k, y, target = source.batch(it, g)
@@ -900,9 +1079,15 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
                 bar.update(1)
                 if it % config.log_every == 0 or it == target_iters:
                     now = time.perf_counter()
-                    rec = {"step": it, "loss": window / window_n, "grad_norm": float(grad_norm), "lr": lr,
-                           "teacher_passes": ctx.counter[0], "elapsed_s": now - t0,
-                           "sec_per_iter": (now - last_t) / max(it - last_step, 1)}
+                    rec = {
+                        "step": it,
+                        "loss": window / window_n,
+                        "grad_norm": float(grad_norm),
+                        "lr": lr,
+                        "teacher_passes": ctx.counter[0],
+                        "elapsed_s": now - t0,
+                        "sec_per_iter": (now - last_t) / max(it - last_step, 1),
+                    }
                     bar.set_postfix(loss=f"{rec['loss']:.4g}")
                     if run_dir is not None:
                         runs.append_jsonl(run_dir / runs.METRICS_FILE, rec)
@@ -928,13 +1113,22 @@ def _train_stage(teacher, handoff, path, spec, config, data, labels, num_classes
         checkpoint(it)
     student.eval()
     return StageResult(
-        spec=spec, student=ema.module.eval(), model=student, teacher=frozen, iters=it,
-        losses=torch.tensor(losses), teacher_passes=ctx.counter[0], gate=gate_log,
-        seconds=time.perf_counter() - t0, run_dir=run_dir, resumed_from=start,
+        spec=spec,
+        student=ema.module.eval(),
+        model=student,
+        teacher=frozen,
+        iters=it,
+        losses=torch.tensor(losses),
+        teacher_passes=ctx.counter[0],
+        gate=gate_log,
+        seconds=time.perf_counter() - t0,
+        run_dir=run_dir,
+        resumed_from=start,
     )
 
 
 # =============================================================================== the ladder
+
 
 @dataclass
 class LadderResult:
@@ -984,23 +1178,58 @@ def _make_gate(config: DistillConfig, dataset: str, path, num_classes: int, devi
 
     def gate(student, teacher: TeacherField, spec: StageSpec) -> dict:
         M = spec.student_steps
-        s = generate(student, path, labels, M, method="euler", w=1.0, num_classes=num_classes, seed=config.gate_seed,
-                     progress=False)
+        s = generate(
+            student,
+            path,
+            labels,
+            M,
+            method="euler",
+            w=1.0,
+            num_classes=num_classes,
+            seed=config.gate_seed,
+            progress=False,
+        )
         if teacher.guided:
-            tg = generate(teacher.model, path, labels, M, method=config.gate_solver, w=teacher.w,
-                          num_classes=num_classes, seed=config.gate_seed, progress=False)
+            tg = generate(
+                teacher.model,
+                path,
+                labels,
+                M,
+                method=config.gate_solver,
+                w=teacher.w,
+                num_classes=num_classes,
+                seed=config.gate_seed,
+                progress=False,
+            )
         else:
-            tg = generate(teacher.model, path, labels, M, method="euler", w=1.0, num_classes=num_classes,
-                          seed=config.gate_seed, progress=False)
+            tg = generate(
+                teacher.model,
+                path,
+                labels,
+                M,
+                method="euler",
+                w=1.0,
+                num_classes=num_classes,
+                seed=config.gate_seed,
+                progress=False,
+            )
         fs, ft = evaluator.score(s.images, s.labels), evaluator.score(tg.images, tg.labels)
-        return {"student_fid": fs.fid, "teacher_fid": ft.fid, "student_accuracy": fs.accuracy,
-                "teacher_accuracy": ft.accuracy, "metric": fs.metric_name, "n": config.gate_n,
-                "pass": bool(fs.fid <= ft.fid * (1 + config.gate_tol))}
+        return {
+            "student_fid": fs.fid,
+            "teacher_fid": ft.fid,
+            "student_accuracy": fs.accuracy,
+            "teacher_accuracy": ft.accuracy,
+            "metric": fs.metric_name,
+            "n": config.gate_n,
+            "pass": bool(fs.fid <= ft.fid * (1 + config.gate_tol)),
+        }
 
     return gate
 
 
-def _stage_config(config: DistillConfig, spec: StageSpec, tinfo: dict, dataset: str, teacher_dir: str) -> dict:
+def _stage_config(
+    config: DistillConfig, spec: StageSpec, tinfo: dict, dataset: str, teacher_dir: str
+) -> dict:
     return {
         "model": tinfo["model"],
         "path": tinfo["path"],
@@ -1060,41 +1289,93 @@ def run_ladder(
         raise ValueError("the teacher's config names no data set: set DistillConfig.dataset")
     if tinfo["distilled"] is not None:
         if int(tinfo["distilled"]["steps"]) != config.ladder[0]:
-            raise ValueError(f"the teacher is a distilled {tinfo['distilled']['steps']}-step model, "
-                             f"but the ladder starts at {config.ladder[0]} steps")
+            raise ValueError(
+                f"the teacher is a distilled {tinfo['distilled']['steps']}-step model, "
+                f"but the ladder starts at {config.ladder[0]} steps"
+            )
     acc = config.accel.resolve(device)
-    config = config.replace(accel=acc)  # recorded as run on this device: a changed arithmetic is a config mismatch
+    config = config.replace(
+        accel=acc
+    )  # recorded as run on this device: a changed arithmetic is a config mismatch
     top = {"distill": config.to_dict(), "teacher": tinfo, "dataset": dataset}
     if (run_dir / runs.CONFIG_FILE).is_file() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a distillation ladder: pass resume=True to continue it, "
-                              "or use another run directory")
+        raise FileExistsError(
+            f"{run_dir} already holds a distillation ladder: pass resume=True to continue it, "
+            "or use another run directory"
+        )
     # everything that can fail on bad input (teacher, data) comes before the first write
     data = load_dataset(dataset, "train", root=data_root, seed=config.data_seed)
     m = tinfo["model"]
     want = (m.get("in_channels"), m.get("image_size"), m.get("image_size"))
     if None not in want and tuple(data.images.shape[1:]) != want:
-        raise ValueError(f"data set {dataset} has images of shape {tuple(data.images.shape[1:])}, the teacher makes {want}")
+        raise ValueError(
+            f"data set {dataset} has images of shape {tuple(data.images.shape[1:])}, the teacher makes {want}"
+        )
     path = loaded.path
     gate_fn = _make_gate(config, dataset, path, num_classes, device) if config.gate else None
     with runs.writer(run_dir):
-        runs.prepare_run_dir(run_dir, top, resume=resume, mutable=MUTABLE_FIELDS + ("teacher.run_dir",), rewrite=True)
-        results, current = _run_stages(config, run_dir, loaded, tinfo, dataset, data, path, num_classes, acc, device,
-                                       progress, callback, gate_fn, teacher_run_dir)
-    return LadderResult(run_dir=run_dir, config=config, stages=results, student=current, path=path,
-                        teacher=loaded, seconds=time.perf_counter() - t_start)
+        runs.prepare_run_dir(
+            run_dir, top, resume=resume, mutable=MUTABLE_FIELDS + ("teacher.run_dir",), rewrite=True
+        )
+        results, current = _run_stages(
+            config,
+            run_dir,
+            loaded,
+            tinfo,
+            dataset,
+            data,
+            path,
+            num_classes,
+            acc,
+            device,
+            progress,
+            callback,
+            gate_fn,
+            teacher_run_dir,
+        )
+    return LadderResult(
+        run_dir=run_dir,
+        config=config,
+        stages=results,
+        student=current,
+        path=path,
+        teacher=loaded,
+        seconds=time.perf_counter() - t_start,
+    )
 
 
-def _run_stages(config, run_dir, loaded, tinfo, dataset, data, path, num_classes, acc, device, progress, callback,
-                gate_fn, teacher_run_dir):
+def _run_stages(
+    config,
+    run_dir,
+    loaded,
+    tinfo,
+    dataset,
+    data,
+    path,
+    num_classes,
+    acc,
+    device,
+    progress,
+    callback,
+    gate_fn,
+    teacher_run_dir,
+):
     current = loaded.model
     results = []
     teacher_dir = _relative(teacher_run_dir, run_dir)
     for spec in config.stages():
         sdir = run_dir / stage_dir_name(spec)
         first_flow = spec.index == 1 and tinfo["distilled"] is None
-        ho = hand_off(current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, accel=acc)
-        tf = TeacherField(ho.teacher, guided=first_flow, w=config.w, num_classes=num_classes,
-                          solver=config.teacher_solver if first_flow else "euler")
+        ho = hand_off(
+            current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, accel=acc
+        )
+        tf = TeacherField(
+            ho.teacher,
+            guided=first_flow,
+            w=config.w,
+            num_classes=num_classes,
+            solver=config.teacher_solver if first_flow else "euler",
+        )
         scfg = _stage_config(config, spec, tinfo, dataset, teacher_dir)
         stage_mutable = MUTABLE_FIELDS + ("distilled.teacher", "distilled.flow_teacher")
         with runs.writer(sdir):
@@ -1106,22 +1387,51 @@ def _run_stages(config, run_dir, loaded, tinfo, dataset, data, path, num_classes
             ckpt.load_into(ho.student, runs.MODEL_FILE)
             ckpt.load_into(ho.ema.module, runs.EMA_FILE)
             try:
-                res = StageResult(spec=spec, student=ho.ema.module.eval(), model=ho.student.eval(), teacher=ho.teacher,
-                                  iters=int(summary["iters"]), losses=torch.zeros(0),
-                                  teacher_passes=int(summary["teacher_passes"]), gate=list(summary["gate"]),
-                                  seconds=0.0, run_dir=sdir, resumed_from=int(summary["iters"]))
+                res = StageResult(
+                    spec=spec,
+                    student=ho.ema.module.eval(),
+                    model=ho.student.eval(),
+                    teacher=ho.teacher,
+                    iters=int(summary["iters"]),
+                    losses=torch.zeros(0),
+                    teacher_passes=int(summary["teacher_passes"]),
+                    gate=list(summary["gate"]),
+                    seconds=0.0,
+                    run_dir=sdir,
+                    resumed_from=int(summary["iters"]),
+                )
             except (KeyError, TypeError, ValueError) as e:
                 raise runs.RunDirError(f"{done}: not a stage result ({e})") from None
         else:
-            res = train_stage(tf, ho, path, spec, config, data.images, data.labels, num_classes, device=device,
-                              run_dir=sdir, resume=True, progress=progress, callback=callback, gate_fn=gate_fn,
-                              run_config=scfg)
+            res = train_stage(
+                tf,
+                ho,
+                path,
+                spec,
+                config,
+                data.images,
+                data.labels,
+                num_classes,
+                device=device,
+                run_dir=sdir,
+                resume=True,
+                progress=progress,
+                callback=callback,
+                gate_fn=gate_fn,
+                run_config=scfg,
+            )
             prev = runs.read_jsonl(sdir / runs.METRICS_FILE)
             losses = [r["loss"] for r in prev if "loss" in r]
-            runs.atomic_write_json(done, {
-                "iters": res.iters, "teacher_passes": res.teacher_passes, "gate": res.gate,
-                "final_loss": losses[-1] if losses else None, "stage": spec.to_dict(),
-            })
+            runs.atomic_write_json(
+                done,
+                {
+                    "iters": res.iters,
+                    "teacher_passes": res.teacher_passes,
+                    "gate": res.gate,
+                    "final_loss": losses[-1] if losses else None,
+                    "stage": spec.to_dict(),
+                },
+            )
         results.append(res)
         current = res.student
         teacher_dir = _relative(sdir, run_dir)

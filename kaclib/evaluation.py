@@ -59,6 +59,7 @@ __all__ = [
 
 # =============================================================================== generation
 
+
 @dataclass
 class Generated:
     """Output of :func:`generate`.
@@ -93,10 +94,17 @@ class Generated:
     def summary(self) -> dict:
         """The scalar fields (JSON-ready)."""
         return {
-            "n": int(self.images.shape[0]), "steps": self.steps, "method": self.method, "w": self.w,
-            "seed": self.seed, "nfe": self.nfe, "network_passes": self.network_passes,
-            "seconds": self.seconds, "seconds_per_image": self.seconds_per_image,
-            "latent_seconds": self.latent_seconds, "end_to_end_seconds_per_image": self.end_to_end_seconds_per_image,
+            "n": int(self.images.shape[0]),
+            "steps": self.steps,
+            "method": self.method,
+            "w": self.w,
+            "seed": self.seed,
+            "nfe": self.nfe,
+            "network_passes": self.network_passes,
+            "seconds": self.seconds,
+            "seconds_per_image": self.seconds_per_image,
+            "latent_seconds": self.latent_seconds,
+            "end_to_end_seconds_per_image": self.end_to_end_seconds_per_image,
         }
 
 
@@ -209,7 +217,9 @@ def generate(
     else:
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.shape[0] < 1 or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"labels must be a non-empty 1-D integer tensor, got shape {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must be a non-empty 1-D integer tensor, got shape {tuple(labels.shape)}"
+            )
         labels = labels.long().cpu()
         if num_classes > 0 and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
@@ -247,8 +257,16 @@ def generate(
                     torch.cuda.synchronize(device)
                 t0 = time.perf_counter()
                 with tf32_policy(device, acc):
-                    res = sample(velocity, x_T, steps, method, T=float(path.T), y=y,
-                                 return_trajectory=return_trajectory, accel=acc)
+                    res = sample(
+                        velocity,
+                        x_T,
+                        steps,
+                        method,
+                        T=float(path.T),
+                        y=y,
+                        return_trajectory=return_trajectory,
+                        accel=acc,
+                    )
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 solve_s += time.perf_counter() - t0
@@ -260,14 +278,23 @@ def generate(
     finally:
         model.train(was_training)
     return Generated(
-        images=torch.cat(images), labels=labels if conditional else None, steps=steps, nfe=nfe, network_passes=passes,
-        seconds=solve_s, seconds_per_image=solve_s / n, method=method,
-        w=(w if conditional else None), seed=seed, latent_seconds=latent_s,
+        images=torch.cat(images),
+        labels=labels if conditional else None,
+        steps=steps,
+        nfe=nfe,
+        network_passes=passes,
+        seconds=solve_s,
+        seconds_per_image=solve_s / n,
+        method=method,
+        w=(w if conditional else None),
+        seed=seed,
+        latent_seconds=latent_s,
         trajectory=torch.cat(trajs, dim=1) if return_trajectory else None,
     )
 
 
 # =============================================================================== scoring
+
 
 class Evaluator:
     """A data set's scoring kit, built once, on the held-out protocol of :mod:`kaclib.data`.
@@ -283,7 +310,9 @@ class Evaluator:
     :func:`kaclib.data.load_dataset` and :func:`kaclib.metrics.get_feature_net`.
     """
 
-    def __init__(self, dataset: str, device="cpu", root=None, cache_dir=None, seed: int = 0, batch_size: int = 500):
+    def __init__(
+        self, dataset: str, device="cpu", root=None, cache_dir=None, seed: int = 0, batch_size: int = 500
+    ):
         from .data import DATASETS, load_dataset
         from .metrics import get_feature_net, metric_name
         from .sample_quality import QualityReference
@@ -302,8 +331,15 @@ class Evaluator:
         self.train = load_dataset(dataset, "train", root=root)
         self.n_ref = ref.images.shape[0]
         self.image_shape = tuple(ref.image_shape)
-        self.reference = QualityReference(ref.images, self.feature_net, self.metric_name, self.train.images,
-                                          self.test.images, batch_size=batch_size, device=self.device)
+        self.reference = QualityReference(
+            ref.images,
+            self.feature_net,
+            self.metric_name,
+            self.train.images,
+            self.test.images,
+            batch_size=batch_size,
+            device=self.device,
+        )
         self._floors: dict = {}
 
     @property
@@ -320,8 +356,9 @@ class Evaluator:
 
         acc = None
         if labels is not None and isinstance(images, torch.Tensor) and images.ndim == 4:
-            acc = class_accuracy(sanitise(images)[0].to(self.device), torch.as_tensor(labels).to(self.device),
-                                 self.feature_net)
+            acc = class_accuracy(
+                sanitise(images)[0].to(self.device), torch.as_tensor(labels).to(self.device), self.feature_net
+            )
         return self.reference.score(images, accuracy=acc)
 
     def floor(self, n: int | None = None, seed: int = 0):
@@ -332,7 +369,9 @@ class Evaluator:
 
         n = self.max_n if n is None else _check_int("n", n, 4)
         if n > self.max_n:
-            raise ValueError(f"n = {n} exceeds the {self.max_n} class-balanced unseen real images of {self.dataset}")
+            raise ValueError(
+                f"n = {n} exceeds the {self.max_n} class-balanced unseen real images of {self.dataset}"
+            )
         key = (n, seed)
         if key not in self._floors:
             real = balanced_subset(self.test, n, seed=seed)
@@ -341,6 +380,7 @@ class Evaluator:
 
 
 # =============================================================================== runs
+
 
 def resolve_model(run, device="cpu"):
     """``(model, path, config)`` from a run directory, a :class:`~kaclib.train.LoadedRun`, a
@@ -356,8 +396,10 @@ def resolve_model(run, device="cpu"):
         return run.ema, run.path, run.config
     if isinstance(run, tuple) and len(run) == 2:
         return run[0], run[1], None
-    raise ValueError("run must be a run directory, a LoadedRun, a TrainResult or a (model, path) pair, "
-                     f"got {type(run).__name__}")
+    raise ValueError(
+        "run must be a run directory, a LoadedRun, a TrainResult or a (model, path) pair, "
+        f"got {type(run).__name__}"
+    )
 
 
 def evaluate_run(
@@ -389,13 +431,24 @@ def evaluate_run(
     if n is None:
         n = evaluator.max_n
     _check_int("n", n, 4)
-    gen = generate(model, path, n, steps, method=method, w=w, seed=seed, batch_size=batch_size,
-                   device=device, progress=progress)
+    gen = generate(
+        model,
+        path,
+        n,
+        steps,
+        method=method,
+        w=w,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
     scores = evaluator.score(gen.images, gen.labels)
     return {**scores.to_dict(), **gen.summary()}
 
 
 # =============================================================================== teachers
+
 
 def teacher_config(profile=None, path="kac", seed: int | None = None, **changes):
     """The :class:`~kaclib.train.TrainConfig` of a profile's teacher.
@@ -412,8 +465,14 @@ def teacher_config(profile=None, path="kac", seed: int | None = None, **changes)
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     if path == "kac":
-        path_cfg = {"kind": "kac", "a": float(prof.kac_a), "c": float(prof.kac_c), "f": prof.kac_f,
-                    "g": prof.kac_g, "T": 1.0}
+        path_cfg = {
+            "kind": "kac",
+            "a": float(prof.kac_a),
+            "c": float(prof.kac_c),
+            "f": prof.kac_f,
+            "g": prof.kac_g,
+            "T": 1.0,
+        }
         head = prof.head
     elif path == "gaussian":
         path_cfg, head = {"kind": "gaussian"}, "free"
@@ -423,8 +482,13 @@ def teacher_config(profile=None, path="kac", seed: int | None = None, **changes)
     else:
         raise ValueError(f"path must be 'kac', 'gaussian' or a path config dict with a 'kind', got {path!r}")
     cfg = TrainConfig(
-        dataset=prof.dataset, model={"preset": prof.model_preset, "head": head}, path=path_cfg,
-        p_uncond=prof.p_uncond, batch_size=prof.batch_size, steps=prof.train_steps, ema_decay=prof.ema_decay,
+        dataset=prof.dataset,
+        model={"preset": prof.model_preset, "head": head},
+        path=path_cfg,
+        p_uncond=prof.p_uncond,
+        batch_size=prof.batch_size,
+        steps=prof.train_steps,
+        ema_decay=prof.ema_decay,
         seed=prof.seeds[0] if seed is None else seed,
     )
     return cfg.replace(**changes) if changes else cfg

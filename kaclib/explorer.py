@@ -85,7 +85,9 @@ class PointSet:
             if y.shape != (x.shape[0],) or y.is_floating_point() or (y < 0).any():
                 raise ValueError(f"labels must be {x.shape[0]} integers >= 0, got {self.labels!r}")
             if torch.unique(y).numel() != int(y.max()) + 1:
-                raise ValueError(f"labels must use every class 0 .. K-1 (each needs a point), got {y.tolist()}")
+                raise ValueError(
+                    f"labels must use every class 0 .. K-1 (each needs a point), got {y.tolist()}"
+                )
             object.__setattr__(self, "labels", y.long())
 
     @property
@@ -109,6 +111,7 @@ def explorer_path(c: float, xi: float, g: str = "t", f: str = "linear", T: float
 
 
 # =============================================================================== the exact field
+
 
 @dataclass(frozen=True)
 class _Terms:
@@ -147,7 +150,9 @@ def _posterior(terms: _Terms, mask: torch.Tensor | None = None):
     allowed = torch.ones_like(terms.factor, dtype=torch.bool) if mask is None else mask
     valid = ~terms.out.any(-1) & allowed
     k = torch.where(valid, terms.on.sum(-1), torch.full_like(terms.factor, -1, dtype=torch.long))
-    w = torch.where(valid & (k == k.max(1, keepdim=True).values), terms.factor, torch.zeros_like(terms.factor))
+    w = torch.where(
+        valid & (k == k.max(1, keepdim=True).values), terms.factor, torch.zeros_like(terms.factor)
+    )
     lost = ~(w.sum(1) > 0)
     if bool(lost.any()):  # outside every support: the nearest admissible boxes
         excess = torch.where(allowed, terms.excess, torch.full_like(terms.excess, math.inf))
@@ -160,8 +165,14 @@ def _average(terms: _Terms, w: torch.Tensor) -> torch.Tensor:
     return (w[..., None] * terms.u).sum(1) / w.sum(1, keepdim=True)
 
 
-def marginal_velocity(path: KacPath, points: PointSet, x: torch.Tensor, t: float,
-                      mask: torch.Tensor | None = None, return_lost: bool = False):
+def marginal_velocity(
+    path: KacPath,
+    points: PointSet,
+    x: torch.Tensor,
+    t: float,
+    mask: torch.Tensor | None = None,
+    return_lost: bool = False,
+):
     """The exact marginal velocity ``u(x, t)`` of the point set at states ``x`` ``(m, 2)``.
 
     Parameters
@@ -189,8 +200,15 @@ def marginal_velocity(path: KacPath, points: PointSet, x: torch.Tensor, t: float
     return (field, lost) if return_lost else field
 
 
-def guided_velocity(path: KacPath, points: PointSet, x: torch.Tensor, t: float, w: float = 0.0,
-                    y: torch.Tensor | None = None, return_lost: bool = False):
+def guided_velocity(
+    path: KacPath,
+    points: PointSet,
+    x: torch.Tensor,
+    t: float,
+    w: float = 0.0,
+    y: torch.Tensor | None = None,
+    return_lost: bool = False,
+):
     """``v_w = v_u + w (v_c - v_u)``: ``v_u`` the field of all points, ``v_c`` that of the points of
     class ``y[j]`` for state ``j`` (``y`` ``(m,)``; needed unless ``w = 0``).  The densities and
     conditional targets are computed once for both fields."""
@@ -212,8 +230,14 @@ def guided_velocity(path: KacPath, points: PointSet, x: torch.Tensor, t: float, 
     return (v, lost) if return_lost else v
 
 
-def euler_trajectories(path: KacPath, points: PointSet, latents: torch.Tensor, steps: int, w: float = 0.0,
-                       y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def euler_trajectories(
+    path: KacPath,
+    points: PointSet,
+    latents: torch.Tensor,
+    steps: int,
+    w: float = 0.0,
+    y: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Euler from ``t = T`` to 0 on ``steps`` uniform steps, ``x <- x - h v_w(x, t)``.
 
     Returns ``(trajectory (steps + 1, m, 2), times (steps + 1,), outside_fraction)``: the states
@@ -236,6 +260,7 @@ def euler_trajectories(path: KacPath, points: PointSet, latents: torch.Tensor, s
 
 
 # =============================================================================== one exploration
+
 
 @dataclass(frozen=True)
 class ExplorerResult:
@@ -271,16 +296,28 @@ def _classes(points: PointSet, n: int) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _fine_end_cached(c, xi, g, f, T, w, n, seed, fine_steps, pts: tuple, labels: tuple | None) -> torch.Tensor:
+def _fine_end_cached(
+    c, xi, g, f, T, w, n, seed, fine_steps, pts: tuple, labels: tuple | None
+) -> torch.Tensor:
     points = PointSet(torch.tensor(pts, dtype=F64), None if labels is None else torch.tensor(labels))
     path = explorer_path(c, xi, g, f, T)
     traj, _, _ = euler_trajectories(path, points, _latents(path, n, seed), fine_steps, w, _classes(points, n))
     return traj[-1]
 
 
-def explore(c: float = 2.0, xi: float = 8.0, g: str = "t", steps: int = 4, w: float = 0.0,
-            points: PointSet | None = None, n: int = 200, seed: int = 0, fine_steps: int = 256,
-            f: str = "linear", T: float = 1.0) -> ExplorerResult:
+def explore(
+    c: float = 2.0,
+    xi: float = 8.0,
+    g: str = "t",
+    steps: int = 4,
+    w: float = 0.0,
+    points: PointSet | None = None,
+    n: int = 200,
+    seed: int = 0,
+    fine_steps: int = 256,
+    f: str = "linear",
+    T: float = 1.0,
+) -> ExplorerResult:
     """Integrate the exact (guided) field of ``points`` from ``n`` Kac latents with ``steps`` Euler
     steps, and the same latents with ``fine_steps`` steps (cached per parameter set, so moving only
     the steps slider costs the few-step run alone).  Plain function: the live sliders call it."""
@@ -292,13 +329,43 @@ def explore(c: float = 2.0, xi: float = 8.0, g: str = "t", steps: int = 4, w: fl
         raise ValueError("guidance (w != 0) needs labelled points")
     traj, times, outside = euler_trajectories(path, points, _latents(path, n, seed), steps, w, classes)
     labels = None if points.labels is None else tuple(points.labels.tolist())
-    fine = _fine_end_cached(float(c), float(xi), g, f, float(T), w, int(n), int(seed), int(fine_steps),
-                            tuple(map(tuple, points.x.tolist())), labels).clone()
+    fine = _fine_end_cached(
+        float(c),
+        float(xi),
+        g,
+        f,
+        float(T),
+        w,
+        int(n),
+        int(seed),
+        int(fine_steps),
+        tuple(map(tuple, points.x.tolist())),
+        labels,
+    ).clone()
     err = float(torch.linalg.vector_norm(traj[-1] - fine, dim=1).mean())
-    config = {"c": float(c), "xi": float(xi), "a": float(xi) / 2, "g": g, "f": f, "T": float(T), "steps": int(steps),
-              "w": w, "n": int(n), "seed": int(seed), "fine_steps": int(fine_steps)}
-    return ExplorerResult(trajectory=traj, times=times, fine_end=fine, few_step_error=err, outside_fraction=outside,
-                          classes=classes, points=points, config=config)
+    config = {
+        "c": float(c),
+        "xi": float(xi),
+        "a": float(xi) / 2,
+        "g": g,
+        "f": f,
+        "T": float(T),
+        "steps": int(steps),
+        "w": w,
+        "n": int(n),
+        "seed": int(seed),
+        "fine_steps": int(fine_steps),
+    }
+    return ExplorerResult(
+        trajectory=traj,
+        times=times,
+        fine_end=fine,
+        few_step_error=err,
+        outside_fraction=outside,
+        classes=classes,
+        points=points,
+        config=config,
+    )
 
 
 @dataclass(frozen=True)
@@ -314,8 +381,17 @@ class FewStepErrors:
     config: dict
 
 
-def few_step_errors(cs=(1.0, 2.0, 3.0), xis=(2.0, 8.0, 32.0), steps=(1, 2, 4, 8), g: str = "t", w: float = 0.0,
-                    points: PointSet | None = None, n: int = 150, seed: int = 0, fine_steps: int = 256) -> FewStepErrors:
+def few_step_errors(
+    cs=(1.0, 2.0, 3.0),
+    xis=(2.0, 8.0, 32.0),
+    steps=(1, 2, 4, 8),
+    g: str = "t",
+    w: float = 0.0,
+    points: PointSet | None = None,
+    n: int = 150,
+    seed: int = 0,
+    fine_steps: int = 256,
+) -> FewStepErrors:
     """:func:`explore`'s few-step error for every ``(c, xi, steps)`` of a grid (one fine run per
     ``(c, xi)``, shared by the step counts)."""
     errors = torch.zeros(len(cs), len(xis), len(steps), dtype=F64)
@@ -326,7 +402,9 @@ def few_step_errors(cs=(1.0, 2.0, 3.0), xis=(2.0, 8.0, 32.0), steps=(1, 2, 4, 8)
                 r = explore(c, xi, g, int(S), w, points, n, seed, fine_steps)
                 errors[i, j, k], outside[i, j, k] = r.few_step_error, r.outside_fraction
     config = {"g": g, "w": float(w), "n": int(n), "seed": int(seed), "fine_steps": int(fine_steps)}
-    return FewStepErrors(tuple(map(float, cs)), tuple(map(float, xis)), tuple(map(int, steps)), errors, outside, config)
+    return FewStepErrors(
+        tuple(map(float, cs)), tuple(map(float, xis)), tuple(map(int, steps)), errors, outside, config
+    )
 
 
 # =============================================================================== figures
@@ -341,7 +419,9 @@ def _lines(traj: torch.Tensor, k: int):
     tr = traj[:, :k].double().numpy()  # (S + 1, k, 2)
     pad = np.full((1, tr.shape[1], 2), np.nan)
     seq = np.concatenate([tr, pad], 0).transpose(1, 0, 2).reshape(-1, 2)
-    return [None if np.isnan(v) else float(v) for v in seq[:, 0]], [None if np.isnan(v) else float(v) for v in seq[:, 1]]
+    return [None if np.isnan(v) else float(v) for v in seq[:, 0]], [
+        None if np.isnan(v) else float(v) for v in seq[:, 1]
+    ]
 
 
 def explorer_traces(result: ExplorerResult, n_lines: int = 60) -> list:
@@ -354,12 +434,28 @@ def explorer_traces(result: ExplorerResult, n_lines: int = 60) -> list:
     end, fine = result.end, result.fine_end
     color = "#1f5fa8" if result.classes is None else [_CLASS_COLORS[int(k) % 5] for k in result.classes]
     return [
-        go.Scatter(x=lx, y=ly, mode="lines", line={"color": "rgba(31,95,168,0.35)", "width": 1}, name="trajectories",
-                   hoverinfo="skip"),
-        go.Scatter(x=_f32(fine[:, 0]), y=_f32(fine[:, 1]), mode="markers", name=f"{result.config['fine_steps']} steps",
-                   marker={"size": 5, "color": "rgba(0,0,0,0)", "line": {"color": COLORS["exact"], "width": 1}}),
-        go.Scatter(x=_f32(end[:, 0]), y=_f32(end[:, 1]), mode="markers", name=f"{result.config['steps']} Euler steps",
-                   marker={"size": 5, "color": color, "opacity": 0.8}),
+        go.Scatter(
+            x=lx,
+            y=ly,
+            mode="lines",
+            line={"color": "rgba(31,95,168,0.35)", "width": 1},
+            name="trajectories",
+            hoverinfo="skip",
+        ),
+        go.Scatter(
+            x=_f32(fine[:, 0]),
+            y=_f32(fine[:, 1]),
+            mode="markers",
+            name=f"{result.config['fine_steps']} steps",
+            marker={"size": 5, "color": "rgba(0,0,0,0)", "line": {"color": COLORS["exact"], "width": 1}},
+        ),
+        go.Scatter(
+            x=_f32(end[:, 0]),
+            y=_f32(end[:, 1]),
+            mode="markers",
+            name=f"{result.config['steps']} Euler steps",
+            marker={"size": 5, "color": color, "opacity": 0.8},
+        ),
     ]
 
 
@@ -369,19 +465,35 @@ def _data_trace(points: PointSet):
     from .plots import _f32
 
     color = "#111111" if points.labels is None else [_CLASS_COLORS[int(k) % 5] for k in points.labels]
-    return go.Scatter(x=_f32(points.x[:, 0]), y=_f32(points.x[:, 1]), mode="markers", name="data points",
-                      marker={"size": 13, "symbol": "star", "color": color, "line": {"color": "#111", "width": 1}})
+    return go.Scatter(
+        x=_f32(points.x[:, 0]),
+        y=_f32(points.x[:, 1]),
+        mode="markers",
+        name="data points",
+        marker={"size": 13, "symbol": "star", "color": color, "line": {"color": "#111", "width": 1}},
+    )
 
 
 def _title(r: ExplorerResult) -> str:
     cf = r.config
-    return (f"c = {cf['c']:g}, xi = {cf['xi']:g}, g = {cf['g']}, w = {cf['w']:g}: {cf['steps']} Euler "
-            f"step{'s' if cf['steps'] > 1 else ''}, few-step error {r.few_step_error:.3f}")
+    return (
+        f"c = {cf['c']:g}, xi = {cf['xi']:g}, g = {cf['g']}, w = {cf['w']:g}: {cf['steps']} Euler "
+        f"step{'s' if cf['steps'] > 1 else ''}, few-step error {r.few_step_error:.3f}"
+    )
 
 
-def explorer_figure(c: float = 2.0, xi: float = 8.0, g: str = "t", steps: int = 4, w: float = 0.0,
-                    points: PointSet | None = None, n: int = 200, seed: int = 0, fine_steps: int = 256,
-                    n_lines: int = 60):
+def explorer_figure(
+    c: float = 2.0,
+    xi: float = 8.0,
+    g: str = "t",
+    steps: int = 4,
+    w: float = 0.0,
+    points: PointSet | None = None,
+    n: int = 200,
+    seed: int = 0,
+    fine_steps: int = 256,
+    n_lines: int = 60,
+):
     """Trajectories, end points (coloured by class) and the fine solution's end points from the same
     latents, with the data points: the live sliders' callback (``explore`` + ``explorer_traces``)."""
     import plotly.graph_objects as go
@@ -401,9 +513,19 @@ def _axis_limit(c: float, T: float = 1.0) -> float:
     return max(1.2, 1.05 * float(c) * T)
 
 
-def explorer_slider_figure(cs=(1.0, 2.0, 3.0), xis=(2.0, 8.0, 32.0), steps=(1, 2, 4, 8), g: str = "t",
-                           w: float = 0.0, points: PointSet | None = None, n: int = 150, seed: int = 0,
-                           fine_steps: int = 256, n_lines: int = 40, active=None):
+def explorer_slider_figure(
+    cs=(1.0, 2.0, 3.0),
+    xis=(2.0, 8.0, 32.0),
+    steps=(1, 2, 4, 8),
+    g: str = "t",
+    w: float = 0.0,
+    points: PointSet | None = None,
+    n: int = 150,
+    seed: int = 0,
+    fine_steps: int = 256,
+    n_lines: int = 40,
+    active=None,
+):
     """Static sliders over a precomputed grid: slider 1 over the ``(c, xi)`` pairs, slider 2 over the
     number of Euler steps (:func:`kaclib.plots.two_slider_figure`).  The data points are static."""
     from .plots import style, two_slider_figure
@@ -419,9 +541,18 @@ def explorer_slider_figure(cs=(1.0, 2.0, 3.0), xis=(2.0, 8.0, 32.0), steps=(1, 2
             titles.append(_title(r))
             layouts.append({"xaxis.range": [-lim, lim], "yaxis.range": [-lim, lim]})
     a1, a2 = active if active is not None else (len(pairs) // 2, min(1, len(steps) - 1))
-    fig = two_slider_figure(cells, (len(pairs), len(steps)), [f"c = {c:g}, xi = {x:g}" for c, x in pairs],
-                            [str(int(S)) for S in steps], "", "Euler steps: ", titles, static_traces=[_data_trace(pts)],
-                            active=(a1, a2), cell_layouts=layouts)
+    fig = two_slider_figure(
+        cells,
+        (len(pairs), len(steps)),
+        [f"c = {c:g}, xi = {x:g}" for c, x in pairs],
+        [str(int(S)) for S in steps],
+        "",
+        "Euler steps: ",
+        titles,
+        static_traces=[_data_trace(pts)],
+        active=(a1, a2),
+        cell_layouts=layouts,
+    )
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     fig = style(fig, titles[a1 * len(steps) + a2], "x1", "x2", height=560)
     return fig
@@ -437,12 +568,21 @@ def few_step_error_figure(res: FewStepErrors):
     for i, c in enumerate(res.cs):
         for j, xi in enumerate(res.xis):
             line = {"color": _CLASS_COLORS[i % 5], "dash": ["solid", "dash", "dot"][j % 3]}
-            fig.add_trace(go.Scatter(x=list(res.steps), y=res.errors[i, j].tolist(), mode="lines+markers",
-                                     name=f"c = {c:g}, xi = {xi:g}", line=line))
+            fig.add_trace(
+                go.Scatter(
+                    x=list(res.steps),
+                    y=res.errors[i, j].tolist(),
+                    mode="lines+markers",
+                    name=f"c = {c:g}, xi = {xi:g}",
+                    line=line,
+                )
+            )
     fig.update_xaxes(type="log", tickvals=list(res.steps))
     fig.update_yaxes(type="log")
-    title = (f"Few-step error: mean distance to the {res.config['fine_steps']}-step end points "
-             f"(g = {res.config['g']}, w = {res.config['w']:g})")
+    title = (
+        f"Few-step error: mean distance to the {res.config['fine_steps']}-step end points "
+        f"(g = {res.config['g']}, w = {res.config['w']:g})"
+    )
     return style(fig, title, "Euler steps", "few-step error", height=480, legend="bottom")
 
 
@@ -454,6 +594,11 @@ def explorer_widget(points: PointSet | None = None, n: int = 200, seed: int = 0,
     def callback(c, xi, g, steps, w):
         return explorer_figure(c, xi, g, steps, w, points=points, n=n, seed=seed, fine_steps=fine_steps)
 
-    return live.slider_widget(callback, c=live.Range(0.5, 4.0, 0.25, 2.0), xi=live.Range(0.5, 64.0, 0.05, 8.0, log=True),
-                              g=live.Choice(("t", "t2"), "t"), steps=live.Range(1, 8, 1, 4),
-                              w=live.Range(0.0, 3.0, 0.25, 0.0))
+    return live.slider_widget(
+        callback,
+        c=live.Range(0.5, 4.0, 0.25, 2.0),
+        xi=live.Range(0.5, 64.0, 0.05, 8.0, log=True),
+        g=live.Choice(("t", "t2"), "t"),
+        steps=live.Range(1, 8, 1, 4),
+        w=live.Range(0.0, 3.0, 0.25, 0.0),
+    )

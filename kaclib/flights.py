@@ -154,7 +154,11 @@ class RandomFlight:
         """
         s = _times(s)
         n, dt, dev = s.shape[0], s.dtype, s.device
-        N = poisson(self.a * s, generator=generator).long() if self.a > 0 else torch.zeros(n, dtype=torch.long, device=dev)
+        N = (
+            poisson(self.a * s, generator=generator).long()
+            if self.a > 0
+            else torch.zeros(n, dtype=torch.long, device=dev)
+        )
         m = int(N.max()) if n else 0
         u = torch.rand((n, m), generator=generator, dtype=dt, device=dev) * s[:, None]
         k = torch.arange(m, device=dev)
@@ -208,6 +212,7 @@ class RandomFlight:
 
 # =============================================================================== E[V | X]
 
+
 @dataclass(frozen=True)
 class VelocityRegression:
     """Binned regression of ``V_s`` on ``X_s`` for a 1D flight.
@@ -229,9 +234,15 @@ class VelocityRegression:
     n_atoms: int
 
 
-def flight_velocity_regression(process: RandomFlight, s: float, n: int = 200_000, bins: int = 24,
-                               generator: torch.Generator | None = None, min_count: int = 200,
-                               field: KacProcess | None = None) -> VelocityRegression:
+def flight_velocity_regression(
+    process: RandomFlight,
+    s: float,
+    n: int = 200_000,
+    bins: int = 24,
+    generator: torch.Generator | None = None,
+    min_count: int = 200,
+    field: KacProcess | None = None,
+) -> VelocityRegression:
     """Check ``E[V_s | X_s = x] = v(x, s)``, the probability-flow velocity, on the 1D flight.
 
     Draws ``n`` exact ``(X_s, V_s)``, bins the interior draws ``|X| < c s`` on ``bins`` equal bins,
@@ -262,12 +273,20 @@ def flight_velocity_regression(process: RandomFlight, s: float, n: int = 200_000
     var_r = (sum_r2[keep] / cnt - mean_r**2) * cnt / (cnt - 1)
     se = torch.sqrt(var_r / cnt)
     mean_v = sum_v[keep] / cnt
-    return VelocityRegression(centres=((edges[:-1] + edges[1:]) / 2)[keep], counts=cnt, mean_v=mean_v,
-                              mean_field=mean_v - mean_r, se=se, z=mean_r / se, atoms_exact=atoms_exact,
-                              n_atoms=int(on_front.sum()))
+    return VelocityRegression(
+        centres=((edges[:-1] + edges[1:]) / 2)[keep],
+        counts=cnt,
+        mean_v=mean_v,
+        mean_field=mean_v - mean_r,
+        se=se,
+        z=mean_r / se,
+        atoms_exact=atoms_exact,
+        n_atoms=int(on_front.sum()),
+    )
 
 
 # =============================================================================== telegrapher residual
+
 
 @dataclass(frozen=True)
 class TelegraphResidual:
@@ -334,12 +353,22 @@ def telegraph_residual_2d(a: float, c: float, s: float, grid=15, h: float | None
     A = torch.stack([u_s, -lap], 1)  # u_ss + alpha u_s - beta lap = 0
     sol = torch.linalg.lstsq(A, -u_ss[:, None]).solution[:, 0]
     alpha, beta = float(sol[0]), float(sol[1])
-    fit_rel = (u_ss + alpha * u_s - beta * lap).abs() / (u_ss.abs() + abs(alpha) * u_s.abs() + abs(beta) * lap.abs())
-    return TelegraphResidual(points=pts, rel_half=rel_half, rel_full=rel_full, max_rel_half=float(rel_half.max()),
-                             max_rel_full=float(rel_full.max()), fit=(alpha, beta), fit_rel=float(fit_rel.max()))
+    fit_rel = (u_ss + alpha * u_s - beta * lap).abs() / (
+        u_ss.abs() + abs(alpha) * u_s.abs() + abs(beta) * lap.abs()
+    )
+    return TelegraphResidual(
+        points=pts,
+        rel_half=rel_half,
+        rel_full=rel_full,
+        max_rel_half=float(rel_half.max()),
+        max_rel_full=float(rel_full.max()),
+        fit=(alpha, beta),
+        fit_rel=float(fit_rel.max()),
+    )
 
 
 # =============================================================================== the generative path
+
 
 class RandomFlightPath(_Schedule):
     """Flow-matching path ``x_t = f(t) x0 + X_{g(t)}`` with a random flight in ``R^d``,
@@ -373,7 +402,9 @@ class RandomFlightPath(_Schedule):
         """``x_t``, the target ``f' x0 + g' V_{g(t)}`` and the noise ``X_{g(t)}`` for a batch ``x0``
         of shape ``(B, ...)`` and times ``t`` (a scalar or ``(B,)``)."""
         if x0.ndim < 2:
-            raise ValueError(f"x0 must have shape (B, ...) with at least one coordinate, got {tuple(x0.shape)}")
+            raise ValueError(
+                f"x0 must have shape (B, ...) with at least one coordinate, got {tuple(x0.shape)}"
+            )
         tt = _expand_t(t, x0)
         _check_time_range(tt, self.T)
         B, d = x0.shape[0], x0[0].numel()
@@ -385,14 +416,20 @@ class RandomFlightPath(_Schedule):
         times = torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1])
         return PathSample(x_t=x_t, target=target, t=times, x0=x0, noise=noise)
 
-    def sample_latent(self, shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
+    def sample_latent(
+        self, shape, generator: torch.Generator | None = None, device=None, dtype=None
+    ) -> torch.Tensor:
         """``X_{g(T)}`` for ``shape = (n, ...)``: one flight in ``R^d``, ``d = prod(shape[1:])``, per row."""
         shape = tuple(int(v) for v in shape)
         if len(shape) < 2:
             raise ValueError(f"shape must be (n, ...) with at least one coordinate, got {shape}")
         d = math.prod(shape[1:])
-        s = torch.full((shape[0],), float(self.g(torch.tensor(self.T))), dtype=dtype or torch.get_default_dtype(),
-                       device=device)
+        s = torch.full(
+            (shape[0],),
+            float(self.g(torch.tensor(self.T))),
+            dtype=dtype or torch.get_default_dtype(),
+            device=device,
+        )
         return self.flight(d).sample(s, generator=generator)[0].reshape(shape)
 
     def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:

@@ -41,8 +41,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KacProcess", "check_finite_param", "poisson", "poisson_table_inversion", "poisson_walk_inversion",
-           "standard_gamma"]
+__all__ = [
+    "KacProcess",
+    "check_finite_param",
+    "poisson",
+    "poisson_table_inversion",
+    "poisson_walk_inversion",
+    "standard_gamma",
+]
 
 
 def check_finite_param(name: str, value: float, *, positive: bool = False, nonneg: bool = False) -> float:
@@ -124,7 +130,9 @@ class KacProcess:
         dtype = torch.promote_types(x.dtype, s.dtype)
         x, s = x.to(dtype), s.to(dtype)
         _check_times(s)
-        if x.numel() and bool(torch.isnan(x.sum())) and bool(torch.isnan(x).any()):  # one pass unless NaN or +-inf
+        if (
+            x.numel() and bool(torch.isnan(x.sum())) and bool(torch.isnan(x).any())
+        ):  # one pass unless NaN or +-inf
             raise ValueError("x must not contain NaN")
         return x, s
 
@@ -139,7 +147,9 @@ class KacProcess:
         z = a * r / c
         # z - a s = a (r - c s)/c = -a x^2 / (c (r + c s))
         denom = c * (r + front)
-        log_w = torch.where(inside, -a * x * x / torch.where(inside, denom, torch.ones_like(denom)), torch.zeros_like(x))
+        log_w = torch.where(
+            inside, -a * x * x / torch.where(inside, denom, torch.ones_like(denom)), torch.zeros_like(x)
+        )
         return inside, r, z, log_w
 
     def var(self, s) -> torch.Tensor:
@@ -257,7 +267,9 @@ class KacProcess:
         """
         u = torch.as_tensor(u)
         if not u.is_floating_point() or u.ndim < 1 or u.shape[0] != 4:
-            raise ValueError(f"u must be a floating (4, *shape) tensor of uniforms, got shape {tuple(u.shape)}")
+            raise ValueError(
+                f"u must be a floating (4, *shape) tensor of uniforms, got shape {tuple(u.shape)}"
+            )
         dtype = dtype or u.dtype
         s = _as_tensor(s, torch.empty(0, dtype=dtype)).to(device=u.device)
         _check_times(s)
@@ -265,7 +277,9 @@ class KacProcess:
             try:
                 s = s.expand(u.shape[1:]).contiguous()
             except RuntimeError:
-                raise ValueError(f"s of shape {tuple(s.shape)} does not broadcast to u's {tuple(u.shape[1:])}") from None
+                raise ValueError(
+                    f"s of shape {tuple(s.shape)} does not broadcast to u's {tuple(u.shape[1:])}"
+                ) from None
         return self._from_uniforms(s.to(dtype), u, dtype, None)
 
     def _from_uniforms(self, s: torch.Tensor, u: torch.Tensor, dtype, generator) -> torch.Tensor:
@@ -367,7 +381,10 @@ class _CdfTable:
         W = int(torch.ceil((lam + TABLE_SIGMAS * sd + 20 - lo).max()).item()) + 1
         if bool((lo == 0).all()) and float(lam.max()) < 700:  # pmf(k) = e^-lam lam^k / k!, as a product
             ratio = lam[:, None] / torch.arange(1, W, dtype=torch.float64, device=dev)
-            pmf = torch.cumprod(torch.cat([torch.ones_like(lam[:, None]), ratio], 1), 1) * torch.exp(-lam)[:, None]
+            pmf = (
+                torch.cumprod(torch.cat([torch.ones_like(lam[:, None]), ratio], 1), 1)
+                * torch.exp(-lam)[:, None]
+            )
             F64 = torch.cumsum(pmf, 1)
         else:
             k = lo[:, None] + torch.arange(W, dtype=torch.float64, device=dev)
@@ -431,8 +448,9 @@ class _CdfTable:
         if bool(tail.any()):
             t = tail.nonzero().squeeze(1)
             r = rows[t]
-            N[t] = _continue_inversion(self.lam[r], uu[t].double(), self.lo[r] + self.W - 1,
-                                       self.pmf[r, -1], self.F64[r, -1])
+            N[t] = _continue_inversion(
+                self.lam[r], uu[t].double(), self.lo[r] + self.W - 1, self.pmf[r, -1], self.F64[r, -1]
+            )
         return rows, cols, N
 
 

@@ -109,12 +109,18 @@ def _per_image_generators(path, n: int, image_shape, seed: int, start: int, dtyp
 
     if not hasattr(path, "sample_latent"):
         raise TypeError(f"{type(path).__name__} has neither latent_from_uniforms nor sample_latent")
-    out = [path.sample_latent((1, *image_shape), generator=torch.Generator().manual_seed(step_seed(seed, i)), dtype=dtype)
-           for i in range(start, start + n)]
+    out = [
+        path.sample_latent(
+            (1, *image_shape), generator=torch.Generator().manual_seed(step_seed(seed, i)), dtype=dtype
+        )
+        for i in range(start, start + n)
+    ]
     return torch.cat(out) if out else torch.empty((0, *image_shape), dtype=dtype)
 
 
-def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0, dtype=torch.float32) -> torch.Tensor:
+def image_latents(
+    path, n: int, image_shape, seed: int = 0, start: int = 0, dtype=torch.float32
+) -> torch.Tensor:
     """Latents ``x_T`` of images ``start .. start + n - 1`` on ``path`` (CPU, ``dtype``): image ``i``'s
     depends only on ``(seed, i)`` (see the module docstring).  A path without the
     ``latent_uniforms`` / ``latent_from_uniforms`` hook falls back to one ``torch.Generator`` per image

@@ -44,6 +44,7 @@ NOTE = "Live slider: run this notebook in JupyterLab or VS Code (the static slid
 
 # =============================================================================== controls
 
+
 @dataclass(frozen=True)
 class Range:
     """A numeric slider from ``lo`` to ``hi`` in steps of ``step``, starting at ``value``.
@@ -96,10 +97,18 @@ def _make_slider(name: str, spec):
     if not isinstance(spec, Range):
         raise TypeError(f"control {name!r} must be a Range or a Choice, got {type(spec).__name__}")
     if spec.log:
-        return W.FloatLogSlider(value=spec.value, base=10, min=math.log10(spec.lo), max=math.log10(spec.hi),
-                                step=spec.step, **common)
+        return W.FloatLogSlider(
+            value=spec.value,
+            base=10,
+            min=math.log10(spec.lo),
+            max=math.log10(spec.hi),
+            step=spec.step,
+            **common,
+        )
     if spec.is_int:
-        return W.IntSlider(value=int(spec.value), min=int(spec.lo), max=int(spec.hi), step=int(spec.step), **common)
+        return W.IntSlider(
+            value=int(spec.value), min=int(spec.lo), max=int(spec.hi), step=int(spec.step), **common
+        )
     return W.FloatSlider(value=spec.value, min=spec.lo, max=spec.hi, step=spec.step, **common)
 
 
@@ -136,12 +145,13 @@ def slider_widget(callback, **controls):
 
 # =============================================================================== chapter 2
 
+
 def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data=None, lim: float = 3.2):
     """Samples of each 2D toy model after ``steps`` Euler steps from the same latents (one panel per
     model; ``models[name]`` has ``.model`` and ``.path``, e.g. :class:`kaclib.toy.ToyModel`).
     ``data``: optional reference points drawn in grey."""
-    from plotly.subplots import make_subplots
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     from .solvers import sample
 
@@ -155,16 +165,41 @@ def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data
         x_T = m.path.sample_latent((n, 2), generator=torch.Generator().manual_seed(seed))
         x = sample(m.model, x_T, steps=steps, method="euler").x
         if data is not None:
-            fig.add_trace(go.Scattergl(x=plots._f32(data[:, 0]), y=plots._f32(data[:, 1]), mode="markers",
-                                       marker=dict(size=3, color=plots.COLORS["data"]), name="data",
-                                       showlegend=col == 1, hoverinfo="skip"), row=1, col=col)
-        fig.add_trace(go.Scattergl(x=plots._f32(x[:, 0]), y=plots._f32(x[:, 1]), mode="markers",
-                                   marker=dict(size=4, color=plots._color(name, plots.COLORS["kac"]), opacity=0.7),
-                                   name=name, showlegend=False), row=1, col=col)
+            fig.add_trace(
+                go.Scattergl(
+                    x=plots._f32(data[:, 0]),
+                    y=plots._f32(data[:, 1]),
+                    mode="markers",
+                    marker=dict(size=3, color=plots.COLORS["data"]),
+                    name="data",
+                    showlegend=col == 1,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.add_trace(
+            go.Scattergl(
+                x=plots._f32(x[:, 0]),
+                y=plots._f32(x[:, 1]),
+                mode="markers",
+                marker=dict(size=4, color=plots._color(name, plots.COLORS["kac"]), opacity=0.7),
+                name=name,
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
     fig.update_xaxes(range=[-lim, lim])
     fig.update_yaxes(range=[-lim, lim])
-    plots.style(fig, f"Samples after {steps} Euler step{'s' if steps > 1 else ''} (same latents; grey: data)", "x1",
-                "x2", height=420, legend="none")
+    plots.style(
+        fig,
+        f"Samples after {steps} Euler step{'s' if steps > 1 else ''} (same latents; grey: data)",
+        "x1",
+        "x2",
+        height=420,
+        legend="none",
+    )
     for col in range(2, len(names) + 1):
         fig.update_yaxes(title_text=None, row=1, col=col)
     return fig
@@ -172,19 +207,33 @@ def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data
 
 # =============================================================================== chapters 3 and 4
 
+
 def _class_rows(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
-def teacher_samples_figure(model, path, w: float = 1.0, steps: int = 8, per_class: int = 6, num_classes: int = 10,
-                           method: str = "ab2", seed: int = 1):
+def teacher_samples_figure(
+    model,
+    path,
+    w: float = 1.0,
+    steps: int = 8,
+    per_class: int = 6,
+    num_classes: int = 10,
+    method: str = "ab2",
+    seed: int = 1,
+):
     """Teacher samples, one row per class, from the same latents whatever ``w`` and ``steps``."""
     from .evaluation import generate
 
-    gen = generate(model, path, _class_rows(num_classes, per_class), int(steps), method=method, w=float(w), seed=seed)
-    return plots.image_grid_figure(gen.images.clamp(-1, 1), per_class,
-                                   f"Teacher samples: w = {float(w):g}, {int(steps)} {method} steps",
-                                   row_labels=[str(c) for c in range(num_classes)])
+    gen = generate(
+        model, path, _class_rows(num_classes, per_class), int(steps), method=method, w=float(w), seed=seed
+    )
+    return plots.image_grid_figure(
+        gen.images.clamp(-1, 1),
+        per_class,
+        f"Teacher samples: w = {float(w):g}, {int(steps)} {method} steps",
+        row_labels=[str(c) for c in range(num_classes)],
+    )
 
 
 # =============================================================================== chapter 5
@@ -192,8 +241,16 @@ def teacher_samples_figure(model, path, w: float = 1.0, steps: int = 8, per_clas
 GAP_VALUE = -0.55  # plots.image_tile's padding value
 
 
-def ladder_samples_figure(teacher, path, students: dict, steps: int, per_class: int = 4, num_classes: int = 10,
-                          w: float = 1.0, seed: int = 1):
+def ladder_samples_figure(
+    teacher,
+    path,
+    students: dict,
+    steps: int,
+    per_class: int = 4,
+    num_classes: int = 10,
+    w: float = 1.0,
+    seed: int = 1,
+):
     """The ``steps``-step student (left half of each row) beside the undistilled teacher at the same
     number of AB-2 steps (right half, after an empty cell), the same latents for both.
     ``students[steps]`` is a model."""
@@ -210,12 +267,16 @@ def ladder_samples_figure(teacher, path, students: dict, steps: int, per_class: 
     for c in range(num_classes):
         sl = slice(c * per_class, (c + 1) * per_class)
         rows.append(torch.cat([stud[sl].clamp(-1, 1), gap, teach[sl].clamp(-1, 1)]))
-    return plots.image_grid_figure(torch.cat(rows), 2 * per_class + 1,
-                                   f"{steps} step{'s' if steps > 1 else ''}: student (left) and teacher, "
-                                   f"no distillation (right)", row_labels=[str(c) for c in range(num_classes)])
+    return plots.image_grid_figure(
+        torch.cat(rows),
+        2 * per_class + 1,
+        f"{steps} step{'s' if steps > 1 else ''}: student (left) and teacher, no distillation (right)",
+        row_labels=[str(c) for c in range(num_classes)],
+    )
 
 
 # =============================================================================== chapter 6
+
 
 def cost_hours(flops: dict, tflops: float, gpus: int = 1) -> dict:
     """Wall-clock hours of each job (``flops[job]`` floating-point operations) at a sustained
@@ -241,11 +302,25 @@ def cost_hours_figure(cost: dict, tflops: float = 50.0, gpus: int = 1):
     fig = go.Figure()
     for ds, flops in cost.items():
         hours = cost_hours(flops, tflops, gpus)
-        fig.add_trace(go.Bar(y=list(hours), x=list(hours.values()), orientation="h", name=ds,
-                             text=[format_hours(h) for h in hours.values()], textposition="outside", cliponaxis=False,
-                             hovertemplate="%{y}: %{x:.3g} hours<extra>" + ds + "</extra>"))
+        fig.add_trace(
+            go.Bar(
+                y=list(hours),
+                x=list(hours.values()),
+                orientation="h",
+                name=ds,
+                text=[format_hours(h) for h in hours.values()],
+                textposition="outside",
+                cliponaxis=False,
+                hovertemplate="%{y}: %{x:.3g} hours<extra>" + ds + "</extra>",
+            )
+        )
     fig.update_xaxes(type="log", exponentformat="power")
     fig.update_layout(barmode="group")
     fig.update_yaxes(autorange="reversed")
-    return plots.style(fig, f"Hours at {tflops:g} TFLOP/s sustained on {gpus} GPU{'s' if gpus > 1 else ''} (assumed)",
-                       "hours (log scale)", None, height=440)
+    return plots.style(
+        fig,
+        f"Hours at {tflops:g} TFLOP/s sustained on {gpus} GPU{'s' if gpus > 1 else ''} (assumed)",
+        "hours (log scale)",
+        None,
+        height=440,
+    )

@@ -38,7 +38,9 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = k / k.sum()
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(
+        F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
+    )
 
 
 def degrade(data: ImageData, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
@@ -78,9 +80,17 @@ class SanityResult:
     monotone: dict
 
     def to_dict(self) -> dict:
-        summary = {name: {m: {"values": v, **mean_ci(v).to_dict()} for m, v in row.items()} for name, row in self.rows.items()}
-        return {"n": self.n, "seeds": list(self.seeds), "results": summary,
-                "comparisons": [c.to_dict() for c in self.comparisons], "monotone": self.monotone}
+        summary = {
+            name: {m: {"values": v, **mean_ci(v).to_dict()} for m, v in row.items()}
+            for name, row in self.rows.items()
+        }
+        return {
+            "n": self.n,
+            "seeds": list(self.seeds),
+            "results": summary,
+            "comparisons": [c.to_dict() for c in self.comparisons],
+            "monotone": self.monotone,
+        }
 
 
 METRICS = ("fid", "kid", "precision", "recall", "memorisation_ratio")
@@ -106,14 +116,31 @@ def sanity_check(evaluator, n: int, seeds=(0, 1, 2, 3, 4), degradations: dict | 
                 g = torch.Generator().manual_seed(1000 * seed + 7)
                 add(f"{kind} {level:g}", evaluator.score(degrade(real, kind, level, g), real.labels))
     comparisons = [
-        compare(f"the metric rewards copying: a memoriser beats unseen real images ({m})", m, "memoriser", rows["memoriser"][m],
-                "unseen real", rows["unseen real"][m], direction="<")
+        compare(
+            f"the metric rewards copying: a memoriser beats unseen real images ({m})",
+            m,
+            "memoriser",
+            rows["memoriser"][m],
+            "unseen real",
+            rows["unseen real"][m],
+            direction="<",
+        )
         for m in ("fid", "kid")
     ]
     for kind, levels in degradations.items():
         first = f"{kind} {levels[0]:g}"
-        comparisons += [compare(f"{first} scores worse than unseen real images ({m})", m, first, rows[first][m],
-                                "unseen real", rows["unseen real"][m], direction=">") for m in ("fid", "kid")]
+        comparisons += [
+            compare(
+                f"{first} scores worse than unseen real images ({m})",
+                m,
+                first,
+                rows[first][m],
+                "unseen real",
+                rows["unseen real"][m],
+                direction=">",
+            )
+            for m in ("fid", "kid")
+        ]
     monotone = {}
     for kind, levels in degradations.items():
         names = ["unseen real"] + [f"{kind} {lv:g}" for lv in levels]

@@ -76,6 +76,7 @@ def _cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 # ----------------------------------------------------------------------------------- feature net
 
+
 class FeatureNet(nn.Module):
     """Small CNN classifier whose penultimate layer gives ``feature_dim``-dimensional features.
 
@@ -86,16 +87,33 @@ class FeatureNet(nn.Module):
     the CPU prototype).  Input images in ``[-1, 1]``.
     """
 
-    def __init__(self, in_channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 64):
+    def __init__(
+        self, in_channels: int, image_size: int, num_classes: int, width: int = 32, feature_dim: int = 64
+    ):
         super().__init__()
-        for name, v, lo in (("in_channels", in_channels, 1), ("image_size", image_size, 4),
-                            ("num_classes", num_classes, 2), ("width", width, 1), ("feature_dim", feature_dim, 1)):
+        for name, v, lo in (
+            ("in_channels", in_channels, 1),
+            ("image_size", image_size, 4),
+            ("num_classes", num_classes, 2),
+            ("width", width, 1),
+            ("feature_dim", feature_dim, 1),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        self._config = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes,
-                        "width": width, "feature_dim": feature_dim}
-        layers = [nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-                  nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        self._config = {
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "num_classes": num_classes,
+            "width": width,
+            "feature_dim": feature_dim,
+        }
+        layers = [
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         ch, size = 2 * width, image_size // 2
         while size > 4:
             nxt = min(2 * ch, 4 * width)
@@ -152,6 +170,7 @@ class FeatureTrainConfig:
             raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
+
     width: int = 32
     feature_dim: int = 64
 
@@ -164,7 +183,9 @@ FEATURE_TRAIN_DEFAULTS: dict[str, FeatureTrainConfig] = {
 
 
 @torch.no_grad()
-def class_accuracy(images: torch.Tensor, labels: torch.Tensor, feature_net: FeatureNet, batch_size: int = 1000) -> float:
+def class_accuracy(
+    images: torch.Tensor, labels: torch.Tensor, feature_net: FeatureNet, batch_size: int = 1000
+) -> float:
     """Fraction of ``images`` that ``feature_net`` classifies as ``labels``."""
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in number")
@@ -240,8 +261,12 @@ def feature_training_data(dataset: str, root=None) -> ImageData:
     from .data import mnist_as_digits
 
     extra = mnist_as_digits()
-    return ImageData(dataset, torch.cat([data.images, extra.images]), torch.cat([data.labels, extra.labels]),
-                     data.num_classes)
+    return ImageData(
+        dataset,
+        torch.cat([data.images, extra.images]),
+        torch.cat([data.labels, extra.labels]),
+        data.num_classes,
+    )
 
 
 @dataclass
@@ -255,8 +280,13 @@ class FeatureNetInfo:
 
 
 def _feature_key(dataset: str, seed: int, cfg: FeatureTrainConfig) -> tuple[dict, str]:
-    spec = {"version": _CACHE_VERSION, "dataset": dataset, "seed": seed, "train": asdict(cfg),
-            "data": feature_training_source(dataset)}
+    spec = {
+        "version": _CACHE_VERSION,
+        "dataset": dataset,
+        "seed": seed,
+        "train": asdict(cfg),
+        "data": feature_training_source(dataset),
+    }
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     return spec, digest
 
@@ -308,8 +338,12 @@ def get_feature_net(
     pid = os.getpid()
     tmp_w, tmp_m = (p.with_name(f"{p.name}.{pid}.tmp") for p in (weights, meta))
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp_w))
-    tmp_m.write_text(json.dumps({"spec": spec, "net": net.config(), "accuracy": acc,
-                                 "metric_name": metric_name(dataset_name)}, indent=2))
+    tmp_m.write_text(
+        json.dumps(
+            {"spec": spec, "net": net.config(), "accuracy": acc, "metric_name": metric_name(dataset_name)},
+            indent=2,
+        )
+    )
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(tmp_w, 0o666 & ~mask)  # safetensors writes 0600: make it as readable as any file of this user
@@ -319,6 +353,7 @@ def get_feature_net(
 
 
 # ----------------------------------------------------------------------------------- FID
+
 
 def _check_images(images: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
@@ -349,7 +384,9 @@ class FIDReference:
         self.device, self.batch_size = torch.device(device), batch_size
         self.image_shape = tuple(real_images.shape[1:])
         self.num_real = real_images.shape[0]
-        self.metric = FrechetInceptionDistance(feature=_Features(feature_net), reset_real_features=False).to(self.device)
+        self.metric = FrechetInceptionDistance(feature=_Features(feature_net), reset_real_features=False).to(
+            self.device
+        )
         self._update(real_images, real=True)
 
     @torch.no_grad()
@@ -361,14 +398,21 @@ class FIDReference:
         """FID between the reference set and ``fake_images`` (same image shape, in [-1, 1])."""
         fake_images = _check_images(fake_images, "fake_images")
         if tuple(fake_images.shape[1:]) != self.image_shape:
-            raise ValueError(f"fake_images have shape {tuple(fake_images.shape[1:])}, the real ones {self.image_shape}")
+            raise ValueError(
+                f"fake_images have shape {tuple(fake_images.shape[1:])}, the real ones {self.image_shape}"
+            )
         self.metric.reset()
         self._update(fake_images, real=False)
         return float(self.metric.compute())
 
 
-def frechet_distance(real_images: torch.Tensor, fake_images: torch.Tensor, feature_net: nn.Module,
-                     batch_size: int = 500, device=None) -> float:
+def frechet_distance(
+    real_images: torch.Tensor,
+    fake_images: torch.Tensor,
+    feature_net: nn.Module,
+    batch_size: int = 500,
+    device=None,
+) -> float:
     """FID between two image sets on ``feature_net``'s features (one-off :class:`FIDReference`)."""
     return FIDReference(real_images, feature_net, batch_size=batch_size, device=device).score(fake_images)
 
@@ -388,7 +432,9 @@ def fid_floor(
     to :func:`get_feature_net` ``(dataset_name, cache_dir, seed)``.
     """
     if feature_net is None:
-        feature_net = get_feature_net(dataset_name, cache_dir=cache_dir, seed=seed, device=device, root=root).net
+        feature_net = get_feature_net(
+            dataset_name, cache_dir=cache_dir, seed=seed, device=device, root=root
+        ).net
     ref = load_dataset(dataset_name, "ref", root=root)
     test = load_dataset(dataset_name, "test", root=root)
     return frechet_distance(ref.images, test.images, feature_net, device=device)
@@ -403,8 +449,13 @@ def _to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | os.PathLike | None = None,
-                  batch_size: int = 100, device=None) -> float:
+def inception_fid(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    weights_path: str | os.PathLike | None = None,
+    batch_size: int = 100,
+    device=None,
+) -> float:
     """Standard Inception-v3 FID (2048-d pool features), comparable with published numbers.
 
     Needs the FID Inception weights (``pt_inception-2015-12-05-6726825d.pth``) as a local file:
@@ -423,15 +474,22 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | os
         )
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    if "feature_extractor_weights_path" not in inspect.signature(FrechetInceptionDistance.__init__).parameters:
-        raise ImportError("this torchmetrics has no feature_extractor_weights_path: install torchmetrics>=1.4")
+    if (
+        "feature_extractor_weights_path"
+        not in inspect.signature(FrechetInceptionDistance.__init__).parameters
+    ):
+        raise ImportError(
+            "this torchmetrics has no feature_extractor_weights_path: install torchmetrics>=1.4"
+        )
     try:
         import torch_fidelity  # noqa: F401
     except ImportError as e:
         raise ImportError("inception_fid needs torch-fidelity (pip install torch-fidelity)") from e
     real, fake = _check_images(real, "real"), _check_images(fake, "fake")
     device = torch.device(device or "cpu")
-    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(Path(path).expanduser())).to(device)
+    metric = FrechetInceptionDistance(
+        feature=2048, feature_extractor_weights_path=str(Path(path).expanduser())
+    ).to(device)
     with torch.no_grad():
         for images, is_real in ((real, True), (fake, False)):
             for i in range(0, images.shape[0], batch_size):
@@ -440,6 +498,7 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | os
 
 
 # ----------------------------------------------------------------------------------- velocity
+
 
 @dataclass
 class VelocityStats:
@@ -474,8 +533,16 @@ class VelocityStats:
         out = []
         for i, t in enumerate(self.times):
             row = {"t": t}
-            for k in ("model_norm_mean", "model_norm_max", "target_norm_mean", "target_norm_max",
-                      "norm_bound", "coord_ratio_max", "target_coord_ratio_max", "violation_fraction"):
+            for k in (
+                "model_norm_mean",
+                "model_norm_max",
+                "target_norm_mean",
+                "target_norm_max",
+                "norm_bound",
+                "coord_ratio_max",
+                "target_coord_ratio_max",
+                "violation_fraction",
+            ):
                 v = getattr(self, k)
                 row[k] = None if v is None else v[i]
             row["speed_bound"] = self.speed_bound
@@ -504,8 +571,16 @@ def _labels_for(y, labels: torch.Tensor):
 
 
 @torch.no_grad()
-def velocity_norm_stats(model, path, data: ImageData, times, n: int = 256,
-                        generator: torch.Generator | None = None, y=None, batch_size: int = 256) -> VelocityStats:
+def velocity_norm_stats(
+    model,
+    path,
+    data: ImageData,
+    times,
+    n: int = 256,
+    generator: torch.Generator | None = None,
+    y=None,
+    batch_size: int = 256,
+) -> VelocityStats:
     """Norm statistics of ``model(x_t, t, y)`` and of the path target at each time in ``times``.
 
     ``n`` images are drawn from ``data`` (with ``generator``) and noised with ``path.sample`` at
@@ -532,15 +607,24 @@ def velocity_norm_stats(model, path, data: ImageData, times, n: int = 256,
     try:
         for t in times:
             ps = path.sample(x0, t, generator=generator)
-            u = torch.cat([
-                model(ps.x_t[i : i + batch_size].to(dev), ps.t[i : i + batch_size].to(dev),
-                      None if y_all is None else y_all[i : i + batch_size].to(dev)).float().cpu()
-                for i in range(0, n, batch_size)
-            ])
+            u = torch.cat(
+                [
+                    model(
+                        ps.x_t[i : i + batch_size].to(dev),
+                        ps.t[i : i + batch_size].to(dev),
+                        None if y_all is None else y_all[i : i + batch_size].to(dev),
+                    )
+                    .float()
+                    .cpu()
+                    for i in range(0, n, batch_size)
+                ]
+            )
             target = ps.target.float().cpu()
             mn, tn = u.flatten(1).norm(dim=1), target.flatten(1).norm(dim=1)
-            acc["mm"].append(mn.mean().item()); acc["mx"].append(mn.max().item())
-            acc["tm"].append(tn.mean().item()); acc["tx"].append(tn.max().item())
+            acc["mm"].append(mn.mean().item())
+            acc["mx"].append(mn.max().item())
+            acc["tm"].append(tn.mean().item())
+            acc["tx"].append(tn.max().item())
             if kac:
                 bound = float(path.df(torch.tensor(t)).abs() + path.dg(torch.tensor(t)) * path.c)
                 ratio = u.abs() / bound
@@ -552,9 +636,16 @@ def velocity_norm_stats(model, path, data: ImageData, times, n: int = 256,
         if was_training is not None:
             model.train(was_training)
     return VelocityStats(
-        times=times, model_norm_mean=acc["mm"], model_norm_max=acc["mx"], target_norm_mean=acc["tm"],
-        target_norm_max=acc["tx"], speed_bound=path.c * math.sqrt(d) if kac else None,
-        norm_bound=acc["nb"] if kac else None, coord_ratio_max=acc["cr"] if kac else None,
-        target_coord_ratio_max=acc["tr"] if kac else None, violation_fraction=acc["vf"] if kac else None,
-        dim=d, n=n,
+        times=times,
+        model_norm_mean=acc["mm"],
+        model_norm_max=acc["mx"],
+        target_norm_mean=acc["tm"],
+        target_norm_max=acc["tx"],
+        speed_bound=path.c * math.sqrt(d) if kac else None,
+        norm_bound=acc["nb"] if kac else None,
+        coord_ratio_max=acc["cr"] if kac else None,
+        target_coord_ratio_max=acc["tr"] if kac else None,
+        violation_fraction=acc["vf"] if kac else None,
+        dim=d,
+        n=n,
     )

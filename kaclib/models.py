@@ -46,6 +46,7 @@ HEADS = ("free", "bounded")
 
 # ----------------------------------------------------------------------------------- config
 
+
 @dataclass(frozen=True)
 class UNetConfig:
     """UNet hyper-parameters (JSON-serialisable with ``dataclasses.asdict``).
@@ -76,23 +77,40 @@ class UNetConfig:
         # JSON round trips turn tuples into lists: accept lists, store tuples
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
-        for name in ("in_channels", "image_size", "base_channels", "num_res_blocks", "num_heads", "norm_groups"):
+        for name in (
+            "in_channels",
+            "image_size",
+            "base_channels",
+            "num_res_blocks",
+            "num_heads",
+            "norm_groups",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}")
         if not self.channel_mult or not all(isinstance(m, int) and m >= 1 for m in self.channel_mult):
-            raise ValueError(f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}")
+            raise ValueError(
+                f"channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult!r}"
+            )
         down = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % down:
-            raise ValueError(f"image_size {self.image_size} must be divisible by 2**(len(channel_mult)-1) = {down}")
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2**(len(channel_mult)-1) = {down}"
+            )
         bad = [r for r in self.attn_resolutions if r not in self.resolutions]
         if bad:
-            raise ValueError(f"attn_resolutions {bad} never occur: the UNet's resolutions are {self.resolutions}")
+            raise ValueError(
+                f"attn_resolutions {bad} never occur: the UNet's resolutions are {self.resolutions}"
+            )
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.time_scale, (int, float)) and math.isfinite(self.time_scale) and self.time_scale > 0):
+        if not (
+            isinstance(self.time_scale, (int, float))
+            and math.isfinite(self.time_scale)
+            and self.time_scale > 0
+        ):
             raise ValueError(f"time_scale must be finite and > 0, got {self.time_scale!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
@@ -118,19 +136,59 @@ class UNetConfig:
 PRESETS: dict[str, UNetConfig] = {
     # near the CPU prototype's 168k-parameter 16/32-channel UNet on 8x8 digits: 185k parameters
     # (the DDPM layout, 3 up blocks per level, no bottleneck block)
-    "digits-tiny": UNetConfig(in_channels=1, image_size=8, base_channels=16, channel_mult=(1, 2),
-                              num_res_blocks=2, attn_resolutions=(), mid_block=False, num_classes=10),
+    "digits-tiny": UNetConfig(
+        in_channels=1,
+        image_size=8,
+        base_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=2,
+        attn_resolutions=(),
+        mid_block=False,
+        num_classes=10,
+    ),
     # 28 -> 14 -> 7, attention at 7x7
-    "mnist-small": UNetConfig(in_channels=1, image_size=28, base_channels=32, channel_mult=(1, 2, 2),
-                              num_res_blocks=2, attn_resolutions=(7,), dropout=0.1, num_classes=10),
+    "mnist-small": UNetConfig(
+        in_channels=1,
+        image_size=28,
+        base_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(7,),
+        dropout=0.1,
+        num_classes=10,
+    ),
     # the DDPM CIFAR-10 UNet (35.7M parameters in DDPM) with a class embedding
-    "cifar10-paper": UNetConfig(in_channels=3, image_size=32, base_channels=128, channel_mult=(1, 2, 2, 2),
-                                num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_classes=10),
-    "celeba64-paper": UNetConfig(in_channels=3, image_size=64, base_channels=128, channel_mult=(1, 2, 2, 2),
-                                 num_res_blocks=2, attn_resolutions=(16,), dropout=0.1, num_classes=1),
+    "cifar10-paper": UNetConfig(
+        in_channels=3,
+        image_size=32,
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
+        num_classes=10,
+    ),
+    "celeba64-paper": UNetConfig(
+        in_channels=3,
+        image_size=64,
+        base_channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        dropout=0.1,
+        num_classes=1,
+    ),
     # the smallest sensible UNet: for tests
-    "smoke": UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mult=(1, 2),
-                        num_res_blocks=1, attn_resolutions=(), num_classes=10, norm_groups=8),
+    "smoke": UNetConfig(
+        in_channels=1,
+        image_size=8,
+        base_channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        num_classes=10,
+        norm_groups=8,
+    ),
 }
 
 
@@ -146,6 +204,7 @@ def get_preset(name: str, **overrides) -> UNetConfig:
 
 
 # ----------------------------------------------------------------------------------- pieces
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding ``[cos(t w_k), sin(t w_k)]``, ``w_k = max_period^(-k/(dim/2))``: ``(B, dim)``."""
@@ -209,7 +268,9 @@ class AttnBlock(nn.Module):
 
     def forward(self, x, emb=None):
         b, ch, hh, ww = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, ch // self.num_heads, hh * ww).unbind(1)
+        q, k, v = (
+            self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, ch // self.num_heads, hh * ww).unbind(1)
+        )
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
         return x + self.proj(out.transpose(-1, -2).reshape(b, ch, hh, ww))
 
@@ -249,6 +310,7 @@ class _Level(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- heads
+
 
 class BoundedHead(nn.Module):
     """``u = f'(t) tanh(A) + (g'(t) c) tanh(B)`` from a ``2C``-channel output ``(A, B)``.
@@ -305,11 +367,14 @@ def _prepare_y(y, batch: int, num_classes: int, device) -> torch.Tensor:
     if y.shape != (batch,):
         raise ValueError(f"y must be None, a scalar or have shape ({batch},), got {tuple(y.shape)}")
     if batch and (y.min() < 0 or y.max() > num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}] ({num_classes} = null class), got [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}] ({num_classes} = null class), got [{int(y.min())}, {int(y.max())}]"
+        )
     return y
 
 
 # ----------------------------------------------------------------------------------- UNet
+
 
 class UNet(nn.Module):
     """DDPM-style UNet velocity model ``forward(x, t, y) -> u`` (``u`` has ``x``'s shape).
@@ -403,6 +468,7 @@ class UNet(nn.Module):
 
 # ----------------------------------------------------------------------------------- MLP
 
+
 class MLPVelocity(nn.Module):
     """Velocity MLP for low-dimensional toys: ``forward(x (B, dim), t, y=None) -> (B, dim)``.
 
@@ -411,18 +477,37 @@ class MLPVelocity(nn.Module):
     ``num_classes = 0`` gives an unconditional model (only the null row).
     """
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, num_classes: int = 0,
-                 time_scale: float = 1000.0, head: str = "free", path=None):
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 128,
+        depth: int = 3,
+        num_classes: int = 0,
+        time_scale: float = 1000.0,
+        head: str = "free",
+        path=None,
+    ):
         super().__init__()
-        for name, v, lo in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 1), ("num_classes", num_classes, 0)):
+        for name, v, lo in (
+            ("dim", dim, 1),
+            ("hidden", hidden, 1),
+            ("depth", depth, 1),
+            ("num_classes", num_classes, 0),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
         if not (isinstance(time_scale, (int, float)) and math.isfinite(time_scale) and time_scale > 0):
             raise ValueError(f"time_scale must be finite and > 0, got {time_scale!r}")
         self.dim, self.hidden, self.num_classes, self.time_scale = dim, hidden, num_classes, float(time_scale)
         self.head = _make_head(head, path)
-        self.config = {"dim": dim, "hidden": hidden, "depth": depth, "num_classes": num_classes,
-                       "time_scale": float(time_scale), "head": head}
+        self.config = {
+            "dim": dim,
+            "hidden": hidden,
+            "depth": depth,
+            "num_classes": num_classes,
+            "time_scale": float(time_scale),
+            "head": head,
+        }
         self.inp = nn.Linear(dim, hidden)
         self.time_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.class_emb = nn.Embedding(num_classes + 1, hidden)
@@ -436,7 +521,9 @@ class MLPVelocity(nn.Module):
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         t = _prepare_t(t, x.shape[0], x.device)
         y = _prepare_y(y, x.shape[0], self.num_classes, x.device)
-        emb = self.time_mlp(timestep_embedding(self.time_scale * t, self.hidden).to(x.dtype)) + self.class_emb(y)
+        emb = self.time_mlp(
+            timestep_embedding(self.time_scale * t, self.hidden).to(x.dtype)
+        ) + self.class_emb(y)
         h = F.silu(self.inp(x) + emb)
         for layer in self.layers:
             h = F.silu(layer(h))
@@ -445,6 +532,7 @@ class MLPVelocity(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- helpers
+
 
 def build_model(cfg: UNetConfig, path=None) -> nn.Module:
     """The UNet of ``cfg``; ``head="bounded"`` needs ``path`` to be a KacPath (else ``ValueError``)."""

@@ -24,8 +24,14 @@ import torch
 from .kac import KacProcess, check_finite_param
 from .latents import box_muller
 
-__all__ = ["PathSample", "KacPath", "GaussianPath", "DiffusionPath", "VarianceMatchedGaussianPath",
-           "build_path"]
+__all__ = [
+    "PathSample",
+    "KacPath",
+    "GaussianPath",
+    "DiffusionPath",
+    "VarianceMatchedGaussianPath",
+    "build_path",
+]
 
 
 @dataclass
@@ -129,15 +135,28 @@ class KacPath(_KacSchedule):
         noise = self.process.sample(s, generator=generator)
         x_t = self.f(tt) * x0 + noise
         target = self.df(tt) * x0 + self.dg(tt) * self.process.velocity(noise, s)
-        return PathSample(x_t=x_t, target=target, t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=noise)
+        return PathSample(
+            x_t=x_t,
+            target=target,
+            t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]),
+            x0=x0,
+            noise=noise,
+        )
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``u(t, x | x0) = f' x0 + g' v(x - f x0, g)`` at an arbitrary state ``x``."""
         tt = _expand_t(t, x0)
         return self.df(tt) * x0 + self.dg(tt) * self.process.velocity(x - self.f(tt) * x0, self.g(tt))
 
-    def sample_latent(self, shape, generator: torch.Generator | None = None, device=None, dtype=None) -> torch.Tensor:
-        s = torch.full(tuple(shape), float(self.g(torch.tensor(self.T))), device=device, dtype=dtype or torch.get_default_dtype())
+    def sample_latent(
+        self, shape, generator: torch.Generator | None = None, device=None, dtype=None
+    ) -> torch.Tensor:
+        s = torch.full(
+            tuple(shape),
+            float(self.g(torch.tensor(self.T))),
+            device=device,
+            dtype=dtype or torch.get_default_dtype(),
+        )
         return self.process.sample(s, generator=generator)
 
     latent_uniforms = 4
@@ -173,7 +192,13 @@ class DiffusionPath(_Schedule):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         noise = torch.sqrt(2 * self.D * self.g(tt)) * eps
         x_t = self.f(tt) * x0 + noise
-        return PathSample(x_t=x_t, target=self.conditional_velocity(x_t, x0, t), t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=noise)
+        return PathSample(
+            x_t=x_t,
+            target=self.conditional_velocity(x_t, x0, t),
+            t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]),
+            x0=x0,
+            noise=noise,
+        )
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``f' x0 + g' (x - f x0)/(2 g)``.  Where ``g(t) = 0`` (``t = 0``, which ``torch.rand``
@@ -183,12 +208,16 @@ class DiffusionPath(_Schedule):
         tt = _expand_t(t, x0)
         g = self.g(tt)
         pos = g > 0
-        noise_term = torch.where(pos, (x - self.f(tt) * x0) / (2 * torch.where(pos, g, torch.ones_like(g))), 0.0)
+        noise_term = torch.where(
+            pos, (x - self.f(tt) * x0) / (2 * torch.where(pos, g, torch.ones_like(g))), 0.0
+        )
         return self.df(tt) * x0 + self.dg(tt) * noise_term
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
         std = math.sqrt(2 * self.D * float(self.g(torch.tensor(self.T))))
-        return std * torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+        return std * torch.randn(
+            tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype()
+        )
 
     latent_uniforms = 2
 
@@ -212,8 +241,9 @@ def _twin_sigma(process: KacProcess, s: torch.Tensor) -> tuple[torch.Tensor, tor
     lam = process.a * s
     small = lam < 1e-3
     safe = torch.where(small, torch.ones_like(lam), lam)
-    q = torch.where(small, 1 - 2 * lam / 3 + lam**2 / 3 - 2 * lam**3 / 15,
-                    (safe + 0.5 * torch.expm1(-2 * safe)) / safe**2)
+    q = torch.where(
+        small, 1 - 2 * lam / 3 + lam**2 / 3 - 2 * lam**3 / 15, (safe + 0.5 * torch.expm1(-2 * safe)) / safe**2
+    )
     r = torch.where(small, 2 - 2 * lam + 4 * lam**2 / 3 - 2 * lam**3 / 3, -torch.expm1(-2 * safe) / safe)
     return process.c * s * q.sqrt(), process.c * r / (2 * q.sqrt())
 
@@ -233,8 +263,10 @@ class VarianceMatchedGaussianPath(_KacSchedule):
     name = "gaussian-twin"
 
     def __repr__(self):
-        return (f"VarianceMatchedGaussianPath(a={self.a}, c={self.c}, f={self.f_name!r}, g={self.g_name!r}, "
-                f"T={self.T})")
+        return (
+            f"VarianceMatchedGaussianPath(a={self.a}, c={self.c}, f={self.f_name!r}, g={self.g_name!r}, "
+            f"T={self.T})"
+        )
 
     def sigma(self, t) -> torch.Tensor:
         """``sigma(t) = sqrt(Var K_{g(t)})`` (float64 for float64 input, else the input's dtype)."""
@@ -253,9 +285,13 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         noise = self.sigma(tt) * eps
         target = self.df(tt) * x0 + self.dsigma(tt) * eps
-        return PathSample(x_t=self.f(tt) * x0 + noise, target=target,
-                          t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0,
-                          noise=noise)
+        return PathSample(
+            x_t=self.f(tt) * x0 + noise,
+            target=target,
+            t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]),
+            x0=x0,
+            noise=noise,
+        )
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``f' x0 + sigma' (x - f x0)/sigma``; where ``sigma = 0`` (``t = 0``) the noise ``eps`` is
@@ -271,8 +307,9 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         return float(self.sigma(torch.tensor(self.T, dtype=torch.float64)))
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
-        return self.latent_std() * torch.randn(tuple(shape), generator=generator, device=device,
-                                               dtype=dtype or torch.get_default_dtype())
+        return self.latent_std() * torch.randn(
+            tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype()
+        )
 
     latent_uniforms = 2
 
@@ -281,7 +318,14 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         return self.latent_std() * box_muller(u, dtype)
 
     def config(self) -> dict:
-        return {"kind": "gaussian-twin", "a": self.a, "c": self.c, "f": self.f_name, "g": self.g_name, "T": self.T}
+        return {
+            "kind": "gaussian-twin",
+            "a": self.a,
+            "c": self.c,
+            "f": self.f_name,
+            "g": self.g_name,
+            "T": self.T,
+        }
 
 
 class GaussianPath:
@@ -298,7 +342,13 @@ class GaussianPath:
         _check_time_range(tt, self.T)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         x_t = (1 - tt) * x0 + tt * eps
-        return PathSample(x_t=x_t, target=eps - x0, t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]), x0=x0, noise=eps)
+        return PathSample(
+            x_t=x_t,
+            target=eps - x0,
+            t=torch.as_tensor(t, dtype=x0.dtype, device=x0.device).expand(x0.shape[:1]),
+            x0=x0,
+            noise=eps,
+        )
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``(x - x0)/t``: the velocity of the straight line through ``x0`` and ``x``."""
@@ -306,7 +356,9 @@ class GaussianPath:
         return (x - x0) / tt
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
-        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype())
+        return torch.randn(
+            tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype()
+        )
 
     latent_uniforms = 2
 
@@ -334,4 +386,6 @@ def build_path(cfg: dict):
         from .flights import RandomFlightPath  # flights imports this module
 
         return RandomFlightPath(**cfg)
-    raise ValueError(f"path kind must be 'kac', 'gaussian', 'diffusion', 'gaussian-twin' or 'flight', got {kind!r}")
+    raise ValueError(
+        f"path kind must be 'kac', 'gaussian', 'diffusion', 'gaussian-twin' or 'flight', got {kind!r}"
+    )

@@ -27,7 +27,6 @@ Every builder returns a ``plotly.graph_objects.Figure``; none of them trains or 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import uuid
@@ -84,10 +83,13 @@ def _color(name: str, default: str | None = None) -> str | None:
         if key.startswith(k):
             return COLORS[k]
     return default
+
+
 FONT = dict(family="Helvetica, Arial, sans-serif", size=14)
 
 
 # =============================================================================== display
+
 
 def in_book_build() -> bool:
     """True while ``jupyter-book build`` executes the notebooks (set by ``book/_ext/kacbook.py``)."""
@@ -127,15 +129,22 @@ def _wrap_title(title: str | None, width: int = 68) -> tuple[str | None, int]:
         return title, 0
     cut = title.rfind(": ", 0, width + 1)
     if cut > 20:
-        return title[: cut + 1] + "<br>" + title[cut + 2:], 1
+        return title[: cut + 1] + "<br>" + title[cut + 2 :], 1
     cut = title.rfind(" ", 0, width + 1)
     if cut <= 0:
         return title, 0
-    return title[:cut] + "<br>" + title[cut + 1:], 1
+    return title[:cut] + "<br>" + title[cut + 1 :], 1
 
 
-def style(fig, title: str | None = None, x: str | None = None, y: str | None = None, height: int = 440,
-          legend: str = "top", legend_below: bool = False):
+def style(
+    fig,
+    title: str | None = None,
+    x: str | None = None,
+    y: str | None = None,
+    height: int = 440,
+    legend: str = "top",
+    legend_below: bool = False,
+):
     """Shared look: white template, readable fonts, axis titles, and a vertical layout computed in
     pixels so that title, legend, plot, axis title and sliders never overlap.
 
@@ -161,19 +170,39 @@ def style(fig, title: str | None = None, x: str | None = None, y: str | None = N
     fig.update_layout(
         template="plotly_white",
         font=FONT,
-        title=dict(text=title, x=0.01, xanchor="left", y=1 - 14 / total, yanchor="top", yref="container",
-                   font=dict(size=16)) if title else dict(text=None),
+        title=dict(
+            text=title,
+            x=0.01,
+            xanchor="left",
+            y=1 - 14 / total,
+            yanchor="top",
+            yref="container",
+            font=dict(size=16),
+        )
+        if title
+        else dict(text=None),
         height=total,
         margin=dict(l=72, r=30, t=t, b=b),
         hoverlabel=dict(font_size=13),
         showlegend=bool(rows),
     )
     if legend == "top" and rows:
-        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1 + 6 / plot_h, yanchor="bottom",
-                                      font=dict(size=13)))
+        fig.update_layout(
+            legend=dict(
+                orientation="h", x=0, xanchor="left", y=1 + 6 / plot_h, yanchor="bottom", font=dict(size=13)
+            )
+        )
     elif legend == "bottom" and rows:
-        fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=-(axis_h - 4) / plot_h, yanchor="top",
-                                      font=dict(size=13)))
+        fig.update_layout(
+            legend=dict(
+                orientation="h",
+                x=0,
+                xanchor="left",
+                y=-(axis_h - 4) / plot_h,
+                yanchor="top",
+                font=dict(size=13),
+            )
+        )
     if has_slider:
         y_sl = -(axis_h + (leg_h if legend == "bottom" else 0)) / plot_h
         for sl in fig.layout.sliders:
@@ -223,8 +252,13 @@ def to_html(fig) -> str:
     meta = fig.layout.meta
     post = _GRID_SCRIPT if isinstance(meta, dict) and "kaclib_grid" in meta else None
     return pio.to_html(
-        fig, full_html=False, include_plotlyjs=False, auto_play=False, post_script=post,
-        config={"displaylogo": False, "responsive": True}, default_height=f"{int(fig.layout.height or 450)}px",
+        fig,
+        full_html=False,
+        include_plotlyjs=False,
+        auto_play=False,
+        post_script=post,
+        config={"displaylogo": False, "responsive": True},
+        default_height=f"{int(fig.layout.height or 450)}px",
         div_id=f"kac-{uuid.uuid4().hex[:12]}",
     )
 
@@ -245,6 +279,7 @@ def show(fig) -> None:
 
 # =============================================================================== slider helpers
 
+
 def _f32(a) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().double().numpy()
@@ -252,8 +287,17 @@ def _f32(a) -> np.ndarray:
 
 
 def _slider(steps, prefix: str, active: int = 0, y: float = -0.16, x: float = 0.0, length: float = 1.0):
-    return dict(active=active, steps=steps, x=x, len=length, y=y, yanchor="top", pad=dict(t=30, b=10),
-                currentvalue=dict(prefix=prefix, font=dict(size=14)), font=dict(size=12))
+    return dict(
+        active=active,
+        steps=steps,
+        x=x,
+        len=length,
+        y=y,
+        yanchor="top",
+        pad=dict(t=30, b=10),
+        currentvalue=dict(prefix=prefix, font=dict(size=14)),
+        font=dict(size=12),
+    )
 
 
 def time_slider_figure(frames_data: list[list], labels: list[str], prefix: str, base=None, active: int = 0):
@@ -272,16 +316,33 @@ def time_slider_figure(frames_data: list[list], labels: list[str], prefix: str, 
         for k, tr in enumerate(frames_data[active]):
             fig.data[k].update(tr)
     fig.frames = [go.Frame(data=d, name=str(k)) for k, d in enumerate(frames_data)]
-    steps = [dict(method="animate", label=lab,
-                  args=[[str(k)], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))])
-             for k, lab in enumerate(labels)]
+    steps = [
+        dict(
+            method="animate",
+            label=lab,
+            args=[
+                [str(k)],
+                dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0)),
+            ],
+        )
+        for k, lab in enumerate(labels)
+    ]
     fig.update_layout(sliders=[_slider(steps, prefix, active)])
     return fig
 
 
-def two_slider_figure(cells: list[list], shape: tuple[int, int], labels1: list[str], labels2: list[str],
-                      prefix1: str, prefix2: str, titles: list[str], static_traces=(), active=(0, 0),
-                      cell_layouts: list[dict] | None = None):
+def two_slider_figure(
+    cells: list[list],
+    shape: tuple[int, int],
+    labels1: list[str],
+    labels2: list[str],
+    prefix1: str,
+    prefix2: str,
+    titles: list[str],
+    static_traces=(),
+    active=(0, 0),
+    cell_layouts: list[dict] | None = None,
+):
     """Two sliders over a grid: ``cells[i * n2 + j]`` (a list of traces) shows when slider 1 is on
     ``labels1[i]`` and slider 2 on ``labels2[j]``, with title ``titles[i * n2 + j]`` and the layout
     changes ``cell_layouts[i * n2 + j]`` (e.g. ``{"yaxis.range": [0, 2]}``).
@@ -308,17 +369,26 @@ def two_slider_figure(cells: list[list], shape: tuple[int, int], labels1: list[s
             tr.visible = k == a1 * n2 + a2
             fig.add_trace(tr)
 
-    layouts = [dict((cell_layouts or [{}] * len(cells))[k], **{"title.text": titles[k]}) for k in range(len(cells))]
+    layouts = [
+        dict((cell_layouts or [{}] * len(cells))[k], **{"title.text": titles[k]}) for k in range(len(cells))
+    ]
 
     def vis(cell):
         return [True] * n_static + [k // per == cell for k in range(n1 * n2 * per)]
 
-    steps1 = [dict(method="update", label=labels1[i], args=[{"visible": vis(i * n2 + a2)}, layouts[i * n2 + a2]])
-              for i in range(n1)]
-    steps2 = [dict(method="update", label=labels2[j], args=[{"visible": vis(a1 * n2 + j)}, layouts[a1 * n2 + j]])
-              for j in range(n2)]
+    steps1 = [
+        dict(method="update", label=labels1[i], args=[{"visible": vis(i * n2 + a2)}, layouts[i * n2 + a2]])
+        for i in range(n1)
+    ]
+    steps2 = [
+        dict(method="update", label=labels2[j], args=[{"visible": vis(a1 * n2 + j)}, layouts[a1 * n2 + j]])
+        for j in range(n2)
+    ]
     fig.update_layout(
-        sliders=[_slider(steps1, prefix1, a1, x=0.0, length=0.47), _slider(steps2, prefix2, a2, x=0.53, length=0.47)],
+        sliders=[
+            _slider(steps1, prefix1, a1, x=0.0, length=0.47),
+            _slider(steps2, prefix2, a2, x=0.53, length=0.47),
+        ],
         meta={"kaclib_grid": {"n1": n1, "n2": n2, "per_cell": per, "n_static": n_static, "layouts": layouts}},
         title=dict(text=titles[a1 * n2 + a2]),
     )
@@ -330,6 +400,7 @@ def two_slider_figure(cells: list[list], shape: tuple[int, int], labels1: list[s
 
 # =============================================================================== chapter 1
 
+
 def kac_paths_figure(traj, n_show: int = 8, title: str | None = None):
     """A few sample paths (straight segments between reversals) inside the light cone ``|x| <= c s``."""
     import plotly.graph_objects as go
@@ -338,15 +409,38 @@ def kac_paths_figure(traj, n_show: int = 8, title: str | None = None):
     s = np.array([0.0, traj.s_max])
     cone = dict(color=COLORS["bound"], dash="dash", width=2)
     fig.add_trace(go.Scatter(x=s, y=traj.c * s, mode="lines", line=cone, name="front x = +c s"))
-    fig.add_trace(go.Scatter(x=s, y=-traj.c * s, mode="lines", line=cone, name="front x = -c s", showlegend=False))
-    palette = ["#1f5fa8", "#e07b00", "#2a9d3f", "#8e44ad", "#16a085", "#d35400", "#2c3e50", "#c2185b", "#7f8c8d", "#b7950b"]
+    fig.add_trace(
+        go.Scatter(x=s, y=-traj.c * s, mode="lines", line=cone, name="front x = -c s", showlegend=False)
+    )
+    palette = [
+        "#1f5fa8",
+        "#e07b00",
+        "#2a9d3f",
+        "#8e44ad",
+        "#16a085",
+        "#d35400",
+        "#2c3e50",
+        "#c2185b",
+        "#7f8c8d",
+        "#b7950b",
+    ]
     for i in range(min(n_show, traj.n)):
         t, x = traj.polyline(i)
-        fig.add_trace(go.Scatter(x=_f32(t), y=_f32(x), mode="lines+markers", marker=dict(size=4),
-                                 line=dict(width=1.8, color=palette[i % len(palette)]), name=f"path {i + 1}",
-                                 showlegend=False,
-                                 hovertemplate="s = %{x:.3f}<br>x = %{y:.3f}<extra>path " + str(i + 1) + "</extra>"))
-    title = title or f"Kac sample paths: speed c = {traj.c:g}, reversal rate a = {traj.a:g} (xi = {2 * traj.a:g})"
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(t),
+                y=_f32(x),
+                mode="lines+markers",
+                marker=dict(size=4),
+                line=dict(width=1.8, color=palette[i % len(palette)]),
+                name=f"path {i + 1}",
+                showlegend=False,
+                hovertemplate="s = %{x:.3f}<br>x = %{y:.3f}<extra>path " + str(i + 1) + "</extra>",
+            )
+        )
+    title = (
+        title or f"Kac sample paths: speed c = {traj.c:g}, reversal rate a = {traj.a:g} (xi = {2 * traj.a:g})"
+    )
     return style(fig, title, "time s", "position x")
 
 
@@ -372,20 +466,49 @@ def kac_law_frames(process, times, samples: dict, bins: int = 60):
         hist = counts / (len(xs) * width)
         x, p = _law_curve(process, s)
         atom_exact = float(process.atom_mass(torch.tensor(s, dtype=torch.float64))) / 2
-        atom_mc = [float((xs <= -front * (1 - 1e-9)).double().mean()), float((xs >= front * (1 - 1e-9)).double().mean())]
+        atom_mc = [
+            float((xs <= -front * (1 - 1e-9)).double().mean()),
+            float((xs >= front * (1 - 1e-9)).double().mean()),
+        ]
         y_max = max(y_max, float(p.max()), float(hist.max()))
-        frames.append([
-            go.Bar(x=_f32((edges[:-1] + edges[1:]) / 2), y=_f32(hist), width=width, marker_color=COLORS["mc"],
-                   name="Monte Carlo histogram (interior)", hovertemplate="x = %{x:.3f}<br>density = %{y:.3f}<extra>MC</extra>"),
-            go.Scatter(x=_f32(x), y=_f32(p), mode="lines", line=dict(color=COLORS["exact"], width=2.5),
-                       name="exact density p(x, s)", hovertemplate="x = %{x:.3f}<br>p = %{y:.3f}<extra>exact</extra>"),
-            go.Scatter(x=[-front, front], y=[atom_exact, atom_exact], mode="markers",
-                       marker=dict(symbol="diamond", size=13, color=COLORS["bound"]), name="atom mass e^(-a s)/2 (exact)",
-                       yaxis="y2", hovertemplate="x = %{x:.3f}<br>mass = %{y:.4f}<extra>exact atom</extra>"),
-            go.Scatter(x=[-front, front], y=atom_mc, mode="markers",
-                       marker=dict(symbol="circle-open", size=17, line=dict(width=2.5), color=COLORS["kac"]),
-                       name="atom mass (Monte Carlo)", yaxis="y2", hovertemplate="x = %{x:.3f}<br>mass = %{y:.4f}<extra>MC atom</extra>"),
-        ])
+        frames.append(
+            [
+                go.Bar(
+                    x=_f32((edges[:-1] + edges[1:]) / 2),
+                    y=_f32(hist),
+                    width=width,
+                    marker_color=COLORS["mc"],
+                    name="Monte Carlo histogram (interior)",
+                    hovertemplate="x = %{x:.3f}<br>density = %{y:.3f}<extra>MC</extra>",
+                ),
+                go.Scatter(
+                    x=_f32(x),
+                    y=_f32(p),
+                    mode="lines",
+                    line=dict(color=COLORS["exact"], width=2.5),
+                    name="exact density p(x, s)",
+                    hovertemplate="x = %{x:.3f}<br>p = %{y:.3f}<extra>exact</extra>",
+                ),
+                go.Scatter(
+                    x=[-front, front],
+                    y=[atom_exact, atom_exact],
+                    mode="markers",
+                    marker=dict(symbol="diamond", size=13, color=COLORS["bound"]),
+                    name="atom mass e^(-a s)/2 (exact)",
+                    yaxis="y2",
+                    hovertemplate="x = %{x:.3f}<br>mass = %{y:.4f}<extra>exact atom</extra>",
+                ),
+                go.Scatter(
+                    x=[-front, front],
+                    y=atom_mc,
+                    mode="markers",
+                    marker=dict(symbol="circle-open", size=17, line=dict(width=2.5), color=COLORS["kac"]),
+                    name="atom mass (Monte Carlo)",
+                    yaxis="y2",
+                    hovertemplate="x = %{x:.3f}<br>mass = %{y:.4f}<extra>MC atom</extra>",
+                ),
+            ]
+        )
     return frames, y_max
 
 
@@ -402,8 +525,12 @@ def kac_law_figure(process, times, samples: dict, s_max: float | None = None, ac
         xaxis=dict(range=[-process.c * s_max * 1.05, process.c * s_max * 1.05]),
         barmode="overlay",
     )
-    return style(fig, f"Law of the Kac process X_s (a = {process.a:g}, c = {process.c:g}): exact vs Monte Carlo",
-                 "position x", None)
+    return style(
+        fig,
+        f"Law of the Kac process X_s (a = {process.a:g}, c = {process.c:g}): exact vs Monte Carlo",
+        "position x",
+        None,
+    )
 
 
 def telegraph_fd_figure(x, times, fd, exact, a: float, c: float, active: int | None = None):
@@ -413,18 +540,35 @@ def telegraph_fd_figure(x, times, fd, exact, a: float, c: float, active: int | N
     x = _f32(x)
     frames = []
     for k in range(len(times)):
-        frames.append([
-            go.Scatter(x=x, y=_f32(exact[k]), mode="lines", line=dict(color=COLORS["exact"], width=4), opacity=0.45,
-                       name="closed form (smoothed Kac law)"),
-            go.Scatter(x=x, y=_f32(fd[k]), mode="lines", line=dict(color=COLORS["kac"], width=1.8, dash="dot"),
-                       name="finite differences"),
-        ])
+        frames.append(
+            [
+                go.Scatter(
+                    x=x,
+                    y=_f32(exact[k]),
+                    mode="lines",
+                    line=dict(color=COLORS["exact"], width=4),
+                    opacity=0.45,
+                    name="closed form (smoothed Kac law)",
+                ),
+                go.Scatter(
+                    x=x,
+                    y=_f32(fd[k]),
+                    mode="lines",
+                    line=dict(color=COLORS["kac"], width=1.8, dash="dot"),
+                    name="finite differences",
+                ),
+            ]
+        )
     labels = [f"{s:.2f}" for s in times]
     fig = time_slider_figure(frames, labels, "s = ", active=active if active is not None else len(times) - 1)
     y_max = float(max(np.max(fd), np.max(exact)))
     fig.update_layout(yaxis=dict(range=[0, y_max * 1.05]))
-    return style(fig, f"Telegrapher's equation p_ss + {2 * a:g} p_s = {c * c:g} p_xx: finite differences vs closed form",
-                 "position x", "density p(x, s)")
+    return style(
+        fig,
+        f"Telegrapher's equation p_ss + {2 * a:g} p_s = {c * c:g} p_xx: finite differences vs closed form",
+        "position x",
+        "density p(x, s)",
+    )
 
 
 def finite_speed_figure(process, s: float, n_x: int = 600):
@@ -435,21 +579,43 @@ def finite_speed_figure(process, s: float, n_x: int = 600):
     var = float(process.var(torch.tensor(s, dtype=torch.float64)))
     x, p = _law_curve(process, s, n_x)
     xg = np.linspace(-2.2 * front, 2.2 * front, n_x)
-    g = np.exp(-xg**2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+    g = np.exp(-(xg**2) / (2 * var)) / math.sqrt(2 * math.pi * var)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=_f32(xg), y=_f32(g), mode="lines", line=dict(color=COLORS["gaussian"], width=2.5),
-                             name=f"Gaussian, same variance ({var:.3f})"))
-    fig.add_trace(go.Scatter(x=_f32(x), y=_f32(p), mode="lines", line=dict(color=COLORS["kac"], width=2.5),
-                             name="Kac law (continuous part)"))
+    fig.add_trace(
+        go.Scatter(
+            x=_f32(xg),
+            y=_f32(g),
+            mode="lines",
+            line=dict(color=COLORS["gaussian"], width=2.5),
+            name=f"Gaussian, same variance ({var:.3f})",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=_f32(x),
+            y=_f32(p),
+            mode="lines",
+            line=dict(color=COLORS["kac"], width=2.5),
+            name="Kac law (continuous part)",
+        )
+    )
     for sign in (-1, 1):
         fig.add_vline(x=sign * front, line=dict(color=COLORS["bound"], dash="dash"))
     fig.add_vrect(x0=front, x1=2.2 * front, fillcolor="rgba(192,57,43,0.07)", line_width=0)
     fig.add_vrect(x0=-2.2 * front, x1=-front, fillcolor="rgba(192,57,43,0.07)", line_width=0)
-    fig.add_annotation(x=front, y=1, yref="paper", text="front x = c s", showarrow=False, xanchor="left", yanchor="top")
+    fig.add_annotation(
+        x=front, y=1, yref="paper", text="front x = c s", showarrow=False, xanchor="left", yanchor="top"
+    )
     floor = max(float(g.min()), 1e-12)
-    fig.update_yaxes(type="log", range=[math.log10(floor), math.log10(max(float(p.max()), float(g.max())) * 3)])
-    return style(fig, f"Finite speed: the Kac law vanishes beyond |x| = c s (s = {s:g}); a Gaussian never does",
-                 "position x", "density (log scale)")
+    fig.update_yaxes(
+        type="log", range=[math.log10(floor), math.log10(max(float(p.max()), float(g.max())) * 3)]
+    )
+    return style(
+        fig,
+        f"Finite speed: the Kac law vanishes beyond |x| = c s (s = {s:g}); a Gaussian never does",
+        "position x",
+        "density (log scale)",
+    )
 
 
 def diffusion_limit_figure(D: float, s: float, xis, active: int | None = None, n_x: int = 500):
@@ -460,7 +626,7 @@ def diffusion_limit_figure(D: float, s: float, xis, active: int | None = None, n
 
     sd = math.sqrt(2 * D * s)
     xg = np.linspace(-4 * sd, 4 * sd, n_x)
-    heat = np.exp(-xg**2 / (2 * sd**2)) / (sd * math.sqrt(2 * math.pi))
+    heat = np.exp(-(xg**2) / (2 * sd**2)) / (sd * math.sqrt(2 * math.pi))
     frames, labels, y_max = [], [], float(heat.max())
     for xi in xis:
         proc = KacProcess(a=xi / 2, c=math.sqrt(D * xi))
@@ -471,19 +637,41 @@ def diffusion_limit_figure(D: float, s: float, xis, active: int | None = None, n
         atom = float(proc.atom_mass(torch.tensor(s, dtype=torch.float64))) / 2
         y_max = max(y_max, float(p.max()))
         fx = [-front, front] if front <= 4 * sd else []
-        frames.append([
-            go.Scatter(x=_f32(xg), y=_f32(heat), mode="lines", line=dict(color=COLORS["diffusion"], width=4), opacity=0.5,
-                       name=f"heat kernel N(0, 2 D s), D = {D:g}"),
-            go.Scatter(x=_f32(x), y=_f32(p), mode="lines", line=dict(color=COLORS["kac"], width=2),
-                       name="Kac law (continuous part)"),
-            go.Scatter(x=fx, y=[atom] * len(fx), mode="markers", marker=dict(symbol="diamond", size=12, color=COLORS["bound"]),
-                       name="atom mass at the fronts"),
-        ])
+        frames.append(
+            [
+                go.Scatter(
+                    x=_f32(xg),
+                    y=_f32(heat),
+                    mode="lines",
+                    line=dict(color=COLORS["diffusion"], width=4),
+                    opacity=0.5,
+                    name=f"heat kernel N(0, 2 D s), D = {D:g}",
+                ),
+                go.Scatter(
+                    x=_f32(x),
+                    y=_f32(p),
+                    mode="lines",
+                    line=dict(color=COLORS["kac"], width=2),
+                    name="Kac law (continuous part)",
+                ),
+                go.Scatter(
+                    x=fx,
+                    y=[atom] * len(fx),
+                    mode="markers",
+                    marker=dict(symbol="diamond", size=12, color=COLORS["bound"]),
+                    name="atom mass at the fronts",
+                ),
+            ]
+        )
         labels.append(f"{xi:g} (a = {xi / 2:g}, c = {math.sqrt(D * xi):.3g})")
     fig = time_slider_figure(frames, labels, "xi = ", active=active if active is not None else 0)
     fig.update_layout(xaxis=dict(range=[-4 * sd, 4 * sd]), yaxis=dict(range=[0, y_max * 1.1]))
-    return style(fig, f"Diffusion limit: xi -> infinity with c^2/xi = D = {D:g} fixed (s = {s:g})",
-                 "position x", "density / atom mass")
+    return style(
+        fig,
+        f"Diffusion limit: xi -> infinity with c^2/xi = D = {D:g} fixed (s = {s:g})",
+        "position x",
+        "density / atom mass",
+    )
 
 
 def kolmogorov_figure(xis, distances, var_gaps=None):
@@ -491,15 +679,33 @@ def kolmogorov_figure(xis, distances, var_gaps=None):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=list(xis), y=list(distances), mode="lines+markers", line=dict(color=COLORS["kac"], width=2.5),
-                             name="sup_x |F_Kac(x) - F_heat(x)|"))
+    fig.add_trace(
+        go.Scatter(
+            x=list(xis),
+            y=list(distances),
+            mode="lines+markers",
+            line=dict(color=COLORS["kac"], width=2.5),
+            name="sup_x |F_Kac(x) - F_heat(x)|",
+        )
+    )
     if var_gaps is not None:
-        fig.add_trace(go.Scatter(x=list(xis), y=list(var_gaps), mode="lines+markers",
-                                 line=dict(color=COLORS["gaussian"], dash="dot", width=2), name="|Var X_s - 2 D s| / (2 D s)"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(xis),
+                y=list(var_gaps),
+                mode="lines+markers",
+                line=dict(color=COLORS["gaussian"], dash="dot", width=2),
+                name="|Var X_s - 2 D s| / (2 D s)",
+            )
+        )
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log", exponentformat="power")
-    return style(fig, "Distance to the diffusion limit shrinks as xi grows (c^2/xi fixed)", "damping xi = 2a (log scale)",
-                 "distance (log scale)")
+    return style(
+        fig,
+        "Distance to the diffusion limit shrinks as xi grows (c^2/xi fixed)",
+        "damping xi = 2a (log scale)",
+        "distance (log scale)",
+    )
 
 
 def kac_law_traces(c: float, xi: float, s: float = 1.0, n_x: int = 300) -> dict:
@@ -518,27 +724,56 @@ def kac_law_traces(c: float, xi: float, s: float = 1.0, n_x: int = 300) -> dict:
     var = float(proc.var(torch.tensor(s, dtype=torch.float64)))
     front = c * s
     gx = np.linspace(-front * 1.6, front * 1.6, n_x)
-    gauss = np.exp(-gx**2 / (2 * var)) / math.sqrt(2 * math.pi * var)
+    gauss = np.exp(-(gx**2) / (2 * var)) / math.sqrt(2 * math.pi * var)
     mass = float(proc.atom_mass(torch.tensor(s, dtype=torch.float64))) / 2
-    return {"x": x.numpy(), "density": p.numpy(), "atom_x": np.array([-front, front]), "atom_mass": np.array([mass, mass]),
-            "gauss_x": gx, "gauss": gauss, "var": var, "front": front}
+    return {
+        "x": x.numpy(),
+        "density": p.numpy(),
+        "atom_x": np.array([-front, front]),
+        "atom_mass": np.array([mass, mass]),
+        "gauss_x": gx,
+        "gauss": gauss,
+        "var": var,
+        "front": front,
+    }
 
 
 def _law_cell_traces(d: dict, show_legend: bool = True):
     import plotly.graph_objects as go
 
     return [
-        go.Scatter(x=_f32(d["gauss_x"]), y=_f32(d["gauss"]), mode="lines", line=dict(color=COLORS["gaussian"], dash="dot", width=2),
-                   name="Gaussian, same variance", showlegend=show_legend),
-        go.Scatter(x=_f32(d["x"]), y=_f32(d["density"]), mode="lines", line=dict(color=COLORS["kac"], width=2.5),
-                   name="Kac density", showlegend=show_legend),
-        go.Scatter(x=_f32(d["atom_x"]), y=_f32(d["atom_mass"]), mode="markers+text", marker=dict(symbol="diamond", size=12, color=COLORS["bound"]),
-                   text=[f"{d['atom_mass'][0]:.3f}"] * 2, textposition="top center", name="atom mass (each front)",
-                   showlegend=show_legend),
+        go.Scatter(
+            x=_f32(d["gauss_x"]),
+            y=_f32(d["gauss"]),
+            mode="lines",
+            line=dict(color=COLORS["gaussian"], dash="dot", width=2),
+            name="Gaussian, same variance",
+            showlegend=show_legend,
+        ),
+        go.Scatter(
+            x=_f32(d["x"]),
+            y=_f32(d["density"]),
+            mode="lines",
+            line=dict(color=COLORS["kac"], width=2.5),
+            name="Kac density",
+            showlegend=show_legend,
+        ),
+        go.Scatter(
+            x=_f32(d["atom_x"]),
+            y=_f32(d["atom_mass"]),
+            mode="markers+text",
+            marker=dict(symbol="diamond", size=12, color=COLORS["bound"]),
+            text=[f"{d['atom_mass'][0]:.3f}"] * 2,
+            textposition="top center",
+            name="atom mass (each front)",
+            showlegend=show_legend,
+        ),
     ]
 
 
-def kac_law_single_figure(c: float, xi: float, s: float = 1.0, x_max: float | None = None, y_max: float | None = None):
+def kac_law_single_figure(
+    c: float, xi: float, s: float = 1.0, x_max: float | None = None, y_max: float | None = None
+):
     """The law of ``X_s`` for one ``(c, xi)`` (what the live widget draws)."""
     import plotly.graph_objects as go
 
@@ -548,8 +783,12 @@ def kac_law_single_figure(c: float, xi: float, s: float = 1.0, x_max: float | No
     fig.update_xaxes(range=[-x_max, x_max])
     if y_max:
         fig.update_yaxes(range=[0, y_max])
-    return style(fig, f"Law of X_s at s = {s:g}: c = {c:g}, xi = {xi:g} (a = {xi / 2:g}), Var = {d['var']:.3f}",
-                 "position x", "density / atom mass")
+    return style(
+        fig,
+        f"Law of X_s at s = {s:g}: c = {c:g}, xi = {xi:g} (a = {xi / 2:g}), Var = {d['var']:.3f}",
+        "position x",
+        "density / atom mass",
+    )
 
 
 def kac_law_grid_figure(cs, xis, s: float = 1.0, active=None):
@@ -561,12 +800,23 @@ def kac_law_grid_figure(cs, xis, s: float = 1.0, active=None):
             d = kac_law_traces(c, xi, s)
             top = max(float(np.max(d["density"])), float(np.max(d["gauss"])), float(d["atom_mass"][0]) + 0.08)
             cells.append(_law_cell_traces(d, show_legend=True))
-            titles.append(f"Law of X_s at s = {s:g}: c = {c:g}, xi = {xi:g} (a = {xi / 2:g}); Var X_s = {d['var']:.3f}")
+            titles.append(
+                f"Law of X_s at s = {s:g}: c = {c:g}, xi = {xi:g} (a = {xi / 2:g}); Var X_s = {d['var']:.3f}"
+            )
             ranges.append({"yaxis.range": [0, round(top * 1.12, 4)]})
     if active is None:
         active = (len(cs) // 2, len(xis) // 2)
-    fig = two_slider_figure(cells, (len(cs), len(xis)), [f"{c:g}" for c in cs], [f"{xi:g}" for xi in xis],
-                            "c = ", "xi = ", titles, active=active, cell_layouts=ranges)
+    fig = two_slider_figure(
+        cells,
+        (len(cs), len(xis)),
+        [f"{c:g}" for c in cs],
+        [f"{xi:g}" for xi in xis],
+        "c = ",
+        "xi = ",
+        titles,
+        active=active,
+        cell_layouts=ranges,
+    )
     x_max = max(cs) * s * 1.15
     fig.update_xaxes(range=[-x_max, x_max])
     style(fig, titles[active[0] * len(xis) + active[1]], "position x", "density / atom mass")
@@ -603,6 +853,7 @@ def kac_law_widget(c: float = 1.0, xi: float = 4.0, s: float = 1.0):
 
 # =============================================================================== chapter 2
 
+
 def conditional_velocity_figure(process, times, n_x: int = 400):
     """``v(x, s)`` on ``|x| < c s`` for several ``s``, the fronts' ``+-c`` and the bound ``|v| <= c``."""
     import plotly.graph_objects as go
@@ -614,50 +865,121 @@ def conditional_velocity_figure(process, times, n_x: int = 400):
         front = process.c * s
         x = torch.linspace(-front, front, n_x, dtype=torch.float64)[1:-1]
         v = process.velocity(x, torch.full_like(x, s))
-        fig.add_trace(go.Scatter(x=_f32(x), y=_f32(v), mode="lines", line=dict(color=cols[k], width=2.2), name=f"s = {s:g}",
-                                 legendgroup=str(k)))
-        fig.add_trace(go.Scatter(x=[-front, front], y=[-process.c, process.c], mode="markers", legendgroup=str(k),
-                                 marker=dict(color=cols[k], size=9, symbol="diamond"), showlegend=False,
-                                 hovertemplate="front x = %{x:.3f}<br>v = %{y:.2f} (atom)<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(x),
+                y=_f32(v),
+                mode="lines",
+                line=dict(color=cols[k], width=2.2),
+                name=f"s = {s:g}",
+                legendgroup=str(k),
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[-front, front],
+                y=[-process.c, process.c],
+                mode="markers",
+                legendgroup=str(k),
+                marker=dict(color=cols[k], size=9, symbol="diamond"),
+                showlegend=False,
+                hovertemplate="front x = %{x:.3f}<br>v = %{y:.2f} (atom)<extra></extra>",
+            )
+        )
     x_max = process.c * max(times) * 1.05
     for sign in (-1, 1):
-        fig.add_trace(go.Scatter(x=[-x_max, x_max], y=[sign * process.c] * 2, mode="lines", showlegend=sign > 0,
-                                 line=dict(color=COLORS["bound"], dash="dash"), name="|v| = c"))
-    return style(fig, f"Conditional velocity v(x, s) = E[dX/ds | X_s = x] (a = {process.a:g}, c = {process.c:g})",
-                 "position x", "velocity v(x, s)")
+        fig.add_trace(
+            go.Scatter(
+                x=[-x_max, x_max],
+                y=[sign * process.c] * 2,
+                mode="lines",
+                showlegend=sign > 0,
+                line=dict(color=COLORS["bound"], dash="dash"),
+                name="|v| = c",
+            )
+        )
+    return style(
+        fig,
+        f"Conditional velocity v(x, s) = E[dX/ds | X_s = x] (a = {process.a:g}, c = {process.c:g})",
+        "position x",
+        "velocity v(x, s)",
+    )
 
 
 def velocity_magnitude_figure(ts, typical: dict, worst: dict, bound: float | None = None):
     """Two panels, log-log in ``t``: the 99th percentile of ``|u(t, x_t | x0)|`` along the path, and the
     worst case over a window of states.  ``typical``/``worst``: ``name -> values``."""
-    from plotly.subplots import make_subplots
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("along the path: 99th percentile of |u|",
-                                                        "worst case over states |x - x0| <= 1"),
-                        horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("along the path: 99th percentile of |u|", "worst case over states |x - x0| <= 1"),
+        horizontal_spacing=0.1,
+    )
     for col, panel in ((1, typical), (2, worst)):
         for name, vals in panel.items():
-            fig.add_trace(go.Scatter(x=list(ts), y=list(vals), mode="lines", name=name, showlegend=col == 1,
-                                     line=dict(color=_color(name), width=2.5)), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=list(ts),
+                    y=list(vals),
+                    mode="lines",
+                    name=name,
+                    showlegend=col == 1,
+                    line=dict(color=_color(name), width=2.5),
+                ),
+                row=1,
+                col=col,
+            )
         if bound is not None:
-            fig.add_trace(go.Scatter(x=[min(ts), max(ts)], y=[bound, bound], mode="lines", showlegend=col == 1,
-                                     line=dict(color=COLORS["bound"], dash="dash"), name="Kac bound |x0| + c"), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[min(ts), max(ts)],
+                    y=[bound, bound],
+                    mode="lines",
+                    showlegend=col == 1,
+                    line=dict(color=COLORS["bound"], dash="dash"),
+                    name="Kac bound |x0| + c",
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(type="log", title_text="time t (t = 0 is data; log scale)", exponentformat="power")
     fig.update_yaxes(type="log", exponentformat="power")
     fig.update_yaxes(title_text="|u(t, x | x0)| (log scale)", row=1, col=1)
-    return style(fig, "Conditional target speeds near data time: Kac vs Gaussian vs diffusion paths", None, None,
-                 height=480, legend="bottom")
+    return style(
+        fig,
+        "Conditional target speeds near data time: Kac vs Gaussian vs diffusion paths",
+        None,
+        None,
+        height=480,
+        legend="bottom",
+    )
 
 
 def mixture_figure(x, centers=None, title: str = "The 2D toy: a 3 x 3 Gaussian mixture"):
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Scattergl(x=_f32(x[:, 0]), y=_f32(x[:, 1]), mode="markers", marker=dict(size=3, color=COLORS["kac"], opacity=0.5),
-                                 name="data samples"))
+    fig = go.Figure(
+        go.Scattergl(
+            x=_f32(x[:, 0]),
+            y=_f32(x[:, 1]),
+            mode="markers",
+            marker=dict(size=3, color=COLORS["kac"], opacity=0.5),
+            name="data samples",
+        )
+    )
     if centers is not None:
-        fig.add_trace(go.Scatter(x=_f32(centers[:, 0]), y=_f32(centers[:, 1]), mode="markers", name="component means",
-                                 marker=dict(symbol="x", size=10, color=COLORS["bound"])))
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(centers[:, 0]),
+                y=_f32(centers[:, 1]),
+                mode="markers",
+                name="component means",
+                marker=dict(symbol="x", size=10, color=COLORS["bound"]),
+            )
+        )
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return style(fig, title, "x1", "x2", height=460)
 
@@ -671,18 +993,30 @@ def loss_figure(curves: dict, window: int = 50):
         v = np.asarray(losses, dtype=np.float64)
         w = max(1, min(window, len(v)))
         smooth = np.convolve(v, np.ones(w) / w, mode="valid")
-        fig.add_trace(go.Scatter(x=np.arange(w, len(v) + 1), y=_f32(smooth), mode="lines", name=name,
-                                 line=dict(color=_color(name), width=2.2)))
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(w, len(v) + 1),
+                y=_f32(smooth),
+                mode="lines",
+                name=name,
+                line=dict(color=_color(name), width=2.2),
+            )
+        )
     fig.update_yaxes(type="log")
-    return style(fig, f"Training loss (moving average over {window} steps)", "training step", "mean squared error (log scale)",
-                 height=380)
+    return style(
+        fig,
+        f"Training loss (moving average over {window} steps)",
+        "training step",
+        "mean squared error (log scale)",
+        height=380,
+    )
 
 
 def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim: float = 3.2):
     """Particles flowing from noise (``t = T``) to data (``t = 0``): one panel per model, a slider
     and a play button over the solver's steps.  ``trajs[name]`` is ``(steps + 1, n, 2)``."""
-    from plotly.subplots import make_subplots
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     names = list(trajs)
     steps = next(iter(trajs.values())).shape[0] - 1
@@ -691,17 +1025,37 @@ def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim:
     n_bg = 0
     if data is not None:
         for col in range(1, len(names) + 1):
-            fig.add_trace(go.Scattergl(x=_f32(data[:, 0]), y=_f32(data[:, 1]), mode="markers", showlegend=col == 1,
-                                       marker=dict(size=3, color=COLORS["data"]), name="data", hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(
+                go.Scattergl(
+                    x=_f32(data[:, 0]),
+                    y=_f32(data[:, 1]),
+                    mode="markers",
+                    showlegend=col == 1,
+                    marker=dict(size=3, color=COLORS["data"]),
+                    name="data",
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
             n_bg += 1
 
     def frame_traces(k):
         out = []
         for col, name in enumerate(names, start=1):
             x = trajs[name][k]
-            out.append(go.Scatter(x=_f32(x[:, 0]), y=_f32(x[:, 1]), mode="markers", showlegend=False,
-                                  marker=dict(size=4, color=_color(name, COLORS["kac"])),
-                                  name=name, xaxis=f"x{'' if col == 1 else col}", yaxis=f"y{'' if col == 1 else col}"))
+            out.append(
+                go.Scatter(
+                    x=_f32(x[:, 0]),
+                    y=_f32(x[:, 1]),
+                    mode="markers",
+                    showlegend=False,
+                    marker=dict(size=4, color=_color(name, COLORS["kac"])),
+                    name=name,
+                    xaxis=f"x{'' if col == 1 else col}",
+                    yaxis=f"y{'' if col == 1 else col}",
+                )
+            )
         return out
 
     for col, tr in enumerate(frame_traces(idx[0]), start=1):
@@ -710,19 +1064,46 @@ def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim:
     fig.frames = [go.Frame(data=frame_traces(k), name=str(k), traces=trace_ids) for k in idx]
     t = np.asarray(times, dtype=np.float64)
     anim = dict(mode="immediate", frame=dict(duration=180, redraw=False), transition=dict(duration=0))
-    steps_ = [dict(method="animate", label=f"{t[k]:.2f}", args=[[str(k)], dict(anim, frame=dict(duration=0, redraw=False))]) for k in idx]
+    steps_ = [
+        dict(
+            method="animate",
+            label=f"{t[k]:.2f}",
+            args=[[str(k)], dict(anim, frame=dict(duration=0, redraw=False))],
+        )
+        for k in idx
+    ]
     fig.update_layout(
         sliders=[_slider(steps_, "t = ", 0, x=0.3, length=0.7)],
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=0.0, xanchor="left", yanchor="top", showactive=False,
-                          buttons=[dict(label="▶ play", method="animate", args=[None, dict(anim, fromcurrent=True)]),
-                                   dict(label="❚❚ pause", method="animate", args=[[None], dict(anim, mode="immediate")])])],
+        updatemenus=[
+            dict(
+                type="buttons",
+                direction="left",
+                x=0.0,
+                y=0.0,
+                xanchor="left",
+                yanchor="top",
+                showactive=False,
+                buttons=[
+                    dict(label="▶ play", method="animate", args=[None, dict(anim, fromcurrent=True)]),
+                    dict(label="❚❚ pause", method="animate", args=[[None], dict(anim, mode="immediate")]),
+                ],
+            )
+        ],
     )
     for col in range(1, len(names) + 1):
         fig.update_xaxes(range=[-lim, lim], row=1, col=col, title_text="x1")
-        fig.update_yaxes(range=[-lim, lim], row=1, col=col, scaleanchor=f"x{'' if col == 1 else col}", scaleratio=1)
+        fig.update_yaxes(
+            range=[-lim, lim], row=1, col=col, scaleanchor=f"x{'' if col == 1 else col}", scaleratio=1
+        )
     fig.update_yaxes(title_text="x2", row=1, col=1)
-    return style(fig, "Sampling trajectories from noise (t = 1) to data (t = 0), Euler steps", None, None, height=500,
-                 legend="none")
+    return style(
+        fig,
+        "Sampling trajectories from noise (t = 1) to data (t = 0), Euler steps",
+        None,
+        None,
+        height=500,
+        legend="none",
+    )
 
 
 def velocity_bound_figure(times, stats: dict, bound=None, bound_label: str = "bound"):
@@ -733,36 +1114,79 @@ def velocity_bound_figure(times, stats: dict, bound=None, bound_label: str = "bo
     fig = go.Figure()
     for name, (mx, q99) in stats.items():
         col = _color(name)
-        fig.add_trace(go.Scatter(x=list(times), y=list(mx), mode="lines", line=dict(color=col, width=2.5), name=f"{name}: max"))
-        fig.add_trace(go.Scatter(x=list(times), y=list(q99), mode="lines", line=dict(color=col, width=1.5, dash="dot"),
-                                 name=f"{name}: 99th percentile"))
+        fig.add_trace(
+            go.Scatter(
+                x=list(times), y=list(mx), mode="lines", line=dict(color=col, width=2.5), name=f"{name}: max"
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=list(times),
+                y=list(q99),
+                mode="lines",
+                line=dict(color=col, width=1.5, dash="dot"),
+                name=f"{name}: 99th percentile",
+            )
+        )
     if bound is not None:
         b = np.broadcast_to(np.asarray(bound, dtype=np.float64), (len(times),))
-        fig.add_trace(go.Scatter(x=list(times), y=b.tolist(), mode="lines", line=dict(color=COLORS["bound"], dash="dash", width=2),
-                                 name=bound_label))
+        fig.add_trace(
+            go.Scatter(
+                x=list(times),
+                y=b.tolist(),
+                mode="lines",
+                line=dict(color=COLORS["bound"], dash="dash", width=2),
+                name=bound_label,
+            )
+        )
     fig.update_xaxes(autorange="reversed")
-    return style(fig, "Learned speeds along the sampling trajectories", "time t (sampling runs from t = 1 to t = 0)",
-                 "speed ||u_theta(x, t)||")
+    return style(
+        fig,
+        "Learned speeds along the sampling trajectories",
+        "time t (sampling runs from t = 1 to t = 0)",
+        "speed ||u_theta(x, t)||",
+    )
 
 
-def quality_vs_steps_figure(steps, results: dict, floor: float | None = None, metric: str = "energy distance"):
+def quality_vs_steps_figure(
+    steps, results: dict, floor: float | None = None, metric: str = "energy distance"
+):
     """Sample quality against the number of solver steps (log-log), one line per model."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for name, vals in results.items():
-        fig.add_trace(go.Scatter(x=list(steps), y=list(vals), mode="lines+markers", name=name,
-                                 line=dict(color=_color(name), width=2.5)))
+        fig.add_trace(
+            go.Scatter(
+                x=list(steps),
+                y=list(vals),
+                mode="lines+markers",
+                name=name,
+                line=dict(color=_color(name), width=2.5),
+            )
+        )
     if floor is not None:
-        fig.add_trace(go.Scatter(x=[min(steps), max(steps)], y=[floor, floor], mode="lines", name="noise floor (data vs data)",
-                                 line=dict(color="#777", dash="dash")))
+        fig.add_trace(
+            go.Scatter(
+                x=[min(steps), max(steps)],
+                y=[floor, floor],
+                mode="lines",
+                name="noise floor (data vs data)",
+                line=dict(color="#777", dash="dash"),
+            )
+        )
     fig.update_xaxes(type="log", tickvals=list(steps))
     fig.update_yaxes(type="log", exponentformat="power")
-    return style(fig, f"Sample quality against the number of Euler steps ({metric} to fresh data; lower is better)",
-                 "Euler steps (= network evaluations)", f"{metric} (log scale)")
+    return style(
+        fig,
+        f"Sample quality against the number of Euler steps ({metric} to fresh data; lower is better)",
+        "Euler steps (= network evaluations)",
+        f"{metric} (log scale)",
+    )
 
 
 # =============================================================================== tables
+
 
 def html_table(header: list[str], rows: list[list], caption: str | None = None) -> str:
     """A small HTML table (cells escaped; numbers formatted by the caller)."""
@@ -771,8 +1195,10 @@ def html_table(header: list[str], rows: list[list], caption: str | None = None) 
     head = "".join(f"<th>{_html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
     cap = f"<caption style='caption-side:top'>{_html.escape(caption)}</caption>" if caption else ""
-    return (f"<div style='overflow-x:auto'><table class='table' style='font-size:0.9em'>{cap}<thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table></div>")
+    return (
+        f"<div style='overflow-x:auto'><table class='table' style='font-size:0.9em'>{cap}<thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def show_table(header: list[str], rows: list[list], caption: str | None = None) -> None:
@@ -781,6 +1207,7 @@ def show_table(header: list[str], rows: list[list], caption: str | None = None) 
 
     text = "\n".join(["\t".join(map(str, header))] + ["\t".join(map(str, r)) for r in rows])
     display({"text/html": html_table(header, rows, caption), "text/plain": text}, raw=True)
+
 
 # --- part 2 figures
 # Chapters 3 to 6 (guidance, the teacher, the distillation ladder, paper scale).  Same rules as
@@ -818,7 +1245,9 @@ def image_tile(images, ncol: int, pad: int = 1, pad_value: float = -0.55) -> np.
     out = np.full((ch, rows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=np.float32)
     for k in range(n):
         r, q = divmod(k, ncol)
-        out[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[k]
+        out[
+            :, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+        ] = x[k]
     return out
 
 
@@ -826,20 +1255,39 @@ def _tile_trace(tile: np.ndarray, visible: bool = True, hover: str = "value %{z:
     import plotly.graph_objects as go
 
     if tile.shape[0] == 1:  # grey: a heatmap, white = +1 drawn dark like ink
-        return go.Heatmap(z=tile[0], zmin=-1, zmax=1, colorscale="gray_r", showscale=False, visible=visible,
-                          hovertemplate=hover + "<extra></extra>")
+        return go.Heatmap(
+            z=tile[0],
+            zmin=-1,
+            zmax=1,
+            colorscale="gray_r",
+            showscale=False,
+            visible=visible,
+            hovertemplate=hover + "<extra></extra>",
+        )
     rgb = ((np.clip(tile[:3], -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(1, 2, 0)
     return go.Image(z=rgb, visible=visible, hoverinfo="skip")
 
 
 def _image_axes(fig, row_labels=None, h: int | None = None, pad: int = 1):
     fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", scaleratio=1, showgrid=False, zeroline=False,
-                     constrain="domain", showticklabels=bool(row_labels), ticks="",
-                     showline=False)
+    fig.update_yaxes(
+        autorange="reversed",
+        scaleanchor="x",
+        scaleratio=1,
+        showgrid=False,
+        zeroline=False,
+        constrain="domain",
+        showticklabels=bool(row_labels),
+        ticks="",
+        showline=False,
+    )
     if row_labels:
-        fig.update_yaxes(tickvals=[pad + k * (h + pad) + (h - 1) / 2 for k in range(len(row_labels))],
-                         ticktext=list(row_labels), visible=True, title_text=None)
+        fig.update_yaxes(
+            tickvals=[pad + k * (h + pad) + (h - 1) / 2 for k in range(len(row_labels))],
+            ticktext=list(row_labels),
+            visible=True,
+            title_text=None,
+        )
 
 
 def _grid_height(tile_shape, width_px: int = 700, extra: int = 100) -> int:
@@ -858,8 +1306,15 @@ def image_grid_figure(images, ncol: int, title: str, row_labels=None):
     return fig
 
 
-def image_grid_slider_figure(image_sets: list, labels: list[str], prefix: str, ncol: int, titles: list[str],
-                             row_labels=None, active: int = 0):
+def image_grid_slider_figure(
+    image_sets: list,
+    labels: list[str],
+    prefix: str,
+    ncol: int,
+    titles: list[str],
+    row_labels=None,
+    active: int = 0,
+):
     """Static slider over several image grids (e.g. samples per class for each guidance weight, or
     one grid per distillation stage for the same latents): ``image_sets[k]`` shows at ``labels[k]``.
 
@@ -871,17 +1326,23 @@ def image_grid_slider_figure(image_sets: list, labels: list[str], prefix: str, n
         raise ValueError("image_sets, labels and titles must be non-empty lists of the same length")
     tiles = [image_tile(im, ncol) for im in image_sets]
     fig = go.Figure([_tile_trace(t, visible=k == active) for k, t in enumerate(tiles)])
-    steps = [dict(method="update", label=lab,
-                  args=[{"visible": [j == k for j in range(len(tiles))]}, {"title.text": titles[k]}])
-             for k, lab in enumerate(labels)]
+    steps = [
+        dict(
+            method="update",
+            label=lab,
+            args=[{"visible": [j == k for j in range(len(tiles))]}, {"title.text": titles[k]}],
+        )
+        for k, lab in enumerate(labels)
+    ]
     fig.update_layout(sliders=[_slider(steps, prefix, active, y=-0.02)])
     style(fig, titles[active], None, None, height=_grid_height(tiles[0].shape), legend="none")
     _image_axes(fig, row_labels, _f32(image_sets[0]).shape[2])  # after style: no axis lines on an image
     return fig
 
 
-def guided_field_figure(x, v_u, v_c, v_w: dict, bounds: dict, title: str, active: int | None = None,
-                        class_label: str = "y"):
+def guided_field_figure(
+    x, v_u, v_c, v_w: dict, bounds: dict, title: str, active: int | None = None, class_label: str = "y"
+):
     """The guided field ``v_w = v_u + w (v_c - v_u)`` along a line of states, one slider position per
     ``w`` (keys of ``v_w``), with the band ``|v| <= bounds[w]``.  Arrays are 1D over ``x``."""
     import plotly.graph_objects as go
@@ -891,15 +1352,38 @@ def guided_field_figure(x, v_u, v_c, v_w: dict, bounds: dict, title: str, active
     frames = []
     for w in ws:
         b = float(bounds[w])
-        frames.append([
-            go.Scatter(x=xs, y=_f32(v_u), mode="lines", line=dict(color="#888", width=2), name="unconditional v(x, t)"),
-            go.Scatter(x=xs, y=_f32(v_c), mode="lines", line=dict(color=COLORS["kac"], width=2),
-                       name=f"conditional v(x, t; {class_label})"),
-            go.Scatter(x=xs, y=_f32(v_w[w]), mode="lines", line=dict(color=COLORS["gaussian"], width=3.5),
-                       name="guided v_w"),
-            go.Scatter(x=[xs.min(), xs.max(), None, xs.min(), xs.max()], y=[b, b, None, -b, -b], mode="lines",
-                       line=dict(color=COLORS["bound"], dash="dash", width=2), name="bound (|1-w| + |w|) B_t"),
-        ])
+        frames.append(
+            [
+                go.Scatter(
+                    x=xs,
+                    y=_f32(v_u),
+                    mode="lines",
+                    line=dict(color="#888", width=2),
+                    name="unconditional v(x, t)",
+                ),
+                go.Scatter(
+                    x=xs,
+                    y=_f32(v_c),
+                    mode="lines",
+                    line=dict(color=COLORS["kac"], width=2),
+                    name=f"conditional v(x, t; {class_label})",
+                ),
+                go.Scatter(
+                    x=xs,
+                    y=_f32(v_w[w]),
+                    mode="lines",
+                    line=dict(color=COLORS["gaussian"], width=3.5),
+                    name="guided v_w",
+                ),
+                go.Scatter(
+                    x=[xs.min(), xs.max(), None, xs.min(), xs.max()],
+                    y=[b, b, None, -b, -b],
+                    mode="lines",
+                    line=dict(color=COLORS["bound"], dash="dash", width=2),
+                    name="bound (|1-w| + |w|) B_t",
+                ),
+            ]
+        )
     active = len(ws) // 2 if active is None else active
     fig = time_slider_figure(frames, [f"{w:g}" for w in ws], "w = ", active=active)
     for frame, w in zip(fig.frames, ws):  # each weight gets the axis range of its own bound
@@ -908,7 +1392,9 @@ def guided_field_figure(x, v_u, v_c, v_w: dict, bounds: dict, title: str, active
     return style(fig, title, "state x", "velocity")
 
 
-def guidance_ratio_figure(ws, ratios: dict, title: str = "Largest guided speed against the triangle-inequality bound"):
+def guidance_ratio_figure(
+    ws, ratios: dict, title: str = "Largest guided speed against the triangle-inequality bound"
+):
     """``max |v_w| / B`` against ``w`` for several fields (``ratios[name]`` aligned with ``ws``) beside
     the bound ``|1 - w| + |w|`` (``B``: the per-coordinate bound of the unguided fields)."""
     import plotly.graph_objects as go
@@ -916,68 +1402,180 @@ def guidance_ratio_figure(ws, ratios: dict, title: str = "Largest guided speed a
     ws = [float(w) for w in ws]
     dense = np.linspace(min(ws + [0.0]), max(ws), 200)
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=dense, y=np.abs(1 - dense) + np.abs(dense), mode="lines", name="bound |1 - w| + |w|",
-                             line=dict(color=COLORS["bound"], dash="dash", width=2.5)))
+    fig.add_trace(
+        go.Scatter(
+            x=dense,
+            y=np.abs(1 - dense) + np.abs(dense),
+            mode="lines",
+            name="bound |1 - w| + |w|",
+            line=dict(color=COLORS["bound"], dash="dash", width=2.5),
+        )
+    )
     palette = [COLORS["exact"], COLORS["kac"], COLORS["gaussian"], COLORS["diffusion"], "#8e44ad"]
     for k, (name, vals) in enumerate(ratios.items()):
-        fig.add_trace(go.Scatter(x=ws, y=[float(v) for v in vals], mode="lines+markers", name=name,
-                                 line=dict(color=palette[k % len(palette)], width=2.2)))
-    return style(fig, title, "guidance weight w (0: unconditional, 1: conditional)", "max |v_w| / B",
-                 legend_below=True)
+        fig.add_trace(
+            go.Scatter(
+                x=ws,
+                y=[float(v) for v in vals],
+                mode="lines+markers",
+                name=name,
+                line=dict(color=palette[k % len(palette)], width=2.2),
+            )
+        )
+    return style(
+        fig, title, "guidance weight w (0: unconditional, 1: conditional)", "max |v_w| / B", legend_below=True
+    )
 
 
-def metric_vs_w_figure(ws, fid, accuracy, metric: str, floor: float | None = None, paper_w: float | None = None,
-                       best_w: float | None = None):
+def metric_vs_w_figure(
+    ws,
+    fid,
+    accuracy,
+    metric: str,
+    floor: float | None = None,
+    paper_w: float | None = None,
+    best_w: float | None = None,
+):
     """Sample quality (left axis) and class accuracy (right axis) against the guidance weight."""
     import plotly.graph_objects as go
 
     ws = [float(w) for w in ws]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=ws, y=[float(v) for v in fid], mode="lines+markers", name=f"{metric} (left, lower is better)",
-                             line=dict(color=COLORS["kac"], width=2.5)))
-    fig.add_trace(go.Scatter(x=ws, y=[100 * float(a) for a in accuracy], mode="lines+markers", yaxis="y2",
-                             name="class accuracy, % (right)", line=dict(color=COLORS["gaussian"], width=2.5, dash="dot")))
+    fig.add_trace(
+        go.Scatter(
+            x=ws,
+            y=[float(v) for v in fid],
+            mode="lines+markers",
+            name=f"{metric} (left, lower is better)",
+            line=dict(color=COLORS["kac"], width=2.5),
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=ws,
+            y=[100 * float(a) for a in accuracy],
+            mode="lines+markers",
+            yaxis="y2",
+            name="class accuracy, % (right)",
+            line=dict(color=COLORS["gaussian"], width=2.5, dash="dot"),
+        )
+    )
     if floor is not None:
-        fig.add_trace(go.Scatter(x=[min(ws), max(ws)], y=[floor, floor], mode="lines", name=f"{metric} floor (real vs real)",
-                                 line=dict(color="#777", dash="dash")))
+        fig.add_trace(
+            go.Scatter(
+                x=[min(ws), max(ws)],
+                y=[floor, floor],
+                mode="lines",
+                name=f"{metric} floor (real vs real)",
+                line=dict(color="#777", dash="dash"),
+            )
+        )
     if paper_w is not None:
         fig.add_vline(x=paper_w, line=dict(color=COLORS["bound"], dash="dot"))
-        fig.add_annotation(x=paper_w, y=1.0, yref="paper", text=f"paper's CIFAR-10 optimum w = {paper_w:g}",
-                           showarrow=False, xanchor="left", yanchor="bottom", font=dict(color=COLORS["bound"]))
+        fig.add_annotation(
+            x=paper_w,
+            y=1.0,
+            yref="paper",
+            text=f"paper's CIFAR-10 optimum w = {paper_w:g}",
+            showarrow=False,
+            xanchor="left",
+            yanchor="bottom",
+            font=dict(color=COLORS["bound"]),
+        )
     if best_w is not None:
         fig.add_vline(x=best_w, line=dict(color=COLORS["kac"], dash="dot"))
-        fig.add_annotation(x=best_w, y=0.92, yref="paper", text=f"best here w = {best_w:g}", showarrow=False,
-                           xanchor="left", font=dict(color=COLORS["kac"]))
-    fig.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 105], title="class accuracy (%)", showgrid=False,
-                                  tickmode="auto", type="linear"))
+        fig.add_annotation(
+            x=best_w,
+            y=0.92,
+            yref="paper",
+            text=f"best here w = {best_w:g}",
+            showarrow=False,
+            xanchor="left",
+            font=dict(color=COLORS["kac"]),
+        )
+    fig.update_layout(
+        yaxis2=dict(
+            overlaying="y",
+            side="right",
+            range=[0, 105],
+            title="class accuracy (%)",
+            showgrid=False,
+            tickmode="auto",
+            type="linear",
+        )
+    )
     fig.update_layout(yaxis=dict(type="log"))
-    return style(fig, f"Guidance weight: {metric} and class accuracy", "guidance weight w", f"{metric} (log scale)",
-                 legend_below=True)
+    return style(
+        fig,
+        f"Guidance weight: {metric} and class accuracy",
+        "guidance weight w",
+        f"{metric} (log scale)",
+        legend_below=True,
+    )
 
 
-def quality_vs_nfe_figure(series: dict, metric: str, floor: float | None = None, title: str | None = None,
-                          x_title: str = "network passes per sample (NFE)", paper: dict | None = None):
+def quality_vs_nfe_figure(
+    series: dict,
+    metric: str,
+    floor: float | None = None,
+    title: str | None = None,
+    x_title: str = "network passes per sample (NFE)",
+    paper: dict | None = None,
+):
     """Sample quality against cost, log-log: ``series[name] = (costs, values)`` or ``(costs, values,
     labels)`` (labels show on hover, e.g. the step counts)."""
     import plotly.graph_objects as go
 
-    palette = [COLORS["kac"], COLORS["gaussian"], COLORS["diffusion"], "#8e44ad", COLORS["exact"], "#16a085", "#c2185b"]
+    palette = [
+        COLORS["kac"],
+        COLORS["gaussian"],
+        COLORS["diffusion"],
+        "#8e44ad",
+        COLORS["exact"],
+        "#16a085",
+        "#c2185b",
+    ]
     fig = go.Figure()
     xs_all = []
     for k, (name, s) in enumerate(series.items()):
         xs, ys = [float(v) for v in s[0]], [float(v) for v in s[1]]
         xs_all += xs
         text = [str(v) for v in s[2]] if len(s) > 2 else None
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name, text=text,
-                                 line=dict(color=palette[k % len(palette)], width=2.4),
-                                 hovertemplate=("%{text}<br>" if text else "") + "cost %{x}<br>" + metric + " %{y:.3g}<extra>" + name + "</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=name,
+                text=text,
+                line=dict(color=palette[k % len(palette)], width=2.4),
+                hovertemplate=("%{text}<br>" if text else "")
+                + "cost %{x}<br>"
+                + metric
+                + " %{y:.3g}<extra>"
+                + name
+                + "</extra>",
+            )
+        )
     if floor is not None and xs_all:
-        fig.add_trace(go.Scatter(x=[min(xs_all), max(xs_all)], y=[floor, floor], mode="lines",
-                                 name=f"{metric} floor (real vs real)", line=dict(color="#777", dash="dash")))
+        fig.add_trace(
+            go.Scatter(
+                x=[min(xs_all), max(xs_all)],
+                y=[floor, floor],
+                mode="lines",
+                name=f"{metric} floor (real vs real)",
+                line=dict(color="#777", dash="dash"),
+            )
+        )
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
-    return style(fig, title or f"{metric} against sampling cost (lower is better)", x_title, f"{metric} (log scale)",
-                 legend_below=True)
+    return style(
+        fig,
+        title or f"{metric} against sampling cost (lower is better)",
+        x_title,
+        f"{metric} (log scale)",
+        legend_below=True,
+    )
 
 
 def velocity_norm_figure(stats: dict, title: str = "Norm of the learned velocity along the path"):
@@ -991,21 +1589,59 @@ def velocity_norm_figure(stats: dict, title: str = "Norm of the learned velocity
     kac = None
     for k, (name, st) in enumerate(stats.items()):
         col = palette[k % len(palette)]
-        fig.add_trace(go.Scatter(x=list(st.times), y=list(st.model_norm_max), mode="lines+markers", name=f"{name}: max",
-                                 line=dict(color=col, width=2.5)))
-        fig.add_trace(go.Scatter(x=list(st.times), y=list(st.model_norm_mean), mode="lines", name=f"{name}: mean",
-                                 line=dict(color=col, width=1.5, dash="dot")))
-        fig.add_trace(go.Scatter(x=list(st.times), y=list(st.target_norm_max), mode="lines", name=f"{name}: target max",
-                                 line=dict(color=col, width=1, dash="dashdot"), opacity=0.7))
+        fig.add_trace(
+            go.Scatter(
+                x=list(st.times),
+                y=list(st.model_norm_max),
+                mode="lines+markers",
+                name=f"{name}: max",
+                line=dict(color=col, width=2.5),
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=list(st.times),
+                y=list(st.model_norm_mean),
+                mode="lines",
+                name=f"{name}: mean",
+                line=dict(color=col, width=1.5, dash="dot"),
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=list(st.times),
+                y=list(st.target_norm_max),
+                mode="lines",
+                name=f"{name}: target max",
+                line=dict(color=col, width=1, dash="dashdot"),
+                opacity=0.7,
+            )
+        )
         if kac is None and st.speed_bound is not None:
             kac = st
     if kac is not None:
-        fig.add_trace(go.Scatter(x=[min(kac.times), max(kac.times)], y=[kac.speed_bound] * 2, mode="lines",
-                                 name="c sqrt(d) (Kac process speed)", line=dict(color=COLORS["bound"], dash="dash", width=2)))
-        fig.add_trace(go.Scatter(x=list(kac.times), y=list(kac.norm_bound), mode="lines",
-                                 name="(|f'| + g' c) sqrt(d) (target bound)", line=dict(color=COLORS["bound"], dash="dot", width=2)))
+        fig.add_trace(
+            go.Scatter(
+                x=[min(kac.times), max(kac.times)],
+                y=[kac.speed_bound] * 2,
+                mode="lines",
+                name="c sqrt(d) (Kac process speed)",
+                line=dict(color=COLORS["bound"], dash="dash", width=2),
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=list(kac.times),
+                y=list(kac.norm_bound),
+                mode="lines",
+                name="(|f'| + g' c) sqrt(d) (target bound)",
+                line=dict(color=COLORS["bound"], dash="dot", width=2),
+            )
+        )
     fig.update_yaxes(type="log")
-    return style(fig, title, "time t (0 = data, 1 = noise)", "velocity norm (log scale)", legend_below=True, height=480)
+    return style(
+        fig, title, "time t (0 = data, 1 = noise)", "velocity norm (log scale)", legend_below=True, height=480
+    )
 
 
 def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple | None = None):
@@ -1015,24 +1651,71 @@ def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.42, 0.58], vertical_spacing=0.12,
-                        subplot_titles=("the ladder: each student becomes the next stage's teacher",
-                                        f"one stage, sketched (M = {stages[0][0]}, N = {stages[0][1]}): only the end points are matched"))
-    names = [f"teacher<br>{teacher_steps} steps"] + [f"student<br>{m} step{'s' if m > 1 else ''}" for m, _ in stages]
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        row_heights=[0.42, 0.58],
+        vertical_spacing=0.12,
+        subplot_titles=(
+            "the ladder: each student becomes the next stage's teacher",
+            f"one stage, sketched (M = {stages[0][0]}, N = {stages[0][1]}): only the end points are matched",
+        ),
+    )
+    names = [f"teacher<br>{teacher_steps} steps"] + [
+        f"student<br>{m} step{'s' if m > 1 else ''}" for m, _ in stages
+    ]
     xs = np.arange(len(names)) * 2.0
     for k, (x, lab) in enumerate(zip(xs, names)):
         col = COLORS["kac"] if k == 0 else COLORS["gaussian"]
-        fig.add_shape(type="rect", x0=x - 0.7, x1=x + 0.7, y0=-0.45, y1=0.45, line=dict(color=col, width=2),
-                      fillcolor="rgba(255,255,255,0.9)", row=1, col=1)
+        fig.add_shape(
+            type="rect",
+            x0=x - 0.7,
+            x1=x + 0.7,
+            y0=-0.45,
+            y1=0.45,
+            line=dict(color=col, width=2),
+            fillcolor="rgba(255,255,255,0.9)",
+            row=1,
+            col=1,
+        )
         fig.add_annotation(x=x, y=0, text=lab, showarrow=False, font=dict(size=13), row=1, col=1)
-    for k, (m, n) in enumerate(stages):
-        fig.add_annotation(x=xs[k + 1] - 0.72, y=0, ax=xs[k] + 0.72, ay=0, xref="x", yref="y", axref="x", ayref="y",
-                           showarrow=True, arrowhead=3, arrowsize=1.3, arrowwidth=2, arrowcolor="#444", text="")
-        fig.add_annotation(x=(xs[k] + xs[k + 1]) / 2, y=0.62, text=f"N = {n}", showarrow=False, font=dict(size=12),
-                           row=1, col=1)
+    for k, (_m, n) in enumerate(stages):
+        fig.add_annotation(
+            x=xs[k + 1] - 0.72,
+            y=0,
+            ax=xs[k] + 0.72,
+            ay=0,
+            xref="x",
+            yref="y",
+            axref="x",
+            ayref="y",
+            showarrow=True,
+            arrowhead=3,
+            arrowsize=1.3,
+            arrowwidth=2,
+            arrowcolor="#444",
+            text="",
+        )
+        fig.add_annotation(
+            x=(xs[k] + xs[k + 1]) / 2,
+            y=0.62,
+            text=f"N = {n}",
+            showarrow=False,
+            font=dict(size=12),
+            row=1,
+            col=1,
+        )
     if single_stage is not None:
-        fig.add_annotation(x=xs[-1] + 0.7, y=-0.95, text=f"ablation: one stage {teacher_steps} -> {single_stage[0]} (N = {single_stage[1]})",
-                           showarrow=False, xanchor="right", font=dict(size=12, color="#555"), row=1, col=1)
+        fig.add_annotation(
+            x=xs[-1] + 0.7,
+            y=-0.95,
+            text=f"ablation: one stage {teacher_steps} -> {single_stage[0]} (N = {single_stage[1]})",
+            showarrow=False,
+            xanchor="right",
+            font=dict(size=12, color="#555"),
+            row=1,
+            col=1,
+        )
     fig.update_xaxes(visible=False, range=[xs[0] - 1, xs[-1] + 1], row=1, col=1)
     fig.update_yaxes(visible=False, range=[-1.2, 1.0], row=1, col=1)
     # bottom panel: a sketch of one student step from t_k to t_{k+1} = t_k - T/M against the frozen
@@ -1042,48 +1725,106 @@ def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple 
     curve = lambda s: 0.6 * np.sin(3 * s) + 0.3 * s  # noqa: E731
     tk, tk1 = 0.85, 0.25
     sub = np.linspace(tk, tk1, n + 1)
-    fig.add_trace(go.Scatter(x=t, y=curve(t), mode="lines", line=dict(color="#bbb", width=1.5),
-                             name="teacher trajectory (guided ODE)"), row=2, col=1)
-    fig.add_trace(go.Scatter(x=sub, y=curve(sub), mode="lines+markers", line=dict(color=COLORS["kac"], width=2.5),
-                             marker=dict(size=8), name=f"frozen teacher: N = {n} substeps (no grad)"), row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=t,
+            y=curve(t),
+            mode="lines",
+            line=dict(color="#bbb", width=1.5),
+            name="teacher trajectory (guided ODE)",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=sub,
+            y=curve(sub),
+            mode="lines+markers",
+            line=dict(color=COLORS["kac"], width=2.5),
+            marker=dict(size=8),
+            name=f"frozen teacher: N = {n} substeps (no grad)",
+        ),
+        row=2,
+        col=1,
+    )
     slope = 0.6 * 3 * np.cos(3 * tk) + 0.3
     y_student = curve(tk) - (tk - tk1) * slope
-    fig.add_trace(go.Scatter(x=[tk, tk1], y=[curve(tk), y_student], mode="lines+markers",
-                             line=dict(color=COLORS["gaussian"], width=3), marker=dict(size=10, symbol=["circle", "x"]),
-                             name="student: one Euler step x - (T/M) u_phi"), row=2, col=1)
-    fig.add_trace(go.Scatter(x=[tk1, tk1], y=[y_student, curve(tk1)], mode="lines",
-                             line=dict(color=COLORS["bound"], width=3, dash="dot"),
-                             name="loss: || student end - teacher end ||^2"), row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[tk, tk1],
+            y=[curve(tk), y_student],
+            mode="lines+markers",
+            line=dict(color=COLORS["gaussian"], width=3),
+            marker=dict(size=10, symbol=["circle", "x"]),
+            name="student: one Euler step x - (T/M) u_phi",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[tk1, tk1],
+            y=[y_student, curve(tk1)],
+            mode="lines",
+            line=dict(color=COLORS["bound"], width=3, dash="dot"),
+            name="loss: || student end - teacher end ||^2",
+        ),
+        row=2,
+        col=1,
+    )
     fig.add_annotation(x=tk, y=curve(tk), text="x at t_k", showarrow=True, ax=-20, ay=-35, row=2, col=1)
-    fig.add_annotation(x=tk1, y=curve(tk1), text="teacher end at t_k+1", showarrow=True, ax=40, ay=-35, row=2, col=1)
+    fig.add_annotation(
+        x=tk1, y=curve(tk1), text="teacher end at t_k+1", showarrow=True, ax=40, ay=-35, row=2, col=1
+    )
     fig.update_xaxes(title_text="time t (sampling runs from 1 to 0)", autorange="reversed", row=2, col=1)
     fig.update_yaxes(title_text="a coordinate of x", row=2, col=1)
     return style(fig, "Endpoint-only distillation", None, None, height=640, legend="bottom")
 
 
-def ratio_bars_figure(labels: list[str], groups: dict, title: str, y_title: str, reference: float | None = 1.0):
+def ratio_bars_figure(
+    labels: list[str], groups: dict, title: str, y_title: str, reference: float | None = 1.0
+):
     """Grouped bars: ``groups[name]`` holds one value per label (``None`` leaves a gap)."""
     import plotly.graph_objects as go
 
     palette = [COLORS["exact"], COLORS["kac"], COLORS["gaussian"], COLORS["diffusion"], "#8e44ad"]
     fig = go.Figure()
     for k, (name, vals) in enumerate(groups.items()):
-        fig.add_trace(go.Bar(x=list(labels), y=[None if v is None else float(v) for v in vals], name=name,
-                             marker_color=palette[k % len(palette)],
-                             hovertemplate="%{x}: %{y:.3g}<extra>" + name + "</extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=list(labels),
+                y=[None if v is None else float(v) for v in vals],
+                name=name,
+                marker_color=palette[k % len(palette)],
+                hovertemplate="%{x}: %{y:.3g}<extra>" + name + "</extra>",
+            )
+        )
     if reference is not None:
         fig.add_hline(y=reference, line=dict(color="#777", dash="dash"))
     fig.update_layout(barmode="group")
     return style(fig, title, None, y_title)
 
 
-def timing_figure(names: list[str], seconds: list[float], title: str = "Sampling time per image",
-                  unit: str = "milliseconds per image"):
+def timing_figure(
+    names: list[str],
+    seconds: list[float],
+    title: str = "Sampling time per image",
+    unit: str = "milliseconds per image",
+):
     """Horizontal bars (log scale) of a cost per sampler."""
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Bar(y=list(names), x=[float(s) for s in seconds], orientation="h", marker_color=COLORS["kac"],
-                           text=[f"{float(s):.3g}" for s in seconds], textposition="outside"))
+    fig = go.Figure(
+        go.Bar(
+            y=list(names),
+            x=[float(s) for s in seconds],
+            orientation="h",
+            marker_color=COLORS["kac"],
+            text=[f"{float(s):.3g}" for s in seconds],
+            textposition="outside",
+        )
+    )
     fig.update_xaxes(type="log")
     fig.update_yaxes(autorange="reversed")
     return style(fig, title, f"{unit} (log scale)", None, height=max(300, 60 + 38 * len(names)))
@@ -1097,8 +1838,15 @@ def training_log_figure(logs: dict, title: str = "Training loss", y_title: str =
     palette = [COLORS["kac"], COLORS["gaussian"], COLORS["diffusion"], "#8e44ad"]
     fig = go.Figure()
     for k, (name, (steps, vals)) in enumerate(logs.items()):
-        fig.add_trace(go.Scatter(x=[int(s) for s in steps], y=[float(v) for v in vals], mode="lines+markers", name=name,
-                                 line=dict(color=palette[k % len(palette)], width=2.4)))
+        fig.add_trace(
+            go.Scatter(
+                x=[int(s) for s in steps],
+                y=[float(v) for v in vals],
+                mode="lines+markers",
+                name=name,
+                line=dict(color=palette[k % len(palette)], width=2.4),
+            )
+        )
     fig.update_yaxes(type="log")
     return style(fig, title, "training step", y_title, height=400, legend_below=True)
 
@@ -1112,9 +1860,17 @@ def labelled_scatter_figure(points: list, title: str, x_title: str, y_title: str
     fig = go.Figure()
     for k, grp in enumerate(groups):
         pts = [p for p in points if p[3] == grp]
-        fig.add_trace(go.Scatter(x=[float(p[0]) for p in pts], y=[float(p[1]) for p in pts], mode="markers+text",
-                                 text=[str(p[2]) for p in pts], textposition="top center", name=str(grp),
-                                 marker=dict(size=11, color=palette[k % len(palette)])))
+        fig.add_trace(
+            go.Scatter(
+                x=[float(p[0]) for p in pts],
+                y=[float(p[1]) for p in pts],
+                mode="markers+text",
+                text=[str(p[2]) for p in pts],
+                textposition="top center",
+                name=str(grp),
+                marker=dict(size=11, color=palette[k % len(palette)]),
+            )
+        )
     if log:
         fig.update_xaxes(type="log")
         fig.update_yaxes(type="log")
@@ -1133,7 +1889,9 @@ def live_slider_widget(callback, value: float, lo: float, hi: float, step: float
     import ipywidgets as W
     from IPython.display import display
 
-    slider = W.FloatSlider(value=value, min=lo, max=hi, step=step, description=description, continuous_update=False)
+    slider = W.FloatSlider(
+        value=value, min=lo, max=hi, step=step, description=description, continuous_update=False
+    )
     out = W.Output()
 
     def update(v):

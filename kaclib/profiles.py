@@ -26,7 +26,9 @@ class Profile:
     model_preset: str
     train_steps: int
     batch_size: int
-    n_eval: int  # generated images per estimate: at most the class-balanced unseen real images (Evaluator.max_n)
+    n_eval: (
+        int  # generated images per estimate: at most the class-balanced unseen real images (Evaluator.max_n)
+    )
     teacher_steps: int  # teacher sampling steps (the paper: 100)
     toy_train_steps: int  # 2D toy (chapter 2)
     toy_samples: int
@@ -60,19 +62,50 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(
-        name="smoke", device="cpu", dataset="digits", model_preset="smoke", train_steps=30, batch_size=32,
-        ema_decay=0.9, n_eval=128, teacher_steps=8, toy_train_steps=100, toy_samples=256, mc_samples=20_000,
-        distill_iters=5, distill_ladder=(8, 4, 2, 1),
+        name="smoke",
+        device="cpu",
+        dataset="digits",
+        model_preset="smoke",
+        train_steps=30,
+        batch_size=32,
+        ema_decay=0.9,
+        n_eval=128,
+        teacher_steps=8,
+        toy_train_steps=100,
+        toy_samples=256,
+        mc_samples=20_000,
+        distill_iters=5,
+        distill_ladder=(8, 4, 2, 1),
     ),
     "cpu": Profile(
-        name="cpu", device="cpu", dataset="digits", model_preset="digits-tiny", train_steps=1500, batch_size=128,
-        ema_decay=0.995, n_eval=300, teacher_steps=100, toy_train_steps=3000, toy_samples=2000, mc_samples=200_000,
+        name="cpu",
+        device="cpu",
+        dataset="digits",
+        model_preset="digits-tiny",
+        train_steps=1500,
+        batch_size=128,
+        ema_decay=0.995,
+        n_eval=300,
+        teacher_steps=100,
+        toy_train_steps=3000,
+        toy_samples=2000,
+        mc_samples=200_000,
         distill_iters=300,
     ),
     "gpu": Profile(
-        name="gpu", device="cuda", dataset="mnist5k", model_preset="mnist-small", train_steps=40_000, batch_size=256,
-        n_eval=750, teacher_steps=100, toy_train_steps=10_000, toy_samples=10_000, mc_samples=1_000_000,
-        distill_iters=4000, seeds=(0, 1, 2),
+        name="gpu",
+        device="cuda",
+        dataset="mnist5k",
+        model_preset="mnist-small",
+        train_steps=40_000,
+        batch_size=256,
+        n_eval=750,
+        teacher_steps=100,
+        toy_train_steps=10_000,
+        toy_samples=10_000,
+        mc_samples=1_000_000,
+        distill_iters=4000,
+        seeds=(0, 1, 2),
     ),
 }
 

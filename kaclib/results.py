@@ -31,8 +31,10 @@ def load(name: str, require: str | None = "comparisons") -> dict | None:
 def provenance(res: dict) -> str:
     """``"`command` on CPU, N cores, torch X, date (commit abc)"``."""
     m = res.get("machine", {})
-    return (f"`{res.get('command', '?')}` on {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch "
-            f"{m.get('torch', '?')}, {m.get('date', '?')} (commit {m.get('git_commit', '?')})")
+    return (
+        f"`{res.get('command', '?')}` on {m.get('cpu', '?')}, {m.get('cores', '?')} cores, torch "
+        f"{m.get('torch', '?')}, {m.get('date', '?')} (commit {m.get('git_commit', '?')})"
+    )
 
 
 def find_comparison(res: dict | None, claim: str, metric: str = "fid") -> dict | None:

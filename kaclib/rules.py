@@ -27,8 +27,18 @@ import torch
 
 from .kac import KacProcess, check_finite_param
 
-__all__ = ["RuleChoice", "RULES", "data_variance", "data_range", "kac_variance", "solve_variance",
-           "light_cone_rule", "variance_rule", "reversal_rule", "apply_rules"]
+__all__ = [
+    "RuleChoice",
+    "RULES",
+    "data_variance",
+    "data_range",
+    "kac_variance",
+    "solve_variance",
+    "light_cone_rule",
+    "variance_rule",
+    "reversal_rule",
+    "apply_rules",
+]
 
 
 @dataclass(frozen=True)
@@ -99,7 +109,9 @@ def kac_variance(a: float, c: float, s: float) -> float:
     return float(KacProcess(a, c).var(torch.tensor(float(s), dtype=torch.float64)))
 
 
-def solve_variance(target: float, s: float, a: float | None = None, c: float | None = None) -> tuple[float, float]:
+def solve_variance(
+    target: float, s: float, a: float | None = None, c: float | None = None
+) -> tuple[float, float]:
     """``(a, c)`` with ``Var K_s(a, c) = target``, solving for the one of ``a``, ``c`` not given.
 
     At fixed ``a``, ``Var`` is ``c^2`` times a positive factor: ``c`` in closed form.  At fixed
@@ -130,7 +142,9 @@ def solve_variance(target: float, s: float, a: float | None = None, c: float | N
     return math.exp(log_a), c
 
 
-def light_cone_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, quantile: float = 1.0) -> RuleChoice:
+def light_cone_rule(
+    data, f: str = "linear", g: str = "t", T: float = 1.0, quantile: float = 1.0
+) -> RuleChoice:
     """R1: ``c g(T) = r`` (``r`` = :func:`data_range` at ``quantile``), then ``a`` such that
     ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`).
 
@@ -140,7 +154,9 @@ def light_cone_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, quant
     v, r = data_variance(data), data_range(data, quantile)
     c = r / s
     a, c = solve_variance(v, s, c=c)
-    return RuleChoice("light-cone", a, c, f, g, float(T), "c g(T) = range; Var K_g(T)(a, c) = data variance", v, r)
+    return RuleChoice(
+        "light-cone", a, c, f, g, float(T), "c g(T) = range; Var K_g(T)(a, c) = data variance", v, r
+    )
 
 
 def variance_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, a: float = 25.0) -> RuleChoice:
@@ -149,8 +165,9 @@ def variance_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, a: floa
     s = _final_time(f, g, T)
     v = data_variance(data)
     a, c = solve_variance(v, s, a=a)
-    return RuleChoice("variance", a, c, f, g, float(T), "Var K_g(T)(a, c) = data variance at fixed a", v,
-                      data_range(data))
+    return RuleChoice(
+        "variance", a, c, f, g, float(T), "Var K_g(T)(a, c) = data variance at fixed a", v, data_range(data)
+    )
 
 
 def reversal_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, k: float = 4.0) -> RuleChoice:
@@ -160,8 +177,9 @@ def reversal_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, k: floa
     s = _final_time(f, g, T)
     v = data_variance(data)
     a, c = solve_variance(v, s, a=k / s)
-    return RuleChoice("reversals", a, c, f, g, float(T), "a g(T) = k; Var K_g(T)(a, c) = data variance", v,
-                      data_range(data))
+    return RuleChoice(
+        "reversals", a, c, f, g, float(T), "a g(T) = k; Var K_g(T)(a, c) = data variance", v, data_range(data)
+    )
 
 
 RULES = {"light-cone": light_cone_rule, "variance": variance_rule, "reversals": reversal_rule}

@@ -146,6 +146,7 @@ class NonFiniteError(ValueError):
 
 # ----------------------------------------------------------------------------- atomic files
 
+
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write ``path`` atomically: ``write(fh)`` into ``<path>.tmp``, fsync, ``os.replace``."""
     path = Path(path)
@@ -198,6 +199,7 @@ def _sha256(data: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------- configs
+
 
 def _flatten(d: Mapping, prefix: str = "") -> dict:
     out = {}
@@ -268,6 +270,7 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------- the writer
 
+
 def check_run_path(run_dir) -> Path:
     """``run_dir`` as a Path; an empty name (which would mean the current directory) is refused."""
     if run_dir is None or (isinstance(run_dir, (str, bytes)) and not str(run_dir).strip()):
@@ -321,8 +324,10 @@ def run_lock(run_dir: str | os.PathLike):
     except OSError:
         holder = _holder_text(fd)
         os.close(fd)
-        raise RunBusyError(f"{run_dir} is being written by another process ({holder}): "
-                           "wait for it to finish, or use another run directory") from None
+        raise RunBusyError(
+            f"{run_dir} is being written by another process ({holder}): "
+            "wait for it to finish, or use another run directory"
+        ) from None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -343,8 +348,10 @@ def _check_not_foreign(run_dir: Path) -> None:
         others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise RunDirError(f"{run_dir} is not empty and holds no run (no {CONFIG_FILE}; it holds {shown}): "
-                              "refusing to write into it; use a new or empty directory")
+            raise RunDirError(
+                f"{run_dir} is not empty and holds no run (no {CONFIG_FILE}; it holds {shown}): "
+                "refusing to write into it; use a new or empty directory"
+            )
 
 
 @contextlib.contextmanager
@@ -427,8 +434,13 @@ def prepare_run_dir(
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(run_dir: str | os.PathLike, files: Mapping[str, bytes], config: Mapping | None = None,
-                    step: int | None = None) -> None:
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    files: Mapping[str, bytes],
+    config: Mapping | None = None,
+    step: int | None = None,
+) -> None:
     """Commit ``files`` (``name -> content``, names from model/ema/state) into ``run_dir`` as one
     atomic group, together with ``config`` (default: the saved ``config.json``) and the manifest.
 
@@ -450,7 +462,11 @@ def save_checkpoint(run_dir: str | os.PathLike, files: Mapping[str, bytes], conf
             "format": RUN_FORMAT,
             "step": step,
             "config_sha256": config_fingerprint(config),
-            "files": {n: {"sha256": _sha256(d), "bytes": len(d)} for n, d in sorted(group.items()) if n != CONFIG_FILE},
+            "files": {
+                n: {"sha256": _sha256(d), "bytes": len(d)}
+                for n, d in sorted(group.items())
+                if n != CONFIG_FILE
+            },
             "metrics": {"sha256": _sha256(log_bytes), "bytes": len(log_bytes)},
         }
         group[MANIFEST_FILE] = _json_bytes(manifest)
@@ -484,8 +500,10 @@ def _read_pending(run_dir: Path) -> list[str] | None:
     obj = _parse_json_object(data, pending)
     names = obj.get("files")
     if not isinstance(names, list) or not all(isinstance(n, str) and n in _GROUP for n in names):
-        raise RunDirError(f"{pending}: names files outside the checkpoint set {sorted(_GROUP)} "
-                          f"({names!r}): refusing to use it (remove it by hand if it is not yours)")
+        raise RunDirError(
+            f"{pending}: names files outside the checkpoint set {sorted(_GROUP)} "
+            f"({names!r}): refusing to use it (remove it by hand if it is not yours)"
+        )
     return names
 
 
@@ -574,18 +592,24 @@ def _read_once(run_dir: Path, names: Iterable[str]) -> Checkpoint:
         mbytes = read(MANIFEST_FILE)
     except FileNotFoundError:
         if has_checkpoint(run_dir, (MODEL_FILE,)) or has_checkpoint(run_dir, (EMA_FILE,)):
-            raise RunDirError(f"{mpath} is missing: {run_dir} was written before run format {RUN_FORMAT} "
-                              "(no fingerprints; models of that time compute a different function) or damaged: "
-                              "train it again") from None
+            raise RunDirError(
+                f"{mpath} is missing: {run_dir} was written before run format {RUN_FORMAT} "
+                "(no fingerprints; models of that time compute a different function) or damaged: "
+                "train it again"
+            ) from None
         raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {MANIFEST_FILE})") from None
     manifest = _parse_json_object(mbytes, mpath)
     if manifest.get("format") != RUN_FORMAT:
-        raise RunDirError(f"{mpath}: run format {manifest.get('format')!r}, this kaclib reads format {RUN_FORMAT}")
+        raise RunDirError(
+            f"{mpath}: run format {manifest.get('format')!r}, this kaclib reads format {RUN_FORMAT}"
+        )
     cpath = run_dir / CONFIG_FILE
     config = _parse_json_object(read(CONFIG_FILE), cpath)
     if config_fingerprint(config) != manifest.get("config_sha256"):
-        raise RunDirError(f"{cpath} does not match the checkpoint's fingerprint in {MANIFEST_FILE} "
-                          "(edited, damaged, or the checkpoint of another run)")
+        raise RunDirError(
+            f"{cpath} does not match the checkpoint's fingerprint in {MANIFEST_FILE} "
+            "(edited, damaged, or the checkpoint of another run)"
+        )
     files = manifest.get("files")
     blobs = {}
     for name in names:
@@ -594,14 +618,17 @@ def _read_once(run_dir: Path, names: Iterable[str]) -> Checkpoint:
             raise RunDirError(f"{mpath} lists no {name}: damaged")
         data = read(name)
         if len(data) != entry.get("bytes") or _sha256(data) != entry.get("sha256"):
-            raise RunDirError(f"{run_dir / name} does not match its fingerprint in {MANIFEST_FILE} "
-                              "(damaged, truncated, or from another run)")
+            raise RunDirError(
+                f"{run_dir / name} does not match its fingerprint in {MANIFEST_FILE} "
+                "(damaged, truncated, or from another run)"
+            )
         blobs[name] = data
     return Checkpoint(run_dir=run_dir, manifest=manifest, config=config, blobs=blobs)
 
 
-def read_checkpoint(run_dir: str | os.PathLike, names: Iterable[str] = (MODEL_FILE, EMA_FILE, STATE_FILE),
-                    attempts: int = 40) -> Checkpoint:
+def read_checkpoint(
+    run_dir: str | os.PathLike, names: Iterable[str] = (MODEL_FILE, EMA_FILE, STATE_FILE), attempts: int = 40
+) -> Checkpoint:
     """Read and verify the checkpoint files ``names`` of ``run_dir`` (no lock, nothing written).
 
     Safe while a writer commits a new checkpoint: a failed verification while the directory's
@@ -633,13 +660,16 @@ def rewind_metrics(run_dir: str | os.PathLike, checkpoint: Checkpoint | None) ->
     rec = checkpoint.manifest.get("metrics") or {}
     n = rec.get("bytes")
     if not isinstance(n, int) or len(data) < n or _sha256(data[:n]) != rec.get("sha256"):
-        raise RunDirError(f"{path} does not match the checkpoint's fingerprint in {MANIFEST_FILE} "
-                          f"(its first {n} bytes were edited, damaged or removed): restore it to resume")
+        raise RunDirError(
+            f"{path} does not match the checkpoint's fingerprint in {MANIFEST_FILE} "
+            f"(its first {n} bytes were edited, damaged or removed): restore it to resume"
+        )
     if len(data) > n:
         atomic_write_bytes(path, data[:n])
 
 
 # ----------------------------------------------------------------------------- weights / state
+
 
 def _unwrap(module: nn.Module) -> nn.Module:
     """The bare module inside DDP / ``AveragedModel`` / ``torch.compile`` wrappers."""
@@ -688,15 +718,19 @@ def read_weights(path: str | os.PathLike, device="cpu") -> dict[str, torch.Tenso
     return load_tensors(Path(path).read_bytes(), path, device=device)
 
 
-def _load_state_dict(module: nn.Module, tensors: Mapping[str, torch.Tensor], source, strict: bool = True) -> nn.Module:
+def _load_state_dict(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], source, strict: bool = True
+) -> nn.Module:
     target = _unwrap(module)
     ref = next(iter(target.state_dict().values()), None)
     device = ref.device if ref is not None else "cpu"
     try:
         target.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=strict)
     except RuntimeError as e:
-        raise RunDirError(f"{source}: the weights do not fit this model ({_first_line(e)}): "
-                          "a checkpoint of another model or preset?") from None
+        raise RunDirError(
+            f"{source}: the weights do not fit this model ({_first_line(e)}): "
+            "a checkpoint of another model or preset?"
+        ) from None
     return module
 
 
@@ -728,6 +762,7 @@ def load_state(run_dir: str | os.PathLike, device="cpu") -> dict:
 
 
 # ----------------------------------------------------------------------------- metrics
+
 
 def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:
     """Append one JSON line (flushed) to ``path``."""

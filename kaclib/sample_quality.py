@@ -113,8 +113,16 @@ class QualityReference:
     labels) -> accuracy is optional.
     """
 
-    def __init__(self, reference: torch.Tensor, feature_net: nn.Module, metric_name: str,
-                 train: torch.Tensor, unseen: torch.Tensor, batch_size: int = 500, device="cpu"):
+    def __init__(
+        self,
+        reference: torch.Tensor,
+        feature_net: nn.Module,
+        metric_name: str,
+        train: torch.Tensor,
+        unseen: torch.Tensor,
+        batch_size: int = 500,
+        device="cpu",
+    ):
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.device, self.batch_size, self.metric_name = torch.device(device), batch_size, metric_name
@@ -133,8 +141,12 @@ class QualityReference:
 
     @torch.no_grad()
     def _feats(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.features(images[i : i + self.batch_size].to(self.device, torch.float32)).double()
-                          for i in range(0, images.shape[0], self.batch_size)])
+        return torch.cat(
+            [
+                self.features(images[i : i + self.batch_size].to(self.device, torch.float32)).double()
+                for i in range(0, images.shape[0], self.batch_size)
+            ]
+        )
 
     def _kid(self, fake_feats: torch.Tensor) -> tuple[float, float]:
         # torchmetrics' poly_mmd on subsets drawn from a fixed generator (KernelInceptionDistance
@@ -161,9 +173,15 @@ class QualityReference:
 
     def score(self, images: torch.Tensor, accuracy: float | None = None) -> Scores:
         """All scores of ``images`` (``accuracy`` passed through from the caller's classifier)."""
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(getattr(images, 'shape', ()))}")
+        if (
+            not isinstance(images, torch.Tensor)
+            or images.ndim != 4
+            or tuple(images.shape[1:]) != self.image_shape
+        ):
+            raise ValueError(
+                f"images must have shape (N, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(getattr(images, 'shape', ()))}"
+            )
         if images.shape[0] < 4:
             raise ValueError(f"scoring needs at least 4 images, got {images.shape[0]}")
         clean, n_bad, outside = sanitise(images)
@@ -174,6 +192,16 @@ class QualityReference:
         kid, kid_std = self._kid(feats)
         precision, recall = self._precision_recall(feats)
         mem = float(_nn_dist(clean, self.train).median()) / self._unseen_nn
-        return Scores(fid=fid, accuracy=accuracy, metric_name=self.metric_name, n=int(images.shape[0]), kid=kid,
-                      kid_std=kid_std, precision=precision, recall=recall, memorisation_ratio=mem,
-                      n_nonfinite=n_bad, out_of_range=outside)
+        return Scores(
+            fid=fid,
+            accuracy=accuracy,
+            metric_name=self.metric_name,
+            n=int(images.shape[0]),
+            kid=kid,
+            kid_std=kid_std,
+            precision=precision,
+            recall=recall,
+            memorisation_ratio=mem,
+            n_nonfinite=n_bad,
+            out_of_range=outside,
+        )

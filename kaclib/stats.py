@@ -104,18 +104,29 @@ class Comparison:
         return d
 
 
-def compare(claim: str, metric: str, a: str, a_values: Sequence[float], b: str, b_values: Sequence[float],
-            direction: str = "<") -> Comparison:
+def compare(
+    claim: str,
+    metric: str,
+    a: str,
+    a_values: Sequence[float],
+    b: str,
+    b_values: Sequence[float],
+    direction: str = "<",
+) -> Comparison:
     """The paired comparison of ``a`` against ``b`` (values listed in one shared seed order).
 
     ``direction="<"`` claims ``a < b`` (e.g. a lower FID), ``">"`` claims ``a > b``.
     """
     av, bv = _as_floats(a_values, a), _as_floats(b_values, b)
     if len(av) != len(bv):
-        raise ValueError(f"paired values need one per seed on both sides: {a} has {len(av)}, {b} has {len(bv)}")
+        raise ValueError(
+            f"paired values need one per seed on both sides: {a} has {len(av)}, {b} has {len(bv)}"
+        )
     diffs = [x - y for x, y in zip(av, bv)]
     ci = mean_ci(diffs)
-    return Comparison(claim, metric, a, b, direction, tuple(diffs), ci.mean, (ci.lo, ci.hi), verdict(ci, direction))
+    return Comparison(
+        claim, metric, a, b, direction, tuple(diffs), ci.mean, (ci.lo, ci.hi), verdict(ci, direction)
+    )
 
 
 def fmt_ci(values: Sequence[float], digits: int = 3) -> str:

@@ -38,5 +38,14 @@ COMPARISON_HEADER = ["claim", "metric", "a - b (mean)", "95% CI", "seeds", "verd
 def comparison_rows(comparisons: list) -> list[list]:
     """Rows of a table of paired comparisons (dicts of :meth:`kaclib.stats.Comparison.to_dict`),
     under :data:`COMPARISON_HEADER`."""
-    return [[c["claim"], c["metric"], f"{c['diff_mean']:+.4g}", f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]",
-             len(c["diff_values"]), c["verdict"]] for c in comparisons]
+    return [
+        [
+            c["claim"],
+            c["metric"],
+            f"{c['diff_mean']:+.4g}",
+            f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]",
+            len(c["diff_values"]),
+            c["verdict"],
+        ]
+        for c in comparisons
+    ]

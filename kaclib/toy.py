@@ -45,6 +45,7 @@ __all__ = [
 
 # =============================================================================== Kac sample paths
 
+
 @dataclass
 class KacTrajectories:
     """``n`` Kac paths on ``[0, s_max]``: initial directions (+-1) and the clock's jump times.
@@ -69,7 +70,9 @@ class KacTrajectories:
             raise ValueError(f"times must lie in [0, s_max] = [0, {self.s_max}]")
         t, x = self.corners()  # (n, K + 2)
         # segment k (k reversals so far) starts at corner k: X_s = x_k + c dir (-1)^k (s - t_k)
-        k = torch.searchsorted(self.flips.contiguous(), s.expand(self.n, -1).contiguous(), right=True)  # (n, m)
+        k = torch.searchsorted(
+            self.flips.contiguous(), s.expand(self.n, -1).contiguous(), right=True
+        )  # (n, m)
         k = k.clamp(max=t.shape[1] - 2)
         tk, xk = t.gather(1, k), x.gather(1, k)
         sign = 1.0 - 2.0 * (k % 2).to(t.dtype)
@@ -103,13 +106,20 @@ class KacTrajectories:
         """Times and positions of path ``i``'s corners (0, its reversals, ``s_max``): the path is
         the straight line between consecutive corners."""
         f = self.flips[i]
-        times = torch.cat([torch.zeros(1, dtype=f.dtype), f[f < self.s_max], torch.tensor([self.s_max], dtype=f.dtype)])
+        times = torch.cat(
+            [torch.zeros(1, dtype=f.dtype), f[f < self.s_max], torch.tensor([self.s_max], dtype=f.dtype)]
+        )
         full = KacTrajectories(self.a, self.c, self.s_max, self.direction[i : i + 1], self.flips[i : i + 1])
         return times, full.position(times)[0]
 
 
-def simulate_kac(process: KacProcess, n_paths: int, s_max: float, generator: torch.Generator | None = None,
-                 dtype=torch.float64) -> KacTrajectories:
+def simulate_kac(
+    process: KacProcess,
+    n_paths: int,
+    s_max: float,
+    generator: torch.Generator | None = None,
+    dtype=torch.float64,
+) -> KacTrajectories:
     """Simulate ``n_paths`` paths of ``process`` on ``[0, s_max]`` from its definition.
 
     The initial direction is +-1 with probability 1/2; the reversal times are the partial sums of
@@ -179,6 +189,7 @@ def kolmogorov_to_heat(process: KacProcess, s: float, D: float | None = None, n_
 
 # =============================================================================== the PDE
 
+
 def telegraph_fd(a: float, c: float, x, p0, s_end: float, n_out: int, cfl: float = 0.9):
     """Explicit finite differences for ``p_ss + 2a p_s = c^2 p_xx`` with ``p(x, 0) = p0``, ``p_s(x, 0) = 0``.
 
@@ -237,7 +248,7 @@ def smoothed_kac_law(process: KacProcess, x, s: float, sigma: float, nodes: int 
     sigma = check_finite_param("sigma", sigma, positive=True)
 
     def phi(u):
-        return np.exp(-u**2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+        return np.exp(-(u**2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
 
     front = process.c * s
     atoms = math.exp(-process.a * s) / 2 * (phi(x - front) + phi(x + front))
@@ -254,7 +265,9 @@ def smoothed_kac_law(process: KacProcess, x, s: float, sigma: float, nodes: int 
     return atoms + phi(x[:, None] - y[None, :]) @ (w * py)
 
 
-def pde_residual(process: KacProcess, s: float, n_x: int = 200, h: float = 1e-3, margin: float = 0.05) -> float:
+def pde_residual(
+    process: KacProcess, s: float, n_x: int = 200, h: float = 1e-3, margin: float = 0.05
+) -> float:
     """Relative residual of ``p_ss + 2a p_s - c^2 p_xx`` for the closed-form density at time ``s``:
     ``max |residual| / max(|p_ss| + |2a p_s| + |c^2 p_xx|)`` over ``n_x`` points with
     ``|x| <= (1 - margin) c s`` (central differences of step ``h`` in float64)."""
@@ -273,7 +286,9 @@ def pde_residual(process: KacProcess, s: float, n_x: int = 200, h: float = 1e-3,
     return float(res.abs().max() / scale)
 
 
-def continuity_residual(process: KacProcess, s: float, n_x: int = 200, h: float = 1e-4, margin: float = 0.05) -> float:
+def continuity_residual(
+    process: KacProcess, s: float, n_x: int = 200, h: float = 1e-4, margin: float = 0.05
+) -> float:
     """Relative residual of the continuity equation ``p_s + (p v)_x = 0`` for the closed-form density
     and conditional velocity: ``max |p_s + (p v)_x| / max |p_s|`` on ``|x| <= (1 - margin) c s``."""
     c = process.c
@@ -307,8 +322,13 @@ def mixture_centers(grid: int = MIXTURE["grid"], spacing: float = MIXTURE["spaci
     return torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
 
 
-def sample_mixture(n: int, generator: torch.Generator | None = None, grid: int = MIXTURE["grid"],
-                   spacing: float = MIXTURE["spacing"], std: float = MIXTURE["std"]) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_mixture(
+    n: int,
+    generator: torch.Generator | None = None,
+    grid: int = MIXTURE["grid"],
+    spacing: float = MIXTURE["spacing"],
+    std: float = MIXTURE["std"],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` draws ``(x (n, 2), component (n,))`` of the 3 x 3 mixture."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -319,8 +339,12 @@ def sample_mixture(n: int, generator: torch.Generator | None = None, grid: int =
     return x, comp
 
 
-def mixture_density(x: torch.Tensor, grid: int = MIXTURE["grid"], spacing: float = MIXTURE["spacing"],
-                    std: float = MIXTURE["std"]) -> torch.Tensor:
+def mixture_density(
+    x: torch.Tensor,
+    grid: int = MIXTURE["grid"],
+    spacing: float = MIXTURE["spacing"],
+    std: float = MIXTURE["std"],
+) -> torch.Tensor:
     """Density of the mixture at points ``x (..., 2)``."""
     centers = mixture_centers(grid, spacing).to(x.dtype)
     d2 = ((x[..., None, :] - centers) ** 2).sum(-1)
@@ -343,8 +367,13 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(max(2 * xy - xx - yy, 0.0))
 
 
-def gaussian_marginal_velocity(x: torch.Tensor, t: float, grid: int = MIXTURE["grid"],
-                               spacing: float = MIXTURE["spacing"], std: float = MIXTURE["std"]) -> torch.Tensor:
+def gaussian_marginal_velocity(
+    x: torch.Tensor,
+    t: float,
+    grid: int = MIXTURE["grid"],
+    spacing: float = MIXTURE["spacing"],
+    std: float = MIXTURE["std"],
+) -> torch.Tensor:
     """The exact marginal velocity ``E[eps - x0 | x_t = x]`` of the Gaussian path
     ``x_t = (1 - t) x0 + t eps`` for the mixture data, at points ``x (n, 2)`` and time ``0 < t <= 1``.
 
@@ -363,8 +392,13 @@ def gaussian_marginal_velocity(x: torch.Tensor, t: float, grid: int = MIXTURE["g
     return (w[..., None] * u_k).sum(1)
 
 
-def mode_stats(x: torch.Tensor, grid: int = MIXTURE["grid"], spacing: float = MIXTURE["spacing"],
-               std: float = MIXTURE["std"], radius: float = 3.0) -> dict:
+def mode_stats(
+    x: torch.Tensor,
+    grid: int = MIXTURE["grid"],
+    spacing: float = MIXTURE["spacing"],
+    std: float = MIXTURE["std"],
+    radius: float = 3.0,
+) -> dict:
     """``{"near": fraction of points within radius*std of a centre, "modes": number of centres with
     at least one such point}``."""
     centers = mixture_centers(grid, spacing).to(x.dtype)
@@ -375,6 +409,7 @@ def mode_stats(x: torch.Tensor, grid: int = MIXTURE["grid"], spacing: float = MI
 
 
 # =============================================================================== toy training
+
 
 @dataclass
 class ToyModel:
@@ -395,9 +430,19 @@ class ToyModel:
         return sample_mixture(d["n"], generator=g, grid=d["grid"], spacing=d["spacing"], std=d["std"])[0]
 
 
-def train_toy(path, *, steps: int, batch_size: int = 256, hidden: int = 128, depth: int = 3,
-              lr: float = 1e-3, seed: int = 0, n_data: int = 20_000, head: str = "free",
-              progress: bool = False) -> ToyModel:
+def train_toy(
+    path,
+    *,
+    steps: int,
+    batch_size: int = 256,
+    hidden: int = 128,
+    depth: int = 3,
+    lr: float = 1e-3,
+    seed: int = 0,
+    n_data: int = 20_000,
+    head: str = "free",
+    progress: bool = False,
+) -> ToyModel:
     """Train (or load) an :class:`~kaclib.models.MLPVelocity` on the 3 x 3 mixture with ``path``.
 
     The model, its training hyper-parameters, the path and the data are the artifact's key; the
@@ -414,30 +459,59 @@ def train_toy(path, *, steps: int, batch_size: int = 256, hidden: int = 128, dep
         "version": 1,
         "path": path.config(),
         "model": model_cfg,
-        "fit": {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "ema_decay": 0.999, "grad_clip": 1.0},
+        "fit": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "ema_decay": 0.999,
+            "grad_clip": 1.0,
+        },
         "data": {**MIXTURE, "n": n_data, "seed": 10_000 + seed},
     }
 
     def build():
-        return MLPVelocity(dim=2, hidden=hidden, depth=depth, head=head, path=path if head == "bounded" else None)
+        return MLPVelocity(
+            dim=2, hidden=hidden, depth=depth, head=head, path=path if head == "bounded" else None
+        )
 
     def compute(tmp: Path):
         d = config["data"]
         g = torch.Generator().manual_seed(d["seed"])
         data, _ = sample_mixture(n_data, generator=g, grid=d["grid"], spacing=d["spacing"], std=d["std"])
         torch.manual_seed(seed)
-        res = fit(build(), path, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                  ema_decay=0.999, grad_clip=1.0, progress=progress)
+        res = fit(
+            build(),
+            path,
+            data,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            ema_decay=0.999,
+            grad_clip=1.0,
+            progress=progress,
+        )
         (tmp / "ema.safetensors").write_bytes(runs.weights_bytes(res.ema))
-        (tmp / "train.json").write_text(json.dumps({
-            "losses": [round(float(v), 6) for v in res.losses],
-            "seconds_per_step": res.seconds_per_step,
-        }))
+        (tmp / "train.json").write_text(
+            json.dumps(
+                {
+                    "losses": [round(float(v), 6) for v in res.losses],
+                    "seconds_per_step": res.seconds_per_step,
+                }
+            )
+        )
 
     folder = load_or_compute("toy-velocity", config, compute)
     model = build()
     runs.load_weights(model, folder / "ema.safetensors")
     model.eval()
     info = json.loads((folder / "train.json").read_text())
-    return ToyModel(model=model, path=path, folder=folder, losses=info["losses"],
-                    seconds_per_step=info["seconds_per_step"], config=config)
+    return ToyModel(
+        model=model,
+        path=path,
+        folder=folder,
+        losses=info["losses"],
+        seconds_per_step=info["seconds_per_step"],
+        config=config,
+    )

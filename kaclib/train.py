@@ -69,7 +69,9 @@ __all__ = [
     "main",
 ]
 
-MUTABLE_FIELDS = ("steps", "checkpoint_every", "log_every") + tuple(f"accel.{k}" for k in _accel.MUTABLE_ON_RESUME)
+MUTABLE_FIELDS = ("steps", "checkpoint_every", "log_every") + tuple(
+    f"accel.{k}" for k in _accel.MUTABLE_ON_RESUME
+)
 """Config fields that may change when a run is resumed (extending ``steps`` continues a run;
 channels-last and compile change only layout and kernels, see :mod:`kaclib.accel`)."""
 
@@ -82,6 +84,7 @@ MAX_BATCH = 16384
 
 # =============================================================================== configuration
 
+
 def _default_path() -> dict:
     return {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
 
@@ -90,8 +93,10 @@ def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> in
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an int <= {maximum}, got {value!r} (refused: an absurd value that "
-                         "would exhaust memory or never finish)")
+        raise ValueError(
+            f"{name} must be an int <= {maximum}, got {value!r} (refused: an absurd value that "
+            "would exhaust memory or never finish)"
+        )
     return value
 
 
@@ -147,7 +152,9 @@ class TrainConfig:
         if not isinstance(self.dataset, str) or not self.dataset:
             raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
         if not isinstance(self.model, dict):
-            raise ValueError(f"model must be a dict (UNet config or {{'preset': name, ...}}), got {self.model!r}")
+            raise ValueError(
+                f"model must be a dict (UNet config or {{'preset': name, ...}}), got {self.model!r}"
+            )
         if not isinstance(self.path, dict) or "kind" not in self.path:
             raise ValueError(f"path must be a dict with a 'kind', got {self.path!r}")
         object.__setattr__(self, "p_uncond", _check_prob("p_uncond", self.p_uncond))
@@ -212,7 +219,11 @@ def _check_model_matches_dataset(model: dict, dataset: str) -> None:
         raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
     c, h, w = info.image_shape
     checks = {"in_channels": c, "image_size": h, "num_classes": info.num_classes}
-    bad = [f"model.{k} = {model[k]!r} but {dataset} has {v!r}" for k, v in checks.items() if k in model and model[k] != v]
+    bad = [
+        f"model.{k} = {model[k]!r} but {dataset} has {v!r}"
+        for k, v in checks.items()
+        if k in model and model[k] != v
+    ]
     if bad:
         raise ValueError("model config does not match the data set: " + "; ".join(bad))
 
@@ -260,7 +271,9 @@ class _EpochOrder:
         return out
 
 
-def batch_indices(order: _EpochOrder, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+def batch_indices(
+    order: _EpochOrder, step: int, batch_size: int, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
     """Data indices of rank ``rank`` at step ``step`` (0-based): its slice of global positions
     ``[step * B, (step + 1) * B)`` of the epoch sequence (``B`` = global batch)."""
     per_rank = batch_size // world_size
@@ -269,6 +282,7 @@ def batch_indices(order: _EpochOrder, step: int, batch_size: int, rank: int = 0,
 
 
 # =============================================================================== distributed
+
 
 def init_distributed(device=None) -> tuple[int, int, torch.device]:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), if not done yet.
@@ -300,6 +314,7 @@ def _dist_info() -> tuple[int, int]:
 
 # =============================================================================== the loop
 
+
 @dataclass
 class FitResult:
     """``model``: the trained (bare) module; ``ema``: its EMA copy (bare module, eval mode);
@@ -322,7 +337,11 @@ def _validate_data(data, labels, num_classes, batch_size, world):
     if not data.is_floating_point():
         raise ValueError(f"data must be floating point, got {data.dtype}")
     if labels is not None:
-        if not isinstance(labels, torch.Tensor) or labels.shape != (data.shape[0],) or labels.dtype != torch.long:
+        if (
+            not isinstance(labels, torch.Tensor)
+            or labels.shape != (data.shape[0],)
+            or labels.dtype != torch.long
+        ):
             raise ValueError(f"labels must be an int64 tensor of shape ({data.shape[0]},)")
         _check_int("num_classes", num_classes, 1)
         if labels.min() < 0 or labels.max() >= num_classes:
@@ -332,19 +351,42 @@ def _validate_data(data, labels, num_classes, batch_size, world):
         raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
 
 
-def _fit_config(path, steps, batch_size, lr, p_uncond, grad_clip, ema_decay, seed, checkpoint_every, log_every, num_classes):
+def _fit_config(
+    path,
+    steps,
+    batch_size,
+    lr,
+    p_uncond,
+    grad_clip,
+    ema_decay,
+    seed,
+    checkpoint_every,
+    log_every,
+    num_classes,
+):
     return {
         "fit": {
-            "batch_size": batch_size, "lr": lr, "p_uncond": p_uncond, "grad_clip": grad_clip,
-            "ema_decay": ema_decay, "seed": seed, "num_classes": num_classes,
-            "steps": steps, "checkpoint_every": checkpoint_every, "log_every": log_every,
+            "batch_size": batch_size,
+            "lr": lr,
+            "p_uncond": p_uncond,
+            "grad_clip": grad_clip,
+            "ema_decay": ema_decay,
+            "seed": seed,
+            "num_classes": num_classes,
+            "steps": steps,
+            "checkpoint_every": checkpoint_every,
+            "log_every": log_every,
         },
         "path": path.config(),
     }
 
 
 def _rng_devices(device: torch.device) -> list:
-    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
 
 
 def fit(
@@ -411,7 +453,19 @@ def fit(
     if run_dir is not None:
         run_dir = runs.check_run_path(run_dir)
         if config is None:
-            config = _fit_config(path, steps, batch_size, lr, p_uncond, grad_clip, ema_decay, seed, checkpoint_every, log_every, num_classes)
+            config = _fit_config(
+                path,
+                steps,
+                batch_size,
+                lr,
+                p_uncond,
+                grad_clip,
+                ema_decay,
+                seed,
+                checkpoint_every,
+                log_every,
+                num_classes,
+            )
             if acc != _accel.OFF:
                 config["accel"] = acc.to_dict()
         saved = runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
@@ -439,7 +493,11 @@ def fit(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=labels is None)
+        net = DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=labels is None,
+        )
     if acc.compile:
         net = _accel.compile_model(net, device)
 
@@ -449,13 +507,32 @@ def fit(
     window = torch.zeros((), device=device)
     window_n, t0 = 0, time.perf_counter()
     last_log_t, last_log_step = t0, start
-    bar = tqdm(total=steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True
+    )
     model.train()
     with lock, torch.random.fork_rng(devices=_rng_devices(device)), bar, _accel.tf32_policy(device, acc):
         for k in range(start, steps):
             loss, grad_norm = _train_step(
-                net, model, optimizer, ema, path, data, labels, num_classes, order, k, batch_size,
-                rank, world, seed, p_uncond, grad_clip, T, device, acc,
+                net,
+                model,
+                optimizer,
+                ema,
+                path,
+                data,
+                labels,
+                num_classes,
+                order,
+                k,
+                batch_size,
+                rank,
+                world,
+                seed,
+                p_uncond,
+                grad_clip,
+                T,
+                device,
+                acc,
             )
             losses[k - start] = loss.detach()
             window += loss.detach()
@@ -470,15 +547,23 @@ def fit(
                     mean /= world
                 now = time.perf_counter()
                 record = {
-                    "step": step, "loss": float(mean), "grad_norm": float(grad_norm), "lr": lr,
-                    "elapsed_s": now - t0, "sec_per_step": (now - last_log_t) / (step - last_log_step),
+                    "step": step,
+                    "loss": float(mean),
+                    "grad_norm": float(grad_norm),
+                    "lr": lr,
+                    "elapsed_s": now - t0,
+                    "sec_per_step": (now - last_log_t) / (step - last_log_step),
                 }
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if is_main and run_dir is not None:
                     runs.append_jsonl(run_dir / runs.METRICS_FILE, record)
                 window.zero_()
                 window_n, last_log_t, last_log_step = 0, now, step
-            if run_dir is not None and is_main and ((checkpoint_every and step % checkpoint_every == 0) or step == steps):
+            if (
+                run_dir is not None
+                and is_main
+                and ((checkpoint_every and step % checkpoint_every == 0) or step == steps)
+            ):
                 guard.check_losses(losses, step)
                 guard.check_weights(step, model, ema.module)
                 _save_checkpoint(run_dir, model, ema, optimizer, step, seed, world, config)
@@ -492,13 +577,37 @@ def fit(
     ema_module = ema.module.eval()
     model.eval()
     return FitResult(
-        model=model, ema=ema_module, step=max(steps, start), start_step=start, losses=losses.cpu(),
-        seconds_per_step=elapsed / max(steps - start, 1), run_dir=run_dir,
+        model=model,
+        ema=ema_module,
+        step=max(steps, start),
+        start_step=start,
+        losses=losses.cpu(),
+        seconds_per_step=elapsed / max(steps - start, 1),
+        run_dir=run_dir,
     )
 
 
-def _train_step(net, model, optimizer, ema, path, data, labels, num_classes, order, k, batch_size,
-                rank, world, seed, p_uncond, grad_clip, T, device, acc=None):
+def _train_step(
+    net,
+    model,
+    optimizer,
+    ema,
+    path,
+    data,
+    labels,
+    num_classes,
+    order,
+    k,
+    batch_size,
+    rank,
+    world,
+    seed,
+    p_uncond,
+    grad_clip,
+    T,
+    device,
+    acc=None,
+):
     """One optimisation step; every random draw comes from ``step_seed(seed, rank, k, ...)``."""
     s_global = step_seed(seed, rank, k, 1)  # dropout and other users of the global RNG
     torch.default_generator.manual_seed(s_global)
@@ -546,11 +655,13 @@ class _FiniteGuard:
             kept = f"no checkpoint was written to {self.run_dir}"
         else:
             kept = f"the last good checkpoint (step {self.last_good}) in {self.run_dir} is kept"
-        raise runs.NonFiniteError(f"{what} at step {step}: training stopped; {kept} "
-                                  "(a learning rate, path parameter or guidance weight too large?)")
+        raise runs.NonFiniteError(
+            f"{what} at step {step}: training stopped; {kept} "
+            "(a learning rate, path parameter or guidance weight too large?)"
+        )
 
     def check_losses(self, losses: torch.Tensor, step: int) -> None:
-        seg = losses[self.checked - self.start: step - self.start]
+        seg = losses[self.checked - self.start : step - self.start]
         bad = ~torch.isfinite(seg)
         if bool(bad.any()):
             self._stop("non-finite loss (NaN or inf)", self.checked + int(bad.nonzero()[0, 0]) + 1)
@@ -566,7 +677,10 @@ class _FiniteGuard:
 
 # =============================================================================== checkpoints
 
-def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int, world: int, config: dict) -> None:
+
+def _save_checkpoint(
+    run_dir: Path, model, ema, optimizer, step: int, seed: int, world: int, config: dict
+) -> None:
     meta = {"step": str(step)}
     state = {
         "step": step,
@@ -576,11 +690,16 @@ def _save_checkpoint(run_dir: Path, model, ema, optimizer, step: int, seed: int,
         "world_size": world,
         "rng": "per-step: torch.Generator seeded with step_seed(seed, rank, step, stream)",
     }
-    runs.save_checkpoint(run_dir, {
-        runs.MODEL_FILE: runs.weights_bytes(model, meta),
-        runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
-        runs.STATE_FILE: runs.save_torch_bytes(state),
-    }, config=config, step=step)
+    runs.save_checkpoint(
+        run_dir,
+        {
+            runs.MODEL_FILE: runs.weights_bytes(model, meta),
+            runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
+            runs.STATE_FILE: runs.save_torch_bytes(state),
+        },
+        config=config,
+        step=step,
+    )
 
 
 def load_checkpoint_into(run_dir: Path, model, ema, optimizer) -> tuple["runs.Checkpoint", dict]:
@@ -595,13 +714,18 @@ def load_checkpoint_into(run_dir: Path, model, ema, optimizer) -> tuple["runs.Ch
         ema.n_averaged.fill_(state["ema_n_averaged"])
         optimizer.load_state_dict(state["optimizer"])
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: the optimizer state does not fit this run ({e})") from None
+        raise runs.RunDirError(
+            f"{run_dir / runs.STATE_FILE}: the optimizer state does not fit this run ({e})"
+        ) from None
     if state["step"] != ckpt.step:
-        raise runs.RunDirError(f"{run_dir / runs.STATE_FILE}: step {state['step']}, but {runs.MANIFEST_FILE} says {ckpt.step}")
+        raise runs.RunDirError(
+            f"{run_dir / runs.STATE_FILE}: step {state['step']}, but {runs.MANIFEST_FILE} says {ckpt.step}"
+        )
     return ckpt, state
 
 
 # =============================================================================== configs -> runs
+
 
 @dataclass
 class TrainResult:
@@ -650,19 +774,40 @@ def train(
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = build_model(UNetConfig.from_dict(cfg.model), path=path)
         res = fit(
-            model, path, data.images, data.labels, data.num_classes,
-            steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, p_uncond=cfg.p_uncond,
-            grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay, seed=cfg.seed, device=dev,
-            run_dir=run_dir, config=cfg.to_dict(), resume=resume,
-            checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
-            progress=progress, callback=callback, accel=acc,
+            model,
+            path,
+            data.images,
+            data.labels,
+            data.num_classes,
+            steps=cfg.steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            p_uncond=cfg.p_uncond,
+            grad_clip=cfg.grad_clip,
+            ema_decay=cfg.ema_decay,
+            seed=cfg.seed,
+            device=dev,
+            run_dir=run_dir,
+            config=cfg.to_dict(),
+            resume=resume,
+            checkpoint_every=cfg.checkpoint_every,
+            log_every=cfg.log_every,
+            progress=progress,
+            callback=callback,
+            accel=acc,
         )
     finally:
         if created_group and dist.is_initialized():
             dist.destroy_process_group()
     return TrainResult(
-        model=res.model, ema=res.ema, path=path, config=cfg, step=res.step, losses=res.losses,
-        seconds_per_step=res.seconds_per_step, run_dir=Path(run_dir) if run_dir is not None else None,
+        model=res.model,
+        ema=res.ema,
+        path=path,
+        config=cfg,
+        step=res.step,
+        losses=res.losses,
+        seconds_per_step=res.seconds_per_step,
+        run_dir=Path(run_dir) if run_dir is not None else None,
     )
 
 
@@ -713,11 +858,14 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device="cpu") -> Load
 
 # =============================================================================== command line
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaclib.train", description="Train a velocity model.")
     parser.add_argument("--config", help="TrainConfig JSON file (default: TrainConfig())")
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (dotted keys)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (dotted keys)"
+    )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-root", default=None)
@@ -725,9 +873,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = json.loads(Path(args.config).read_text()) if args.config else TrainConfig().to_dict()
     cfg = TrainConfig.from_dict(runs.apply_overrides(base, args.set))
-    res = train(cfg, args.run_dir, device=args.device, resume=args.resume, progress=not args.no_progress, data_root=args.data_root)
+    res = train(
+        cfg,
+        args.run_dir,
+        device=args.device,
+        resume=args.resume,
+        progress=not args.no_progress,
+        data_root=args.data_root,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"run_dir": str(res.run_dir), "step": res.step, "seconds_per_step": res.seconds_per_step}))
+        print(
+            json.dumps(
+                {"run_dir": str(res.run_dir), "step": res.step, "seconds_per_step": res.seconds_per_step}
+            )
+        )
     return 0
 
 

@@ -64,6 +64,7 @@ __all__ = [
 
 # =============================================================================== one interval
 
+
 @dataclass(frozen=True)
 class IntervalDeviation:
     """Student line against teacher substeps over one student interval (numpy arrays, ``B`` samples).
@@ -102,7 +103,9 @@ def _check_spec(spec) -> StageSpec:
 
 def _check_state(x, y):
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point (B, ...) tensor with B samples, got {getattr(x, 'shape', x)!r}")
+        raise ValueError(
+            f"x must be a floating-point (B, ...) tensor with B samples, got {getattr(x, 'shape', x)!r}"
+        )
     if y is not None and (not isinstance(y, torch.Tensor) or tuple(y.shape) != (x.shape[0],)):
         raise ValueError(f"y must be None or a ({x.shape[0]},) label tensor, got {getattr(y, 'shape', y)!r}")
 
@@ -115,12 +118,16 @@ def _check_k(k, batch: int, steps: int, device) -> torch.Tensor:
     if not isinstance(k, torch.Tensor) or k.is_floating_point() or tuple(k.shape) != (batch,):
         raise ValueError(f"k must be an int or a ({batch},) int tensor, got {getattr(k, 'shape', k)!r}")
     if int(k.min()) < 0 or int(k.max()) >= steps:
-        raise ValueError(f"k must lie in [0, student_steps) = [0, {steps}), got values in [{int(k.min())}, {int(k.max())}]")
+        raise ValueError(
+            f"k must lie in [0, student_steps) = [0, {steps}), got values in [{int(k.min())}, {int(k.max())}]"
+        )
     return k.long().to(device)
 
 
 @torch.no_grad()
-def interval_deviation(teacher_field: TeacherField, student, path, x: torch.Tensor, k, y, spec: StageSpec) -> IntervalDeviation:
+def interval_deviation(
+    teacher_field: TeacherField, student, path, x: torch.Tensor, k, y, spec: StageSpec
+) -> IntervalDeviation:
     """Deviation of the student's Euler line from the teacher's substeps inside interval ``k``.
 
     Parameters
@@ -148,8 +155,9 @@ def interval_deviation(teacher_field: TeacherField, student, path, x: torch.Tens
     _check_state(x, y)
     M, N, T = spec.student_steps, spec.substeps, float(path.T)
     kk = _check_k(k, x.shape[0], M, x.device)
-    _, phi = segment_endpoint(teacher_field.velocity, x, kk, y, M, N, T=T, method=teacher_field.solver,
-                              return_path=True)
+    _, phi = segment_endpoint(
+        teacher_field.velocity, x, kk, y, M, N, T=T, method=teacher_field.solver, return_path=True
+    )
     was_training = student.training
     student.eval()
     try:
@@ -157,15 +165,26 @@ def interval_deviation(teacher_field: TeacherField, student, path, x: torch.Tens
     finally:
         student.train(was_training)
     delta = T / M
-    offsets = delta * (torch.arange(N + 1, dtype=torch.float64) / N)  # s_N = Delta exactly (student_step's Delta)
+    offsets = delta * (
+        torch.arange(N + 1, dtype=torch.float64) / N
+    )  # s_N = Delta exactly (student_step's Delta)
     line = x.unsqueeze(0) - offsets.to(x.dtype).to(x.device).view((-1,) + (1,) * x.ndim) * u.unsqueeze(0)
     dev = (line - phi).flatten(2).double().norm(dim=2).T.cpu().numpy()  # (B, N + 1)
     interior = dev[:, 1:N].max(axis=1) if N > 1 else np.full(x.shape[0], np.nan)
-    return IntervalDeviation(student_steps=M, substeps=N, delta=delta, k=kk.cpu().numpy(), offsets=offsets.numpy(),
-                             deviations=dev, endpoint_error=dev[:, N].copy(), interior_deviation=interior)
+    return IntervalDeviation(
+        student_steps=M,
+        substeps=N,
+        delta=delta,
+        k=kk.cpu().numpy(),
+        offsets=offsets.numpy(),
+        deviations=dev,
+        endpoint_error=dev[:, N].copy(),
+        interior_deviation=interior,
+    )
 
 
 # =============================================================================== a stage along the sampler's path
+
 
 @torch.no_grad()
 def sampler_states(teacher_field: TeacherField, path, spec: StageSpec, x_T: torch.Tensor, y) -> torch.Tensor:
@@ -176,8 +195,15 @@ def sampler_states(teacher_field: TeacherField, path, spec: StageSpec, x_T: torc
     """
     spec = _check_spec(spec)
     _check_state(x_T, y)
-    res = sample(teacher_field.velocity, x_T, spec.teacher_steps, teacher_field.solver, T=float(path.T), y=y,
-                 return_trajectory=True)
+    res = sample(
+        teacher_field.velocity,
+        x_T,
+        spec.teacher_steps,
+        teacher_field.solver,
+        T=float(path.T),
+        y=y,
+        return_trajectory=True,
+    )
     return res.trajectory[0 : spec.teacher_steps : spec.substeps]
 
 
@@ -201,8 +227,9 @@ class PathDeviation:
         return self.interior_deviation.max(axis=1)
 
 
-def path_deviation(teacher_field: TeacherField, student, path, spec: StageSpec, x_T: torch.Tensor, y,
-                   batch_size: int = 256) -> PathDeviation:
+def path_deviation(
+    teacher_field: TeacherField, student, path, spec: StageSpec, x_T: torch.Tensor, y, batch_size: int = 256
+) -> PathDeviation:
     """:func:`interval_deviation` of every interval ``k = 0..M-1`` at the states of
     :func:`sampler_states` from the latents ``x_T`` (in batches of ``batch_size`` samples)."""
     spec = _check_spec(spec)
@@ -213,14 +240,22 @@ def path_deviation(teacher_field: TeacherField, student, path, spec: StageSpec, 
     for a in range(0, x_T.shape[0], batch_size):
         xb, yb = x_T[a : a + batch_size], None if y is None else y[a : a + batch_size]
         states = sampler_states(teacher_field, path, spec, xb, yb)
-        rows = [interval_deviation(teacher_field, student, path, states[k], k, yb, spec) for k in range(spec.student_steps)]
+        rows = [
+            interval_deviation(teacher_field, student, path, states[k], k, yb, spec)
+            for k in range(spec.student_steps)
+        ]
         ends.append(np.stack([r.endpoint_error for r in rows], axis=1))
         inner.append(np.stack([r.interior_deviation for r in rows], axis=1))
-    return PathDeviation(spec=spec, delta=float(path.T) / spec.student_steps,
-                         endpoint_error=np.concatenate(ends), interior_deviation=np.concatenate(inner))
+    return PathDeviation(
+        spec=spec,
+        delta=float(path.T) / spec.student_steps,
+        endpoint_error=np.concatenate(ends),
+        interior_deviation=np.concatenate(inner),
+    )
 
 
 # =============================================================================== statistics
+
 
 def correlations(a, b) -> dict:
     """Pearson and Spearman correlation of two equal-length samples (``nan`` when either is constant)."""
@@ -232,12 +267,23 @@ def correlations(a, b) -> dict:
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("correlations need finite values")
     if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return {"pearson": math.nan, "pearson_p": math.nan, "spearman": math.nan, "spearman_p": math.nan, "n": int(a.size)}
+        return {
+            "pearson": math.nan,
+            "pearson_p": math.nan,
+            "spearman": math.nan,
+            "spearman_p": math.nan,
+            "n": int(a.size),
+        }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         p, s = pearsonr(a, b), spearmanr(a, b)
-    return {"pearson": float(p.statistic), "pearson_p": float(p.pvalue), "spearman": float(s.statistic),
-            "spearman_p": float(s.pvalue), "n": int(a.size)}
+    return {
+        "pearson": float(p.statistic),
+        "pearson_p": float(p.pvalue),
+        "spearman": float(s.statistic),
+        "spearman_p": float(s.pvalue),
+        "n": int(a.size),
+    }
 
 
 @dataclass(frozen=True)
@@ -263,8 +309,16 @@ class SlopeFit:
         return bool(self.lo <= value <= self.hi)
 
     def to_dict(self) -> dict:
-        return {"slope": self.slope, "lo": self.lo, "hi": self.hi, "stderr": self.stderr, "intercept": self.intercept,
-                "n": self.n, "level": self.level, "half_width": self.half_width}
+        return {
+            "slope": self.slope,
+            "lo": self.lo,
+            "hi": self.hi,
+            "stderr": self.stderr,
+            "intercept": self.intercept,
+            "n": self.n,
+            "level": self.level,
+            "half_width": self.half_width,
+        }
 
 
 def deviation_slope(deltas, deviations, level: float = 0.95) -> SlopeFit:
@@ -298,10 +352,13 @@ def deviation_slope(deltas, deviations, level: float = 0.95) -> SlopeFit:
         se = float(fit.stderr)
         h = _t_quantile(n - 2, level) * se
         lo, hi = float(fit.slope) - h, float(fit.slope) + h
-    return SlopeFit(slope=float(fit.slope), lo=lo, hi=hi, stderr=se, intercept=float(fit.intercept), n=n, level=level)
+    return SlopeFit(
+        slope=float(fit.slope), lo=lo, hi=hi, stderr=se, intercept=float(fit.intercept), n=n, level=level
+    )
 
 
 # =============================================================================== studies
+
 
 @dataclass(frozen=True)
 class StageDeviation:
@@ -320,14 +377,25 @@ class StageDeviation:
         d = self.deviation
         s = self.spec
         ci = lambda a: mean_ci(a.tolist()).to_dict() if np.isfinite(a).all() else None  # noqa: E731
-        interior = s.substeps > 1 and d.endpoint_error.shape[0] >= 3  # correlations need an interior and 3 samples
+        interior = (
+            s.substeps > 1 and d.endpoint_error.shape[0] >= 3
+        )  # correlations need an interior and 3 samples
         return {
-            "stage": s.index, "teacher_steps": s.teacher_steps, "student_steps": s.student_steps,
-            "substeps": s.substeps, "delta": d.delta, "n": int(d.endpoint_error.shape[0]),
-            "endpoint_error": ci(d.endpoint_error.mean(axis=1)), "interior_deviation": ci(d.interior_deviation.mean(axis=1)),
-            "sup_endpoint_error": ci(d.sup_endpoint), "sup_interior_deviation": ci(d.sup_interior),
-            "interior_over_endpoint": (float(d.interior_deviation.mean() / d.endpoint_error.mean())
-                                       if d.endpoint_error.mean() > 0 else math.nan),
+            "stage": s.index,
+            "teacher_steps": s.teacher_steps,
+            "student_steps": s.student_steps,
+            "substeps": s.substeps,
+            "delta": d.delta,
+            "n": int(d.endpoint_error.shape[0]),
+            "endpoint_error": ci(d.endpoint_error.mean(axis=1)),
+            "interior_deviation": ci(d.interior_deviation.mean(axis=1)),
+            "sup_endpoint_error": ci(d.sup_endpoint),
+            "sup_interior_deviation": ci(d.sup_interior),
+            "interior_over_endpoint": (
+                float(d.interior_deviation.mean() / d.endpoint_error.mean())
+                if d.endpoint_error.mean() > 0
+                else math.nan
+            ),
             "per_sample": correlations(d.sup_endpoint, d.sup_interior) if interior else None,
             "per_interval": correlations(d.endpoint_error, d.interior_deviation) if interior else None,
         }
@@ -361,13 +429,18 @@ class DeviationStudy:
     label: str = ""
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "stages": [s.summary() for s in self.stages],
-                "slope_sup_interior_vs_delta": None if self.slope is None else self.slope.to_dict(),
-                "slope_mean_interior_vs_delta": None if self.slope_mean is None else self.slope_mean.to_dict(),
-                "pooled_per_sample": self.pooled}
+        return {
+            "label": self.label,
+            "stages": [s.summary() for s in self.stages],
+            "slope_sup_interior_vs_delta": None if self.slope is None else self.slope.to_dict(),
+            "slope_mean_interior_vs_delta": None if self.slope_mean is None else self.slope_mean.to_dict(),
+            "pooled_per_sample": self.pooled,
+        }
 
 
-def deviation_study(stages, path, x_T: torch.Tensor, y, label: str = "", batch_size: int = 256) -> DeviationStudy:
+def deviation_study(
+    stages, path, x_T: torch.Tensor, y, label: str = "", batch_size: int = 256
+) -> DeviationStudy:
     """:func:`path_deviation` of every ``(spec, teacher_field, student)`` in ``stages`` from the SAME
     latents ``x_T`` (and labels ``y``), with the slopes of the interior deviation against ``Delta``
     (when at least two stages have different ``Delta``) and the pooled correlations."""
@@ -386,8 +459,10 @@ def deviation_study(stages, path, x_T: torch.Tensor, y, label: str = "", batch_s
         slope_mean = deviation_slope(deltas, [float(s.deviation.interior_deviation.mean()) for s in out])
     pooled = None
     if x_T.shape[0] * len(out) >= 3 and all(s.spec.substeps > 1 for s in out):
-        pooled = correlations(np.concatenate([s.deviation.sup_endpoint for s in out]),
-                              np.concatenate([s.deviation.sup_interior for s in out]))
+        pooled = correlations(
+            np.concatenate([s.deviation.sup_endpoint for s in out]),
+            np.concatenate([s.deviation.sup_interior for s in out]),
+        )
     return DeviationStudy(stages=tuple(out), slope=slope, slope_mean=slope_mean, pooled=pooled, label=label)
 
 
@@ -403,7 +478,9 @@ def load_ladder_stages(ladder, device="cpu"):
     from .train import load_run
 
     if not isinstance(ladder, (str, os.PathLike)) and not hasattr(ladder, "run_dir"):
-        raise ValueError(f"ladder must be a ladder run directory or a LadderResult, got {type(ladder).__name__}")
+        raise ValueError(
+            f"ladder must be a ladder run directory or a LadderResult, got {type(ladder).__name__}"
+        )
     run_dir = Path(getattr(ladder, "run_dir", ladder))
     raw = runs.read_config(run_dir)
     cfg = DistillConfig.from_dict(raw["distill"])
@@ -417,16 +494,22 @@ def load_ladder_stages(ladder, device="cpu"):
         if spec.student_steps not in students:
             break
         first_flow = spec.index == 1 and tinfo.get("distilled") is None
-        tf = TeacherField(teacher, guided=first_flow, w=cfg.w, num_classes=num_classes,
-                          solver=cfg.teacher_solver if first_flow else "euler")
+        tf = TeacherField(
+            teacher,
+            guided=first_flow,
+            w=cfg.w,
+            num_classes=num_classes,
+            solver=cfg.teacher_solver if first_flow else "euler",
+        )
         student = students[spec.student_steps].model
         stages.append((spec, tf, student))
         teacher = student
     return flow.path, stages, num_classes, (mc.in_channels, mc.image_size, mc.image_size)
 
 
-def stage_deviation_study(ladder, n: int = 256, seed: int = 0, device="cpu", batch_size: int = 256,
-                          label: str | None = None) -> DeviationStudy:
+def stage_deviation_study(
+    ladder, n: int = 256, seed: int = 0, device="cpu", batch_size: int = 256, label: str | None = None
+) -> DeviationStudy:
     """:func:`deviation_study` of every finished stage of ``ladder`` (a run directory or a
     :class:`~kaclib.distill.LadderResult`) on ``n`` shared latents: image ``i``'s latent is
     :func:`kaclib.evaluation.image_latents` of ``(seed, i)`` and its label ``i mod num_classes``, the
@@ -445,6 +528,7 @@ def stage_deviation_study(ladder, n: int = 256, seed: int = 0, device="cpu", bat
 
 
 # =============================================================================== figure
+
 
 def deviation_figure(studies: dict, title: str | None = None, max_points: int = 400):
     """Scatter of the per-sample largest end-point error (x) against the largest interior deviation (y),
@@ -469,15 +553,35 @@ def deviation_figure(studies: dict, title: str | None = None, max_points: int = 
             if ok.any():
                 lo, hi = min(lo, xe[ok].min(), yi[ok].min()), max(hi, xe[ok].max(), yi[ok].max())
             c = palette[steps.index(s.spec.student_steps) % len(palette)]
-            fig.add_trace(go.Scatter(
-                x=xe[ok].astype(np.float32), y=yi[ok].astype(np.float32), mode="markers",
-                marker=dict(color=c, size=5, opacity=0.6), legendgroup=str(s.spec.student_steps), showlegend=col == 1,
-                name=f"{s.spec.teacher_steps} -> {s.spec.student_steps} steps (Delta = {d.delta:.3g})",
-                hovertemplate="end point %{x:.3g}<br>interior %{y:.3g}<extra></extra>"), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=xe[ok].astype(np.float32),
+                    y=yi[ok].astype(np.float32),
+                    mode="markers",
+                    marker=dict(color=c, size=5, opacity=0.6),
+                    legendgroup=str(s.spec.student_steps),
+                    showlegend=col == 1,
+                    name=f"{s.spec.teacher_steps} -> {s.spec.student_steps} steps (Delta = {d.delta:.3g})",
+                    hovertemplate="end point %{x:.3g}<br>interior %{y:.3g}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         if hi > 0:
-            fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", line=dict(color="#111", dash="dot", width=1),
-                                     name="interior = end point", legendgroup="diag", showlegend=col == 1,
-                                     hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[lo, hi],
+                    y=[lo, hi],
+                    mode="lines",
+                    line=dict(color="#111", dash="dot", width=1),
+                    name="interior = end point",
+                    legendgroup="diag",
+                    showlegend=col == 1,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(type="log", title_text="largest end-point error ||x - Delta u - Phi_N||")
     fig.update_yaxes(type="log")
     fig.update_yaxes(title_text="largest interior deviation", row=1, col=1)

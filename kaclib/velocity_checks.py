@@ -44,8 +44,9 @@ class TrajectoryBound:
 
 
 @torch.no_grad()
-def trajectory_bound_stats(velocity, path, trajectory: torch.Tensor, times, labels=None,
-                           batch_size: int = 500) -> TrajectoryBound:
+def trajectory_bound_stats(
+    velocity, path, trajectory: torch.Tensor, times, labels=None, batch_size: int = 500
+) -> TrajectoryBound:
     """``velocity(x, t, y)`` at the states ``trajectory[k]`` (``(S + 1, N, ...)`` from
     :func:`kaclib.evaluation.generate` with ``return_trajectory=True``) and times ``times[k]``
     (``(S + 1,)``, from ``T`` down to 0), against :func:`coordinate_bound`; the final state
@@ -56,12 +57,22 @@ def trajectory_bound_stats(velocity, path, trajectory: torch.Tensor, times, labe
     if trajectory.shape[0] != len(times):
         raise ValueError(f"trajectory has {trajectory.shape[0]} states, times {len(times)}")
     d = math.prod(trajectory.shape[2:])
-    out = {k: [] for k in ("times", "bound", "ratio_max", "violation_fraction", "norm_max", "norm_q99", "norm_bound")}
+    out = {
+        k: []
+        for k in ("times", "bound", "ratio_max", "violation_fraction", "norm_max", "norm_q99", "norm_bound")
+    }
     for x, t in zip(trajectory[:-1], times[:-1]):
         b = coordinate_bound(path, t)
-        u = torch.cat([velocity(x[i : i + batch_size], torch.full((len(x[i : i + batch_size]),), t),
-                                None if labels is None else labels[i : i + batch_size]).float()
-                       for i in range(0, x.shape[0], batch_size)])
+        u = torch.cat(
+            [
+                velocity(
+                    x[i : i + batch_size],
+                    torch.full((len(x[i : i + batch_size]),), t),
+                    None if labels is None else labels[i : i + batch_size],
+                ).float()
+                for i in range(0, x.shape[0], batch_size)
+            ]
+        )
         ratio = u.abs() / b
         out["times"].append(t)
         out["bound"].append(b)

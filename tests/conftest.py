@@ -16,7 +16,20 @@ def tiny_guided_ladder(tmp_path_factory):
 
     path = {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
     tdir = tmp_path_factory.mktemp("teacher")
-    train(TrainConfig(dataset="digits", model={"preset": "smoke"}, path=path, steps=4, batch_size=16,
-                      checkpoint_every=0, log_every=10), tdir, progress=False)
-    cfg = DistillConfig(ladder=(8, 4, 2, 1), iters=(3, 2, 2), lr=1e-3, batch_size=8, w=1.5, checkpoint_every=0)
+    train(
+        TrainConfig(
+            dataset="digits",
+            model={"preset": "smoke"},
+            path=path,
+            steps=4,
+            batch_size=16,
+            checkpoint_every=0,
+            log_every=10,
+        ),
+        tdir,
+        progress=False,
+    )
+    cfg = DistillConfig(
+        ladder=(8, 4, 2, 1), iters=(3, 2, 2), lr=1e-3, batch_size=8, w=1.5, checkpoint_every=0
+    )
     return tdir, run_ladder(tdir, tmp_path_factory.mktemp("ladder") / "ladder", cfg, progress=False)

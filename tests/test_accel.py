@@ -56,22 +56,32 @@ def rel(a, b) -> float:
 
 # ------------------------------------------------------------------------------------ the config
 
+
 def test_resolve_decides_auto_per_device():
     assert AccelConfig().resolve("cpu") == OFF
     assert AccelConfig().resolve(torch.device("cuda")) == AccelConfig(
-        amp_dtype="bf16", channels_last=True, compile=False, fused_adam=True, tf32=True)
+        amp_dtype="bf16", channels_last=True, compile=False, fused_adam=True, tf32=True
+    )
     explicit = AccelConfig(amp_dtype="bf16", channels_last=True, fused_adam=True)
-    assert explicit.resolve("cpu") == AccelConfig(amp_dtype="bf16", channels_last=True, fused_adam=True, tf32=False)
+    assert explicit.resolve("cpu") == AccelConfig(
+        amp_dtype="bf16", channels_last=True, fused_adam=True, tf32=False
+    )
     assert OFF.resolve("cuda") == OFF and OFF.dtype is None
     assert AccelConfig(amp_dtype="bf16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="resolved"):
         _ = AccelConfig().dtype
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"amp_dtype": "fp16"}, "amp_dtype"), ({"channels_last": "yes"}, "channels_last"),
-    ({"compile": "auto"}, "compile"), ({"fused_adam": 1}, "fused_adam"), ({"tf32": None}, "tf32"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"amp_dtype": "fp16"}, "amp_dtype"),
+        ({"channels_last": "yes"}, "channels_last"),
+        ({"compile": "auto"}, "compile"),
+        ({"fused_adam": 1}, "fused_adam"),
+        ({"tf32": None}, "tf32"),
+    ],
+)
 def test_bad_switches_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AccelConfig(**kwargs)
@@ -88,7 +98,9 @@ def test_dict_round_trip_and_unknown_keys():
 def test_train_and_distill_configs_carry_accel_and_leave_the_default_out():
     assert "accel" not in TrainConfig().to_dict()  # configs (and cache keys) as before the field
     d = TrainConfig(accel={"amp_dtype": "fp32"}).to_dict()
-    assert d["accel"]["amp_dtype"] == "fp32" and TrainConfig.from_dict(d).accel == AccelConfig(amp_dtype="fp32")
+    assert d["accel"]["amp_dtype"] == "fp32" and TrainConfig.from_dict(d).accel == AccelConfig(
+        amp_dtype="fp32"
+    )
     over = TrainConfig.from_dict(runs.apply_overrides(TrainConfig().to_dict(), ["accel.amp_dtype=bf16"]))
     assert over.accel.amp_dtype == "bf16" and over.accel.channels_last == "auto"
     assert "accel" not in DistillConfig().to_dict()
@@ -99,6 +111,7 @@ def test_train_and_distill_configs_carry_accel_and_leave_the_default_out():
 
 
 # ------------------------------------------------------------------------------------ each switch
+
 
 def test_bf16_autocast_loss_within_2e_2_of_fp32():
     model = unet()
@@ -163,12 +176,19 @@ def test_compile_is_skipped_with_a_clear_message_without_a_compiler(monkeypatch,
         assert accel.prepare_model(model, AccelConfig(compile=True), "cpu") is model
 
 
-@pytest.mark.parametrize("backend", [
-    "aot_eager",
-    pytest.param("inductor", marks=pytest.mark.skipif(
-        not os.environ.get("KACLIB_TEST_INDUCTOR"),
-        reason="inductor builds C++ for minutes on a CPU: set KACLIB_TEST_INDUCTOR=1 to run it")),
-])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "aot_eager",
+        pytest.param(
+            "inductor",
+            marks=pytest.mark.skipif(
+                not os.environ.get("KACLIB_TEST_INDUCTOR"),
+                reason="inductor builds C++ for minutes on a CPU: set KACLIB_TEST_INDUCTOR=1 to run it",
+            ),
+        ),
+    ],
+)
 def test_compiled_network_matches_eager_within_1e_5(monkeypatch, backend):
     monkeypatch.setenv("KACLIB_COMPILE_BACKEND", backend)
     torch._dynamo.reset()
@@ -191,7 +211,9 @@ def test_compiled_network_matches_eager_within_1e_5(monkeypatch, backend):
 def test_tf32_policy_sets_cuda_flags_and_restores_them_and_is_a_noop_on_cpu():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     for want in (True, False):
-        with accel.tf32_policy(torch.device("cuda"), AccelConfig(tf32=want)):  # flags are global: no GPU needed
+        with accel.tf32_policy(
+            torch.device("cuda"), AccelConfig(tf32=want)
+        ):  # flags are global: no GPU needed
             assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (want, want)
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
     with accel.tf32_policy("cpu", AccelConfig(tf32=not before[0])):
@@ -208,10 +230,22 @@ def test_to_device_copies_values():
 
 # ------------------------------------------------------------------------------------ wired in
 
+
 def _fit(acc, steps=4, seed=0):
     x, _, y = batch(n=32, seed=1)
-    return fit(unet(seed), KacPath(9.0, 3.0), x, y, 10, steps=steps, batch_size=8, lr=1e-3, seed=3, progress=False,
-               accel=acc)
+    return fit(
+        unet(seed),
+        KacPath(9.0, 3.0),
+        x,
+        y,
+        10,
+        steps=steps,
+        batch_size=8,
+        lr=1e-3,
+        seed=3,
+        progress=False,
+        accel=acc,
+    )
 
 
 def test_fit_with_each_switch_agrees_with_fp32():
@@ -250,8 +284,11 @@ def test_hand_off_uses_the_fused_optimizer_when_asked():
 
 # ------------------------------------------------------------------------------------ run directories
 
+
 def _cfg(**kw):
-    base = dict(dataset="digits", model={"preset": "smoke"}, steps=2, batch_size=8, checkpoint_every=0, log_every=1)
+    base = dict(
+        dataset="digits", model={"preset": "smoke"}, steps=2, batch_size=8, checkpoint_every=0, log_every=1
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -276,9 +313,20 @@ def test_runs_record_their_switches_resolved(tmp_path):
     assert load_run(d).config.accel == want.resolve("cpu")
     for change in ({"amp_dtype": "fp32"}, {"fused_adam": False}):
         with pytest.raises(runs.ConfigMismatchError, match=f"accel.{next(iter(change))}"):
-            train(_cfg(steps=3, accel={**want.to_dict(), **change}), d, device="cpu", resume=True, progress=False)
-    res = train(_cfg(steps=3, accel={**want.to_dict(), "channels_last": False}), d, device="cpu", resume=True,
-                progress=False)
+            train(
+                _cfg(steps=3, accel={**want.to_dict(), **change}),
+                d,
+                device="cpu",
+                resume=True,
+                progress=False,
+            )
+    res = train(
+        _cfg(steps=3, accel={**want.to_dict(), "channels_last": False}),
+        d,
+        device="cpu",
+        resume=True,
+        progress=False,
+    )
     saved = json.loads((d / "config.json").read_text())["accel"]
     assert res.step == 3 and saved["channels_last"] is False and saved["amp_dtype"] == "bf16"
 
@@ -299,6 +347,7 @@ def test_ladders_record_their_switches_and_refuse_a_changed_arithmetic(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ the device check
+
 
 def _gpu_check():
     if str(ROOT / "benchmarks") not in sys.path:
@@ -359,22 +408,38 @@ def test_device_check_smoke_run_writes_every_mode(tmp_path, monkeypatch):
     assert set(res["modes"]) == {"fp32", "bf16", "channels_last", "compile"}
     for name, m in res["modes"].items():
         assert m["images_per_s"] > 0 and m["loss_finite"], name
-    assert res["modes"]["bf16"]["accel"]["amp_dtype"] == "bf16" and res["modes"]["compile"]["accel"]["compile"]
+    assert (
+        res["modes"]["bf16"]["accel"]["amp_dtype"] == "bf16" and res["modes"]["compile"]["accel"]["compile"]
+    )
     assert res["modes"]["channels_last"]["accel"]["channels_last"]
     assert res["modes"]["compile"]["compile_skipped"] is None
     assert res["peak_memory"]["bytes"] > 0 and "RSS" in res["peak_memory"]["kind"]
     t = res["teacher"]
-    assert t["steps"] == 30 and t["sample"]["score"]["fid"] > 0 and t["sample"]["network_passes_per_image"] == 8
+    assert (
+        t["steps"] == 30 and t["sample"]["score"]["fid"] > 0 and t["sample"]["network_passes_per_image"] == 8
+    )
     assert res["distill"]["sample_student"]["score"]["accuracy"] is not None
     # a rerun of one part into the earlier result keeps the others
     again = tmp_path / "again.json"
-    argv = ["--profile", "smoke", "--out", str(again), "--threads", "1", "--parts", "compile", "--merge", str(out)]
+    argv = [
+        "--profile",
+        "smoke",
+        "--out",
+        str(again),
+        "--threads",
+        "1",
+        "--parts",
+        "compile",
+        "--merge",
+        str(out),
+    ]
     assert gc.main(argv) == 0
     torch._dynamo.reset()
     merged = json.loads(again.read_text())
     assert set(merged["modes"]) == set(res["modes"]) and merged["teacher"] == res["teacher"]
     assert merged["modes"]["fp32"] == res["modes"]["fp32"] and merged["merged_from"]["kept"] == sorted(
-        ["fp32", "bf16", "channels_last", "teacher"])
+        ["fp32", "bf16", "channels_last", "teacher"]
+    )
     s = res["sampling"]
     assert s["student_1_step"]["network_passes_per_image"] == 1 and s["teacher"]["images_per_s"] > 0
     assert (s["teacher"]["steps"], s["teacher"]["method"]) == (8, "ab2")  # the smoke profile's 100

@@ -4,7 +4,6 @@ page checker (without a browser)."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import sys
 from pathlib import Path
@@ -40,6 +39,7 @@ def _notebook_mds() -> list[Path]:
 
 # ----------------------------------------------------------------------------- configuration
 
+
 def test_toc_symlink_points_to_top_level_toc():
     link = BOOK / "_toc.yml"
     assert link.is_symlink(), "book/_toc.yml must be a symlink (jupyter-book looks for the TOC there)"
@@ -49,7 +49,9 @@ def test_toc_symlink_points_to_top_level_toc():
 def test_config_settings():
     cfg = _config()
     assert cfg["only_build_toc_files"] is True
-    assert any(p in ("**.ipynb", "**/*.ipynb") for p in cfg["exclude_patterns"]), "paired .ipynb must be excluded"
+    assert any(p in ("**.ipynb", "**/*.ipynb") for p in cfg["exclude_patterns"]), (
+        "paired .ipynb must be excluded"
+    )
     ex = cfg["execute"]
     assert ex["execute_notebooks"] in ("cache", "force")
     assert ex["timeout"] > 30 and ex["raise_on_error"] is True
@@ -76,6 +78,7 @@ def test_book_extension_finds_offline_assets():
 
 # ----------------------------------------------------------------------------- notebook pairs
 
+
 def _cells(nb) -> list[tuple]:
     out = []
     for cell in nb.cells:
@@ -92,9 +95,12 @@ def test_notebook_pair_in_sync(md: Path):
     from_md = _cells(jupytext.read(md))
     from_ipynb = _cells(nbformat.read(ipynb, as_version=4))
     assert len(from_md) == len(from_ipynb), (
-        f"{md.name} has {len(from_md)} cells, {ipynb.name} {len(from_ipynb)}: run `jupytext --sync {md.relative_to(ROOT)}`")
+        f"{md.name} has {len(from_md)} cells, {ipynb.name} {len(from_ipynb)}: run `jupytext --sync {md.relative_to(ROOT)}`"
+    )
     for k, (a, b) in enumerate(zip(from_md, from_ipynb)):
-        assert a == b, f"cell {k} differs between {md.name} and {ipynb.name}: run `jupytext --sync {md.relative_to(ROOT)}`"
+        assert a == b, (
+            f"cell {k} differs between {md.name} and {ipynb.name}: run `jupytext --sync {md.relative_to(ROOT)}`"
+        )
 
 
 @pytest.mark.parametrize("md", _notebook_mds(), ids=lambda p: p.name)
@@ -125,7 +131,7 @@ def test_chapters_record_their_claims():
         if path not in _notebook_mds():
             continue
         text = path.read_text()
-        assert f'claims.record("{doc}"' in text, f"{doc}.md must call claims.record(\"{doc}\", ...)"
+        assert f'claims.record("{doc}"' in text, f'{doc}.md must call claims.record("{doc}", ...)'
 
 
 def test_citations_exist_in_bibliography():
@@ -137,13 +143,26 @@ def test_citations_exist_in_bibliography():
             used.update(k.strip() for k in group.split(","))
     missing = sorted(used - keys)
     assert not missing, f"cited but not in references.bib: {missing}"
-    for key in ("han2025distillkac", "duong2025telegrapher", "kac1974stochastic", "goldstein1951diffusion",
-                "ho2020denoising", "song2021denoising", "lipman2023flow", "liu2023flow", "salimans2022progressive",
-                "song2023consistency", "song2024improved", "karras2022elucidating", "ho2022classifier"):
+    for key in (
+        "han2025distillkac",
+        "duong2025telegrapher",
+        "kac1974stochastic",
+        "goldstein1951diffusion",
+        "ho2020denoising",
+        "song2021denoising",
+        "lipman2023flow",
+        "liu2023flow",
+        "salimans2022progressive",
+        "song2023consistency",
+        "song2024improved",
+        "karras2022elucidating",
+        "ho2022classifier",
+    ):
         assert key in keys
 
 
 # ----------------------------------------------------------------------------- the claims table
+
 
 def _write_chapter(folder: Path, name: str, code: str) -> None:
     (folder / f"{name}.md").write_text(
@@ -159,15 +178,24 @@ def test_claims_record_collect_and_staleness(tmp_path, monkeypatch):
     monkeypatch.setenv("KACLIB_CLAIMS_DIR", str(tmp_path / "claims"))
     book = tmp_path / "book"
     book.mkdir()
-    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: ch1\n  - file: ch2\n  - file: refs\n")
+    (book / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nchapters:\n  - file: ch1\n  - file: ch2\n  - file: refs\n"
+    )
     _write_chapter(book, "ch1", "x = 1")
     _write_chapter(book, "ch2", "y = 2")
     (book / "refs.md").write_text("# References\n")
     assert claims.chapters_from_toc(book / "_toc.yml") == ["ch1", "ch2", "refs"]
 
-    claims.record("ch1", "Chapter one", [claims.Claim("c < 1 <b>", "0.5", holds=True, source="paper"),
-                                         {"claim": "plain", "measured": "3", "holds": None}],
-                  profile="smoke", folder=book)
+    claims.record(
+        "ch1",
+        "Chapter one",
+        [
+            claims.Claim("c < 1 <b>", "0.5", holds=True, source="paper"),
+            {"claim": "plain", "measured": "3", "holds": None},
+        ],
+        profile="smoke",
+        folder=book,
+    )
     rec = claims.load("ch1", "smoke")
     assert rec["title"] == "Chapter one" and len(rec["claims"]) == 2
     assert rec["source_hash"] == claims.source_hash("ch1", book)
@@ -181,9 +209,13 @@ def test_claims_record_collect_and_staleness(tmp_path, monkeypatch):
 
     # editing prose keeps the record, editing code makes it stale
     (book / "ch1.md").write_text((book / "ch1.md").read_text().replace("# ch1", "# Chapter 1, renamed"))
-    assert {e["chapter"]: e["status"] for e in claims.collect(book / "_toc.yml", book, profile="smoke")}["ch1"] == "ok"
+    assert {e["chapter"]: e["status"] for e in claims.collect(book / "_toc.yml", book, profile="smoke")}[
+        "ch1"
+    ] == "ok"
     (book / "ch1.md").write_text((book / "ch1.md").read_text().replace("x = 1", "x = 2"))
-    assert {e["chapter"]: e["status"] for e in claims.collect(book / "_toc.yml", book, profile="smoke")}["ch1"] == "stale"
+    assert {e["chapter"]: e["status"] for e in claims.collect(book / "_toc.yml", book, profile="smoke")}[
+        "ch1"
+    ] == "stale"
 
     # other profiles are separate
     assert claims.load("ch1", "cpu") is None
@@ -197,7 +229,9 @@ def test_claims_run_missing_executes_the_chapter(tmp_path, monkeypatch):
     book = tmp_path / "book"
     book.mkdir()
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: ch1\n")
-    _write_chapter(book, "ch1", 'from kaclib import claims\nclaims.record("ch1", "One", [claims.Claim("a", "b", True)])')
+    _write_chapter(
+        book, "ch1", 'from kaclib import claims\nclaims.record("ch1", "One", [claims.Claim("a", "b", True)])'
+    )
     entries = claims.collect(book / "_toc.yml", book, run_missing=True, verbose=False)
     assert entries[0]["status"] == "ok" and entries[0]["record"]["claims"][0]["claim"] == "a"
 
@@ -217,6 +251,7 @@ def test_claim_validation():
 
 # ----------------------------------------------------------------------------- page checker
 
+
 def _checker():
     spec = importlib.util.spec_from_file_location("check_book_html", ROOT / ".ci" / "check_book_html.py")
     mod = importlib.util.module_from_spec(spec)
@@ -230,11 +265,15 @@ def test_checker_static_problems_and_page_list(tmp_path):
     (tmp_path / "_static").mkdir()
     (tmp_path / "_static" / "x.html").write_text("<html></html>")
     good = tmp_path / "good.html"
-    good.write_text('<html><head><script src="_static/plotly.min.js"></script>'
-                    '<link rel="stylesheet" href="_static/a.css"><a href="https://example.org">x</a></head></html>')
+    good.write_text(
+        '<html><head><script src="_static/plotly.min.js"></script>'
+        '<link rel="stylesheet" href="_static/a.css"><a href="https://example.org">x</a></head></html>'
+    )
     bad = tmp_path / "bad.html"
-    bad.write_text('<html><head><script src="https://cdn.example.org/x.js"></script>'
-                   '<link rel="stylesheet" href="//fonts.example.org/f.css"></head></html>')
+    bad.write_text(
+        '<html><head><script src="https://cdn.example.org/x.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example.org/f.css"></head></html>'
+    )
     assert [p.name for p in chk.pages_of(tmp_path, [])] == ["bad.html", "good.html"]
     assert chk.static_problems(good) == []
     probs = chk.static_problems(bad)

@@ -38,8 +38,22 @@ def teacher(tmp_path_factory):
     # `evaluate` takes the feature net from the default cache ($KACLIB_CACHE_DIR or ~/.cache/kaclib),
     # where it is keyed by its training spec (trained there once when missing)
     d = tmp_path_factory.mktemp("runs") / "teacher"
-    rc = main(["--threads", "1", "train", "--profile", "smoke", "--run-dir", str(d), "--steps", "12",
-               "--no-progress", "--set", "ema_decay=0.5"])
+    rc = main(
+        [
+            "--threads",
+            "1",
+            "train",
+            "--profile",
+            "smoke",
+            "--run-dir",
+            str(d),
+            "--steps",
+            "12",
+            "--no-progress",
+            "--set",
+            "ema_decay=0.5",
+        ]
+    )
     assert rc == 0
     return d
 
@@ -51,16 +65,45 @@ def test_train_smoke(teacher, capsys):
     assert cfg["path"]["kind"] == "kac"
     assert load_run(teacher).step == 12
     # resume continues to a larger step count in the same directory
-    rc, out, err = run(capsys, "train", "--profile", "smoke", "--run-dir", str(teacher), "--steps", "14",
-                       "--no-progress", "--set", "ema_decay=0.5", "--resume")
+    rc, out, err = run(
+        capsys,
+        "train",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(teacher),
+        "--steps",
+        "14",
+        "--no-progress",
+        "--set",
+        "ema_decay=0.5",
+        "--resume",
+    )
     assert rc == 0, err
     assert load_run(teacher).step == 14 and "14" in out
 
 
 def test_train_overrides_and_gaussian(tmp_path, capsys):
     d = tmp_path / "g"
-    rc, out, err = run(capsys, "train", "--profile", "smoke", "--run-dir", str(d), "--path", "gaussian", "--steps", "2",
-                       "--seed", "3", "--set", "model.base_channels=16", "--set", "lr=0.001", "--no-progress")
+    rc, out, err = run(
+        capsys,
+        "train",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(d),
+        "--path",
+        "gaussian",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--set",
+        "model.base_channels=16",
+        "--set",
+        "lr=0.001",
+        "--no-progress",
+    )
     assert rc == 0, err
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["path"] == {"kind": "gaussian", "T": 1.0} or cfg["path"]["kind"] == "gaussian"
@@ -68,8 +111,23 @@ def test_train_overrides_and_gaussian(tmp_path, capsys):
 
 
 def test_evaluate_table_and_json(teacher, capsys):
-    rc, out, err = run(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(teacher), "--steps", "2,3",
-                       "--method", "euler,midpoint", "--w", "1,2", "--n", "16", "--no-progress")
+    rc, out, err = run(
+        capsys,
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(teacher),
+        "--steps",
+        "2,3",
+        "--method",
+        "euler,midpoint",
+        "--w",
+        "1,2",
+        "--n",
+        "16",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert "FID-digits" in out and "floor" in out
     rows = json.loads((teacher / "evaluation.json").read_text())["rows"]
@@ -81,15 +139,32 @@ def test_evaluate_table_and_json(teacher, capsys):
         assert r["metric_name"] == "FID-digits" and r["n"] == 16 and r["fid"] > 0 and r["floor"] > 0
         assert 0 <= r["accuracy"] <= 1 and r["seconds_per_image"] > 0
     # a second call merges (same keys are replaced, new ones added)
-    rc, out, err = run(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(teacher), "--steps", "2",
-                       "--method", "euler", "--w", "1,0,none", "--n", "16", "--no-progress")
+    rc, out, err = run(
+        capsys,
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(teacher),
+        "--steps",
+        "2",
+        "--method",
+        "euler",
+        "--w",
+        "1,0,none",
+        "--n",
+        "16",
+        "--no-progress",
+    )
     assert rc == 0, err
     rows = json.loads((teacher / "evaluation.json").read_text())["rows"]
     assert len(rows) == 10
     uncond = rows[-1]
     assert uncond["w"] is None and uncond["accuracy"] is None and uncond["network_passes"] == 2
     # profile defaults: smoke teacher_steps with AB-2
-    rc, out, err = run(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(teacher), "--n", "8", "--no-progress")
+    rc, out, err = run(
+        capsys, "evaluate", "--profile", "smoke", "--run-dir", str(teacher), "--n", "8", "--no-progress"
+    )
     assert rc == 0, err
     last = json.loads((teacher / "evaluation.json").read_text())["rows"][-1]
     assert (last["steps"], last["method"]) == (8, "ab2")
@@ -97,8 +172,25 @@ def test_evaluate_table_and_json(teacher, capsys):
 
 def test_sample_writes_png_and_npz(teacher, tmp_path, capsys):
     out = tmp_path / "grid"
-    rc, o, err = run(capsys, "sample", "--profile", "smoke", "--run-dir", str(teacher), "--n", "12", "--steps", "3",
-                     "--w", "1.5", "--labels", "3,5", "--out", str(out), "--no-progress")
+    rc, o, err = run(
+        capsys,
+        "sample",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(teacher),
+        "--n",
+        "12",
+        "--steps",
+        "3",
+        "--w",
+        "1.5",
+        "--labels",
+        "3,5",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert rc == 0, err
     from PIL import Image
 
@@ -109,7 +201,9 @@ def test_sample_writes_png_and_npz(teacher, tmp_path, capsys):
     s = json.loads(str(z["settings"]))
     assert (s["steps"], s["w"], s["nfe"], s["network_passes"]) == (3, 1.5, 3, 6)
     # default output lives in the run directory
-    rc, o, err = run(capsys, "sample", "--profile", "smoke", "--run-dir", str(teacher), "--n", "4", "--no-progress")
+    rc, o, err = run(
+        capsys, "sample", "--profile", "smoke", "--run-dir", str(teacher), "--n", "4", "--no-progress"
+    )
     assert rc == 0, err
     assert sorted(p.suffix for p in (teacher / "samples").iterdir()) == [".npz", ".png"]
 
@@ -126,10 +220,19 @@ def test_student_run_defaults(teacher, tmp_path, capsys):
     ckpt = runs.read_checkpoint(student)
     runs.save_checkpoint(student, ckpt.blobs, config=cfg, step=ckpt.step)
     (student / "evaluation.json").unlink(missing_ok=True)
-    rc, out, err = run(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(student), "--n", "8", "--no-progress")
+    rc, out, err = run(
+        capsys, "evaluate", "--profile", "smoke", "--run-dir", str(student), "--n", "8", "--no-progress"
+    )
     assert rc == 0, err
     r = json.loads((student / "evaluation.json").read_text())["rows"][0]
-    assert (r["steps"], r["method"], r["w"], r["nfe"], r["network_passes"], r["student"]) == (2, "euler", 1.0, 2, 2, True)
+    assert (r["steps"], r["method"], r["w"], r["nfe"], r["network_passes"], r["student"]) == (
+        2,
+        "euler",
+        1.0,
+        2,
+        2,
+        True,
+    )
 
 
 BAD = [
@@ -140,8 +243,20 @@ BAD = [
     (["train", "--profile", "smoke", "--set", "nonsense=1"], "unknown TrainConfig field"),
     (["train", "--profile", "smoke", "--set", "ema_decay=0.5"], "already holds a checkpoint"),
     (["train", "--profile", "smoke", "--steps", "99", "--set", "lr=0.1"], "different config"),
-    (["train", "--profile", "smoke", "--dataset", "cifar10", "--preset", "cifar10-paper", "--data-root", "{missing}"],
-     "not found"),
+    (
+        [
+            "train",
+            "--profile",
+            "smoke",
+            "--dataset",
+            "cifar10",
+            "--preset",
+            "cifar10-paper",
+            "--data-root",
+            "{missing}",
+        ],
+        "not found",
+    ),
     (["sample", "--w", "nan"], "--w"),
     (["sample", "--steps", "0"], "--steps"),
     (["sample", "--labels", "3,11"], "--labels"),
@@ -187,8 +302,21 @@ def test_distill_without_module_is_a_clear_error(teacher, tmp_path, capsys, monk
 def test_distill_ladder(teacher, tmp_path, capsys):
     pytest.importorskip("kaclib.distill")
     d = tmp_path / "ladder"
-    rc, out, err = run(capsys, "distill", "--profile", "smoke", "--teacher", str(teacher), "--run-dir", str(d),
-                       "--ladder", "4,2", "--set", "iters=2", "--no-progress")
+    rc, out, err = run(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(teacher),
+        "--run-dir",
+        str(d),
+        "--ladder",
+        "4,2",
+        "--set",
+        "iters=2",
+        "--no-progress",
+    )
     assert rc == 0, err
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["distill"]["ladder"] == [4, 2] and cfg["distill"]["iters"] == 2
@@ -196,14 +324,29 @@ def test_distill_ladder(teacher, tmp_path, capsys):
     stage = next(d.glob("stage-1-*"))
     assert json.loads((stage / "config.json").read_text())["distilled"]["steps"] == 2
     # the student evaluates with its own defaults (2 Euler steps, w = 1)
-    rc, out, err = run(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(stage), "--n", "8", "--no-progress")
+    rc, out, err = run(
+        capsys, "evaluate", "--profile", "smoke", "--run-dir", str(stage), "--n", "8", "--no-progress"
+    )
     assert rc == 0, err
     r = json.loads((stage / "evaluation.json").read_text())["rows"][0]
     assert (r["steps"], r["method"], r["w"], r["network_passes"]) == (2, "euler", 1.0, 2)
     # an existing ladder is refused without --resume, and left as it was
     before = tree_hash(d)
-    rc, out, err = run(capsys, "distill", "--profile", "smoke", "--teacher", str(teacher), "--run-dir", str(d),
-                       "--ladder", "4,2", "--set", "iters=2", "--no-progress")
+    rc, out, err = run(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(teacher),
+        "--run-dir",
+        str(d),
+        "--ladder",
+        "4,2",
+        "--set",
+        "iters=2",
+        "--no-progress",
+    )
     assert rc == 2 and len(err.strip().splitlines()) == 1 and tree_hash(d) == before
 
 
@@ -225,4 +368,6 @@ def test_help_documents_every_option(capsys):
                 assert opt in text
             assert action.help, f"{name} {action.option_strings} has no help"
     for opt in ("--run-dir", "--profile", "--device", "--no-progress"):
-        assert all(opt in p.format_help() for n, p in sub.choices.items() if n != "distill" or opt != "--run-dir")
+        assert all(
+            opt in p.format_help() for n, p in sub.choices.items() if n != "distill" or opt != "--run-dir"
+        )

@@ -74,13 +74,18 @@ def test_sampling_cost_of_unconditional_models_and_bad_input():
     cost = sampling_cost(mlp(num_classes=0), GaussianPath(), 4, "midpoint", 3.0, image_shape=(2,))
     assert cost.passes_per_eval == 1 and cost.network_passes == 8 and cost.w is None
     assert sampling_cost(mlp(), KacPath(), 2, "euler", None, image_shape=(2,)).network_passes == 2
-    for kw, match in [(dict(steps=0), "steps"), (dict(method="rk4"), "method"), (dict(w=float("inf")), "w must")]:
+    for kw, match in [
+        (dict(steps=0), "steps"),
+        (dict(method="rk4"), "method"),
+        (dict(w=float("inf")), "w must"),
+    ]:
         args = {"steps": 3, "method": "euler", "w": 1.0, **kw}
         with pytest.raises(ValueError, match=match):
             sampling_cost(mlp(), GaussianPath(), args["steps"], args["method"], args["w"], image_shape=(2,))
 
 
 # ------------------------------------------------------------------------------------ a tiny trained ladder
+
 
 @pytest.fixture(scope="module")
 def ladder(tiny_guided_ladder):
@@ -98,7 +103,11 @@ def test_distillation_training_cost_arithmetic(ladder):
     # teacher passes by hand: iters x batch x substeps x (2 passes for the guided flow teacher, w = 1.5)
     want_passes = [3 * 8 * 2 * 2, 2 * 8 * 2 * 1, 2 * 8 * 2 * 1]
     assert [s.teacher_passes for s in cost.stages] == want_passes
-    assert [s.student_iters for s in cost.stages] == [3, 2, 2] and [s.student_steps for s in cost.stages] == [4, 2, 1]
+    assert [s.student_iters for s in cost.stages] == [3, 2, 2] and [s.student_steps for s in cost.stages] == [
+        4,
+        2,
+        1,
+    ]
     for s, p, it in zip(cost.stages, want_passes, (3, 2, 2)):
         assert s.teacher_flops == p * F and s.student_flops == it * 8 * 3 * F
         assert s.total_flops == p * F + it * 8 * 3 * F
@@ -129,11 +138,31 @@ def test_wall_clock_per_1000_reports_end_to_end_time(ladder):
 def test_quality_cost_figure():
     from kaclib.cost import quality_cost_figure
 
-    rows = [{"row": "kac_ladder", "steps": M, "fid": 1.0 / M, "flops_per_image": 10 * M, "network_passes": M,
-             "wall_clock": {"seconds_per_1000": 0.1 * M}} for M in (1, 2, 4)]
-    rows += [{"row": "kac_teacher", "steps": 4, "fid": 0.5, "flops_per_image": 80, "network_passes": 8, "wall_clock": None}]
+    rows = [
+        {
+            "row": "kac_ladder",
+            "steps": M,
+            "fid": 1.0 / M,
+            "flops_per_image": 10 * M,
+            "network_passes": M,
+            "wall_clock": {"seconds_per_1000": 0.1 * M},
+        }
+        for M in (1, 2, 4)
+    ]
+    rows += [
+        {
+            "row": "kac_teacher",
+            "steps": 4,
+            "fid": 0.5,
+            "flops_per_image": 80,
+            "network_passes": 8,
+            "wall_clock": None,
+        }
+    ]
     fig = quality_cost_figure(rows)  # the teacher row has no wall clock: left out
-    assert [tr.name for tr in fig.data] == ["kac ladder"] and list(fig.data[0].x) == pytest.approx([0.1, 0.2, 0.4])
+    assert [tr.name for tr in fig.data] == ["kac ladder"] and list(fig.data[0].x) == pytest.approx(
+        [0.1, 0.2, 0.4]
+    )
     fig = quality_cost_figure(rows, x="flops_per_image")
     assert len(fig.data) == 2 and list(fig.data[1].y) == [0.5] and fig.layout.xaxis.type == "log"
     with pytest.raises(ValueError, match="x must"):

@@ -19,8 +19,8 @@ from kaclib.data import (
     sample_batch,
 )
 
-
 # ----------------------------------------------------------------------------- digits / mnist5k
+
 
 def test_digits_shapes_range_and_labels():
     d = load_dataset("digits", "all")
@@ -41,8 +41,16 @@ def test_splits_are_disjoint_covering_stratified_and_deterministic(name):
     all_keys = [tuple(x.flatten().tolist()) for x in al.images]
     # disjoint and covering (as multisets: digits holds a few exact duplicate images)
     assert sum(len(d) for d in parts.values()) == len(al)
-    assert torch.equal(torch.sort(torch.cat([d.labels for d in parts.values()])).values, torch.sort(al.labels).values)
-    for s, t in [("train", "ref"), ("train", "test"), ("feature", "ref"), ("ref", "test"), ("train", "feature")]:
+    assert torch.equal(
+        torch.sort(torch.cat([d.labels for d in parts.values()])).values, torch.sort(al.labels).values
+    )
+    for s, t in [
+        ("train", "ref"),
+        ("train", "test"),
+        ("feature", "ref"),
+        ("ref", "test"),
+        ("train", "feature"),
+    ]:
         assert len(keys[s] & keys[t]) <= 3, (s, t)  # only the data set's own duplicates may coincide
     assert set(all_keys) == set().union(*keys.values())
     # sizes follow the fractions, class by class (balance up to one image per class and split)
@@ -100,6 +108,7 @@ def test_bad_arguments_raise_clear_errors():
 
 # ----------------------------------------------------------------------------- batches
 
+
 def test_sample_batch_deterministic_and_from_the_data():
     d = load_dataset("digits", "train", limit=50)
     x1, y1 = sample_batch(d, 32, torch.Generator().manual_seed(0))
@@ -123,6 +132,7 @@ def test_epoch_batches_visit_every_image_once():
 
 # ----------------------------------------------------------------------------- CIFAR-10 files
 
+
 def _write_fake_cifar(root, n_per_batch=3, seed=0):
     """A tiny ``cifar-10-batches-py`` in the official pickle format (bytes keys as in the original)."""
     rng = np.random.default_rng(seed)
@@ -133,7 +143,10 @@ def _write_fake_cifar(root, n_per_batch=3, seed=0):
         data = rng.integers(0, 256, size=(n_per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n_per_batch).tolist()
         with open(folder / name, "wb") as fh:
-            pickle.dump({"batch_label": name, "labels": labels, "data": data, "filenames": ["x.png"] * n_per_batch}, fh)
+            pickle.dump(
+                {"batch_label": name, "labels": labels, "data": data, "filenames": ["x.png"] * n_per_batch},
+                fh,
+            )
         written[name] = (data, labels)
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": n_per_batch}, fh)
@@ -177,6 +190,7 @@ def test_missing_files_name_the_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CelebA files
+
 
 def test_celeba64_centre_crop_resize_and_partition(tmp_path):
     from PIL import Image

@@ -36,10 +36,25 @@ def _worker(rank, world, port, out_dir):
         y = torch.arange(64) % 2
         torch.manual_seed(100 + rank)  # different initialisations: DDP must broadcast rank 0's
         model = MLPVelocity(dim=2, hidden=16, depth=2, num_classes=2)
-        res = fit(model, KacPath(), x, y, 2, steps=5, batch_size=16, lr=1e-2, seed=1, progress=False,
-                  run_dir=Path(out_dir) / "run", checkpoint_every=2, log_every=1)
-        torch.save({"model": res.model.state_dict(), "ema": res.ema.state_dict(), "losses": res.losses},
-                   Path(out_dir) / f"rank{rank}.pt")
+        res = fit(
+            model,
+            KacPath(),
+            x,
+            y,
+            2,
+            steps=5,
+            batch_size=16,
+            lr=1e-2,
+            seed=1,
+            progress=False,
+            run_dir=Path(out_dir) / "run",
+            checkpoint_every=2,
+            log_every=1,
+        )
+        torch.save(
+            {"model": res.model.state_dict(), "ema": res.ema.state_dict(), "losses": res.losses},
+            Path(out_dir) / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -65,11 +80,32 @@ def test_two_gloo_ranks_end_bit_identical(tmp_path):
 
 def test_cli_under_torchrun(tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "kaclib.train", "--run-dir", str(run), "--no-progress",
-           "--device", "cpu", "--set", 'model={"preset": "smoke"}', "--set", "steps=2",
-           "--set", "batch_size=8", "--set", "checkpoint_every=1"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "kaclib.train",
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        'model={"preset": "smoke"}',
+        "--set",
+        "steps=2",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "checkpoint_every=1",
+    ]
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1"
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

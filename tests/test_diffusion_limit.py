@@ -19,10 +19,16 @@ from kaclib.kac import KacProcess
 from kaclib.latents import image_latents
 from kaclib.paths import KacPath, VarianceMatchedGaussianPath, build_path
 
-SCHEDULES = [(25.0, 2.0, "linear", "t2"), (9.0, 3.0, "exp", "t"), (0.0, 1.5, "linear", "t"), (1e-5, 2.0, "linear", "t")]
+SCHEDULES = [
+    (25.0, 2.0, "linear", "t2"),
+    (9.0, 3.0, "exp", "t"),
+    (0.0, 1.5, "linear", "t"),
+    (1e-5, 2.0, "linear", "t"),
+]
 
 
 # ----------------------------------------------------------------------------- the twin
+
 
 @pytest.mark.parametrize("a,c,f,g", SCHEDULES)
 def test_twin_variance_equals_kac_variance_at_every_t(a, c, f, g):
@@ -91,7 +97,9 @@ def test_twin_config_round_trip_and_latents():
     assert twin.latent_std() == pytest.approx(std, rel=1e-12)
     z = image_latents(twin, 400, (1, 8, 8), seed=0)
     assert z.std().item() == pytest.approx(std, rel=0.03)
-    assert twin.sample_latent((20_000,), generator=torch.Generator().manual_seed(1)).std().item() == pytest.approx(std, rel=0.03)
+    assert twin.sample_latent(
+        (20_000,), generator=torch.Generator().manual_seed(1)
+    ).std().item() == pytest.approx(std, rel=0.03)
 
 
 def test_teacher_config_accepts_a_path_dict():
@@ -106,6 +114,7 @@ def test_teacher_config_accepts_a_path_dict():
 
 
 # ----------------------------------------------------------------------------- law distance
+
 
 def test_kac_family_has_the_given_diffusivity():
     for xi, (a, c) in zip((2, 8, 32), kac_family(0.08, (2, 8, 32))):
@@ -136,12 +145,17 @@ def test_law_distance_known_answers():
 
 def test_law_distance_against_a_monte_carlo_sample():
     a, c, s = 4.0, 1.0, 0.5
-    x = KacProcess(a, c).sample(torch.full((200_000,), s, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    x = KacProcess(a, c).sample(
+        torch.full((200_000,), s, dtype=torch.float64), generator=torch.Generator().manual_seed(0)
+    )
     std = math.sqrt(float(KacProcess(a, c).var(torch.tensor(s, dtype=torch.float64))))
     xs, _ = x.sort()
     n = xs.numel()
     phi = 0.5 * torch.erfc(-xs / (std * math.sqrt(2)))
-    ecdf_hi, ecdf_lo = torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(n, dtype=torch.float64) / n
+    ecdf_hi, ecdf_lo = (
+        torch.arange(1, n + 1, dtype=torch.float64) / n,
+        torch.arange(n, dtype=torch.float64) / n,
+    )
     ks = float(torch.maximum((ecdf_hi - phi).abs(), (ecdf_lo - phi).abs()).max())
     assert law_distance(a, c, s).to_matched[0] == pytest.approx(ks, abs=0.005)  # DKW: 0.003 at 95%
 
@@ -153,6 +167,7 @@ def test_law_distance_rejects_bad_times(s):
 
 
 # ----------------------------------------------------------------------------- trajectories
+
 
 def test_straightness_of_lines_and_bends():
     a, b = torch.randn(5, 1, 3, 3), torch.randn(5, 1, 3, 3)

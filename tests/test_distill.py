@@ -34,6 +34,7 @@ torch.set_num_threads(1)
 
 # ------------------------------------------------------------------------------------ toys
 
+
 class Affine(nn.Module):
     """``u = lam[y] x + b[y]``: exactly representable by one Euler step of the same family."""
 
@@ -64,21 +65,41 @@ def nonlinear_mlp(seed=0, num_classes=2):
     return m
 
 
-def _stage(teacher_model, cfg, guided=True, solver="euler", gate_fn=None, run_dir=None, resume=False, callback=None):
+def _stage(
+    teacher_model, cfg, guided=True, solver="euler", gate_fn=None, run_dir=None, resume=False, callback=None
+):
     x, y = toy_data()
     spec = cfg.stages()[0]
     ho = hand_off(teacher_model, lr=spec.lr, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup)
     tf = TeacherField(ho.teacher, guided=guided, w=cfg.w, num_classes=2, solver=solver)
-    return train_stage(tf, ho, KacPath(), spec, cfg, x, y, 2, progress=False, gate_fn=gate_fn, run_dir=run_dir,
-                       resume=resume, callback=callback)
+    return train_stage(
+        tf,
+        ho,
+        KacPath(),
+        spec,
+        cfg,
+        x,
+        y,
+        2,
+        progress=False,
+        gate_fn=gate_fn,
+        run_dir=run_dir,
+        resume=resume,
+        callback=callback,
+    )
 
 
 # ------------------------------------------------------------------------------------ schedule
 
+
 def test_ladder_schedule_of_the_paper():
     stages = ladder_schedule((100, 20, 4, 2, 1), iters=(10, 20, 30, 40), lr=1e-4)
     assert [(s.index, s.teacher_steps, s.student_steps, s.substeps) for s in stages] == [
-        (1, 100, 20, 5), (2, 20, 4, 5), (3, 4, 2, 2), (4, 2, 1, 2)]
+        (1, 100, 20, 5),
+        (2, 20, 4, 5),
+        (3, 4, 2, 2),
+        (4, 2, 1, 2),
+    ]
     assert [s.iters for s in stages] == [10, 20, 30, 40] and all(s.lr == 1e-4 for s in stages)
     # consecutive stages chain: each student is the next teacher
     assert all(a.student_steps == b.teacher_steps for a, b in zip(stages, stages[1:]))
@@ -87,10 +108,19 @@ def test_ladder_schedule_of_the_paper():
     assert [s.substeps for s in ladder_schedule((64, 16, 8, 1))] == [4, 2, 8]
 
 
-@pytest.mark.parametrize("ladder,match", [
-    ((100, 30, 1), "divide"), ((4, 8), "decreasing"), ((4, 4), "decreasing"), ((5,), "at least two"),
-    ((4, 0), "positive"), ((100.0, 20), "positive ints"), ("100,20", "sequence"), ((True, 1), "positive ints"),
-])
+@pytest.mark.parametrize(
+    "ladder,match",
+    [
+        ((100, 30, 1), "divide"),
+        ((4, 8), "decreasing"),
+        ((4, 4), "decreasing"),
+        ((5,), "at least two"),
+        ((4, 0), "positive"),
+        ((100.0, 20), "positive ints"),
+        ("100,20", "sequence"),
+        ((True, 1), "positive ints"),
+    ],
+)
 def test_bad_ladders_are_refused(ladder, match):
     with pytest.raises(ValueError, match=match):
         ladder_schedule(ladder)
@@ -107,11 +137,20 @@ def test_per_stage_values_must_match_the_ladder():
 
 
 def test_config_json_round_trip_and_validation():
-    cfg = DistillConfig(ladder=(8, 4, 1), iters=(3, 5), lr=(1e-3, 2e-3), states="rollout", targets="pool", w=1.5)
+    cfg = DistillConfig(
+        ladder=(8, 4, 1), iters=(3, 5), lr=(1e-3, 2e-3), states="rollout", targets="pool", w=1.5
+    )
     back = DistillConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and back.total_iters == 8 and back.iters == (3, 5)
-    for field_, value in [("states", "x"), ("targets", "y"), ("teacher_solver", "rk4"), ("ema_decay", 1.0),
-                          ("batch_size", 0), ("w", float("nan")), ("gate_tol", -1.0)]:
+    for field_, value in [
+        ("states", "x"),
+        ("targets", "y"),
+        ("teacher_solver", "rk4"),
+        ("ema_decay", 1.0),
+        ("batch_size", 0),
+        ("w", float("nan")),
+        ("gate_tol", -1.0),
+    ]:
         with pytest.raises(ValueError, match=field_ if field_ != "w" else "w must"):
             DistillConfig(**{field_: value})
     with pytest.raises(ValueError, match="unknown DistillConfig"):
@@ -155,6 +194,7 @@ def test_hand_off_gives_a_fresh_student_optimizer_and_warm_started_ema():
 
 # ------------------------------------------------------------------------------------ the target
 
+
 @pytest.mark.parametrize("method", ["euler", "ab2", "midpoint"])
 def test_segment_endpoint_equals_an_independent_integration(method):
     """N substeps from t_k to t_{k+1} == solvers.sample run on [0, Delta] with the time shifted."""
@@ -167,8 +207,15 @@ def test_segment_endpoint_equals_an_independent_integration(method):
     delta = 1.0 / M
     for i in range(8):
         t_end = 1.0 - (int(k[i]) + 1) * delta
-        ref = sample(lambda xx, tt, yy: v(xx, tt + t_end, yy), x[i:i + 1], N, method=method, T=delta, y=y[i:i + 1]).x
-        torch.testing.assert_close(got[i:i + 1], ref, rtol=1e-5, atol=1e-6)
+        ref = sample(
+            lambda xx, tt, yy: v(xx, tt + t_end, yy),  # noqa: B023 (called at once)
+            x[i : i + 1],
+            N,
+            method=method,
+            T=delta,
+            y=y[i : i + 1],
+        ).x
+        torch.testing.assert_close(got[i : i + 1], ref, rtol=1e-5, atol=1e-6)
     # and a full chain of segments is the teacher's whole M*N-step sampler
     if method == "euler":
         xs = x.clone()
@@ -180,7 +227,9 @@ def test_segment_endpoint_equals_an_independent_integration(method):
 @pytest.mark.parametrize("states", ["forward", "rollout"])
 def test_pooled_targets_are_the_teachers_n_substep_end_points(states, tmp_path):
     model = nonlinear_mlp(1)
-    cfg = DistillConfig(ladder=(12, 3), iters=2, batch_size=16, targets="pool", pool_size=30, states=states, w=1.3)
+    cfg = DistillConfig(
+        ladder=(12, 3), iters=2, batch_size=16, targets="pool", pool_size=30, states=states, w=1.3
+    )
     _stage(model, cfg, solver="ab2", run_dir=tmp_path)
     pool = runs.read_weights(tmp_path / "pool.safetensors")
     assert pool["x"].shape == (30, 2) and set(pool["k"].tolist()) <= {0, 1, 2}
@@ -194,6 +243,7 @@ def test_pooled_targets_are_the_teachers_n_substep_end_points(states, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ the teacher
+
 
 def test_teacher_is_frozen_and_bit_identical_after_a_stage():
     model = Affine()
@@ -217,22 +267,33 @@ def test_teacher_is_frozen_and_bit_identical_after_a_stage():
     assert student_calls and all((c[2] < 2).all() for c in student_calls)
 
 
-@pytest.mark.parametrize("states,targets", [("forward", "online"), ("rollout", "online"), ("forward", "pool"),
-                                            ("rollout", "pool")])
+@pytest.mark.parametrize(
+    "states,targets", [("forward", "online"), ("rollout", "online"), ("forward", "pool"), ("rollout", "pool")]
+)
 def test_distillation_is_exact_where_the_student_can_represent_it(states, targets):
     """An affine guided teacher: N Euler substeps are an affine map, which one Euler step of an
     affine field represents exactly, so the student must reproduce the teacher's end points."""
     teacher = Affine(seed=3)
-    cfg = DistillConfig(ladder=(8, 2), iters=200, lr=3e-2, batch_size=16, w=1.5, ema_decay=0.0, states=states,
-                        targets=targets, pool_size=64)
+    cfg = DistillConfig(
+        ladder=(8, 2),
+        iters=200,
+        lr=3e-2,
+        batch_size=16,
+        w=1.5,
+        ema_decay=0.0,
+        states=states,
+        targets=targets,
+        pool_size=64,
+    )
     res = _stage(teacher, cfg)
     assert res.losses[-5:].max() < 1e-8 < res.losses[0]
     v = TeacherField(teacher, guided=True, w=1.5, num_classes=2).velocity
     x = torch.randn(20, 2)
     y, k = torch.arange(20) % 2, torch.arange(20) % 2
     with torch.no_grad():
-        torch.testing.assert_close(student_step(res.student, x, k, y, 2), segment_endpoint(v, x, k, y, 2, 4),
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            student_step(res.student, x, k, y, 2), segment_endpoint(v, x, k, y, 2, 4), rtol=1e-4, atol=1e-4
+        )
         # the guided slope is baked in: lam_student(y) = (1 - (1 - h lam_w)^N) / Delta
         lam_w = teacher.lam[2] + 1.5 * (teacher.lam[:2] - teacher.lam[2])
         expect = (1 - (1 - 0.125 * lam_w) ** 4) / 0.5
@@ -241,6 +302,7 @@ def test_distillation_is_exact_where_the_student_can_represent_it(states, target
 
 def test_constant_teacher_needs_no_training():
     """A constant field: one Euler step already equals N substeps, the loss is zero from the start."""
+
     class Const(nn.Module):
         def __init__(self):
             super().__init__()
@@ -255,6 +317,7 @@ def test_constant_teacher_needs_no_training():
 
 
 # ------------------------------------------------------------------------------------ the gate
+
 
 def test_quality_gate_extends_training_until_it_passes_and_respects_the_cap():
     calls = []
@@ -274,20 +337,32 @@ def test_quality_gate_extends_training_until_it_passes_and_respects_the_cap():
 
 # ------------------------------------------------------------------------------------ run_ladder
 
+
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
     out = {}
-    for name, path in [("kac", {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}),
-                       ("gaussian", {"kind": "gaussian"})]:
-        cfg = TrainConfig(dataset="digits", model={"preset": "smoke"}, path=path, steps=4, batch_size=16,
-                          checkpoint_every=0, log_every=10)
+    for name, path in [
+        ("kac", {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}),
+        ("gaussian", {"kind": "gaussian"}),
+    ]:
+        cfg = TrainConfig(
+            dataset="digits",
+            model={"preset": "smoke"},
+            path=path,
+            steps=4,
+            batch_size=16,
+            checkpoint_every=0,
+            log_every=10,
+        )
         d = tmp_path_factory.mktemp(f"teacher-{name}")
         train(cfg, d, progress=False)
         out[name] = d
     return out
 
 
-SMALL = dict(ladder=(8, 4, 2, 1), iters=(4, 3, 3), lr=1e-3, batch_size=8, w=1.5, checkpoint_every=2, log_every=2)
+SMALL = dict(
+    ladder=(8, 4, 2, 1), iters=(4, 3, 3), lr=1e-3, batch_size=8, w=1.5, checkpoint_every=2, log_every=2
+)
 
 
 def _weights(d):
@@ -309,10 +384,14 @@ def test_run_ladder_writes_loadable_stage_directories(teachers, tmp_path):
         loaded = load_run(d)
         assert loaded.step == s.iters and isinstance(loaded.config, dict)
         x = torch.randn(3, 1, 8, 8)
-        torch.testing.assert_close(loaded.model(x, torch.ones(3), torch.zeros(3, dtype=torch.long)),
-                                   s.student(x, torch.ones(3), torch.zeros(3, dtype=torch.long)))
+        torch.testing.assert_close(
+            loaded.model(x, torch.ones(3), torch.zeros(3, dtype=torch.long)),
+            s.student(x, torch.ones(3), torch.zeros(3, dtype=torch.long)),
+        )
         metrics = runs.read_jsonl(d / "metrics.jsonl")
-        assert metrics[-1]["step"] == s.iters and all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics)
+        assert metrics[-1]["step"] == s.iters and all(
+            torch.isfinite(torch.tensor(r["loss"])) for r in metrics
+        )
         assert (d / "result.json").is_file()
     # guided first stage: 2 passes x 2 substeps per sample; later stages 1 pass x 2 substeps
     assert res.stages[0].teacher_passes == 4 * 8 * 2 * 2 and res.stages[1].teacher_passes == 3 * 8 * 2
@@ -330,7 +409,9 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("states,targets", [("forward", "online"), ("rollout", "online"), ("rollout", "pool")])
+@pytest.mark.parametrize(
+    "states,targets", [("forward", "online"), ("rollout", "online"), ("rollout", "pool")]
+)
 def test_interrupted_ladder_resumes_bit_identically(teachers, tmp_path, states, targets):
     cfg = DistillConfig(**SMALL, states=states, targets=targets, pool_size=24)
     ref = run_ladder(teachers["kac"], tmp_path / "ref", cfg, progress=False)
@@ -352,7 +433,9 @@ def test_interrupted_ladder_resumes_bit_identically(teachers, tmp_path, states, 
                 assert torch.equal(wa[key], wb[key]), (a.spec.index, key)
     ma = [r for r in runs.read_jsonl(ref.stages[1].run_dir / "metrics.jsonl")]
     mb = [r for r in runs.read_jsonl(res.stages[1].run_dir / "metrics.jsonl")]
-    assert [r["step"] for r in ma] == [r["step"] for r in mb] and [r["loss"] for r in ma] == [r["loss"] for r in mb]
+    assert [r["step"] for r in ma] == [r["step"] for r in mb] and [r["loss"] for r in ma] == [
+        r["loss"] for r in mb
+    ]
 
 
 def test_single_stage_ladder_and_gaussian_teacher(teachers, tmp_path):
@@ -365,8 +448,9 @@ def test_single_stage_ladder_and_gaussian_teacher(teachers, tmp_path):
     g = run_ladder(teachers["gaussian"], tmp_path / "gauss", gcfg, progress=False)
     assert isinstance(g.path, GaussianPath) and [s.spec.student_steps for s in g.stages] == [4, 2, 1]
     assert load_run(g.stages[-1].run_dir).path.config() == {"kind": "gaussian", "T": 1.0}
-    x = sample(lambda xx, tt, yy: g.student(xx, tt, yy), torch.randn(4, 1, 8, 8), 1, "euler",
-               y=torch.arange(4)).x
+    x = sample(
+        lambda xx, tt, yy: g.student(xx, tt, yy), torch.randn(4, 1, 8, 8), 1, "euler", y=torch.arange(4)
+    ).x
     assert torch.isfinite(x).all()
 
 
@@ -383,6 +467,7 @@ def test_endpoint_loss_known_answer():
     k = torch.zeros(6, dtype=torch.long)
     loss = EndpointLoss(student_steps=4, T=1.0)(Zero(), x, k, None, target)
     assert float(loss) == pytest.approx(float(((x - target) ** 2).mean()) * 16, rel=1e-6)
+
     # a student whose Euler step lands exactly on the target has zero loss
     class Exact(torch.nn.Module):
         def forward(self, xx, t, y):

@@ -50,6 +50,7 @@ def evaluator():
 
 # ----------------------------------------------------------------------------------- generate
 
+
 def test_generate_is_deterministic_and_batch_size_independent(kac):
     model, path = kac
     labels = balanced_labels(7, 10)
@@ -78,10 +79,18 @@ def test_latents_are_per_image_and_follow_the_path():
     assert abs(g.std().item() - 1) < 0.02
 
 
-@pytest.mark.parametrize("method,w,nfe,passes", [
-    ("euler", 1.0, 5, 5), ("midpoint", 1.0, 10, 10), ("ab2", 1.0, 5, 5),
-    ("ab2", 2.0, 5, 10), ("midpoint", 1.5, 10, 20), ("euler", 0.0, 5, 5), ("euler", None, 5, 5),
-])
+@pytest.mark.parametrize(
+    "method,w,nfe,passes",
+    [
+        ("euler", 1.0, 5, 5),
+        ("midpoint", 1.0, 10, 10),
+        ("ab2", 1.0, 5, 5),
+        ("ab2", 2.0, 5, 10),
+        ("midpoint", 1.5, 10, 20),
+        ("euler", 0.0, 5, 5),
+        ("euler", None, 5, 5),
+    ],
+)
 def test_nfe_and_network_passes(kac, method, w, nfe, passes):
     model, path = kac
     g = generate(model, path, 3, 5, method, w=w)
@@ -95,7 +104,6 @@ def test_guidance_weights(kac):
     uncond = generate(model, path, labels, 3, "euler", w=None)
     w0 = generate(model, path, labels, 3, "euler", w=0.0)
     w1 = generate(model, path, labels, 3, "euler", w=1.0)
-    w2 = generate(model, path, labels, 3, "euler", w=2.0)
     torch.testing.assert_close(uncond.images, w0.images)  # w = 0 is the null-class field
     assert not torch.allclose(w1.images, w0.images)  # the labels matter
     # w = 2 extrapolates: one Euler step from the same x_T moves by v_u + 2 (v_c - v_u)
@@ -103,18 +111,21 @@ def test_guidance_weights(kac):
     torch.testing.assert_close(one[2.0] - one[0.0], 2 * (one[1.0] - one[0.0]), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"w": float("nan")}, "w must be finite"),
-    ({"w": float("inf")}, "w must be finite"),
-    ({"w": "big"}, "w must be a real number"),
-    ({"steps": 0}, "steps"),
-    ({"steps": -2}, "steps"),
-    ({"method": "rk4"}, "method"),
-    ({"labels": torch.tensor([0, 10])}, "labels must lie"),
-    ({"labels": torch.tensor([0.5])}, "labels"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"w": float("nan")}, "w must be finite"),
+        ({"w": float("inf")}, "w must be finite"),
+        ({"w": "big"}, "w must be a real number"),
+        ({"steps": 0}, "steps"),
+        ({"steps": -2}, "steps"),
+        ({"method": "rk4"}, "method"),
+        ({"labels": torch.tensor([0, 10])}, "labels must lie"),
+        ({"labels": torch.tensor([0.5])}, "labels"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_generate_rejects_bad_input(kac, kwargs, match):
     model, path = kac
     args = {"labels": 2, "steps": 2, "method": "euler", "w": 1.0}
@@ -141,6 +152,7 @@ def test_trajectory(kac):
 
 
 # ----------------------------------------------------------------------------------- Evaluator
+
 
 def test_evaluator_floor_is_unseen_real_data_at_the_generated_balance(evaluator):
     assert evaluator.metric_name == "FID-digits"
@@ -188,7 +200,15 @@ def test_evaluate_run_dict(kac, evaluator):
     model, path = kac
     r = evaluate_run((model, path), steps=2, method="midpoint", w=1.5, n=20, seed=1, evaluator=evaluator)
     assert r["metric_name"] == "FID-digits" and math.isfinite(r["fid"]) and 0 <= r["accuracy"] <= 1
-    assert {"kid", "kid_std", "precision", "recall", "memorisation_ratio", "n_nonfinite", "out_of_range"} <= set(r)
+    assert {
+        "kid",
+        "kid_std",
+        "precision",
+        "recall",
+        "memorisation_ratio",
+        "n_nonfinite",
+        "out_of_range",
+    } <= set(r)
     assert (r["n"], r["steps"], r["nfe"], r["network_passes"], r["w"]) == (20, 2, 4, 8, 1.5)
     assert r["seconds_per_image"] > 0
     with pytest.raises(ValueError, match="evaluator is needed"):
@@ -197,12 +217,20 @@ def test_evaluate_run_dict(kac, evaluator):
 
 # ----------------------------------------------------------------------------------- teachers
 
+
 def test_teacher_config_follows_the_profile():
     from kaclib.profiles import get_profile
 
     prof = get_profile("cpu")
     k = teacher_config("cpu")
-    assert k.path == {"kind": "kac", "a": prof.kac_a, "c": prof.kac_c, "f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
+    assert k.path == {
+        "kind": "kac",
+        "a": prof.kac_a,
+        "c": prof.kac_c,
+        "f": prof.kac_f,
+        "g": prof.kac_g,
+        "T": 1.0,
+    }
     assert k.model == {"preset": prof.model_preset, "head": prof.head} and k.steps == prof.train_steps
     g = teacher_config("cpu", path="gaussian", seed=1)
     assert g.path == {"kind": "gaussian"} and g.model["head"] == "free" and g.seed == 1

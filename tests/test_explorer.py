@@ -70,8 +70,10 @@ def test_the_field_is_the_velocity_of_the_mixture_law():
         xs = x[far]
         flux = lambda z, t=t: density(z, t)[:, None] * ex.marginal_velocity(path, pts, z, t)
         p_t = (density(xs, t + h) - density(xs, t - h)) / (2 * h)
-        div = sum((flux(xs + h * e)[:, k] - flux(xs - h * e)[:, k]) / (2 * h)
-                  for k, e in enumerate(torch.eye(2, dtype=F64)))
+        div = sum(
+            (flux(xs + h * e)[:, k] - flux(xs - h * e)[:, k]) / (2 * h)
+            for k, e in enumerate(torch.eye(2, dtype=F64))
+        )
         assert xs.shape[0] > 100
         assert ((p_t + div).abs() / (p_t.abs() + div.abs() + 1e-12)).max() < 1e-4
 
@@ -86,7 +88,9 @@ def test_a_state_on_a_front_follows_that_front():
     x = torch.tensor([[f * float(pts.x[i, 0]) + 2.0 * s, f * float(pts.x[i, 1]) + 0.1]], dtype=F64)
     v = ex.marginal_velocity(path, pts, x, t)
     assert math.isclose(float(v[0, 0]), -float(pts.x[i, 0]) + 2.0, rel_tol=0, abs_tol=1e-12)
-    assert math.isclose(float(v[0, 1]), float(path.conditional_velocity(x, pts.x[i:i + 1], t)[0, 1]), abs_tol=1e-12)
+    assert math.isclose(
+        float(v[0, 1]), float(path.conditional_velocity(x, pts.x[i : i + 1], t)[0, 1]), abs_tol=1e-12
+    )
 
 
 def test_w_one_is_the_class_conditional_field_and_w_interpolates_linearly():
@@ -117,7 +121,9 @@ def test_explore_result_shapes_and_the_fine_run_is_its_own_reference():
     assert r.trajectory.shape == (4, 50, 2) and r.times.tolist() == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
     assert torch.equal(r.end, r.trajectory[-1])
     path = ex.explorer_path(2.0, 8.0)
-    assert torch.equal(r.trajectory[0], path.sample_latent((50, 2), generator=torch.Generator().manual_seed(0), dtype=F64))
+    assert torch.equal(
+        r.trajectory[0], path.sample_latent((50, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    )
     assert 0 <= r.outside_fraction <= 1 and r.config["a"] == 4.0
     assert ex.explore(2.0, 8.0, "t", 12, 0.0, n=50, fine_steps=12).few_step_error == 0.0
     assert r.classes.tolist() == [k % 2 for k in range(50)]
@@ -142,6 +148,7 @@ def test_bad_input_raises():
 
 # ----------------------------------------------------------------------------- figures
 
+
 def test_explorer_figure_draws_data_trajectories_and_end_points():
     fig = ex.explorer_figure(2.0, 8.0, "t", 2, 1.0, n=30, fine_steps=16, n_lines=10)
     assert isinstance(fig, go.Figure) and len(fig.data) == 4
@@ -152,7 +159,9 @@ def test_explorer_figure_draws_data_trajectories_and_end_points():
 
 
 def test_explorer_slider_figure_has_one_cell_per_grid_value():
-    fig = ex.explorer_slider_figure(cs=(1.0, 2.0), xis=(4.0, 16.0), steps=(1, 2, 4), n=20, fine_steps=16, n_lines=5)
+    fig = ex.explorer_slider_figure(
+        cs=(1.0, 2.0), xis=(4.0, 16.0), steps=(1, 2, 4), n=20, fine_steps=16, n_lines=5
+    )
     assert len(fig.layout.sliders) == 2
     assert len(fig.layout.sliders[0].steps) == 4 and len(fig.layout.sliders[1].steps) == 3
     assert len(fig.data) == 1 + 12 * 3  # static data points + 3 traces per cell
@@ -175,6 +184,9 @@ def test_few_step_error_grid_matches_explore_and_its_figure_has_one_line_per_pai
     res = ex.few_step_errors(cs=(1.0, 2.0), xis=(8.0,), steps=(1, 4), n=20, fine_steps=16)
     assert res.errors.shape == (2, 1, 2) and (res.errors >= 0).all()
     one = ex.explore(2.0, 8.0, "t", 4, 0.0, n=20, fine_steps=16)
-    assert float(res.errors[1, 0, 1]) == one.few_step_error and float(res.outside[1, 0, 1]) == one.outside_fraction
+    assert (
+        float(res.errors[1, 0, 1]) == one.few_step_error
+        and float(res.outside[1, 0, 1]) == one.outside_fraction
+    )
     fig = ex.few_step_error_figure(res)
     assert len(fig.data) == 2 and list(fig.data[0].x) == [1, 4]

@@ -72,7 +72,14 @@ def toy():
     x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
     exact = sample(field, x_T.double(), 512, "midpoint").x.float()
     teacher = TeacherField(field, guided=True, w=1.0, num_classes=1, solver="midpoint")
-    return {"field": field, "data": data, "x_T": x_T, "exact": exact, "teacher": teacher, "path": GaussianPath()}
+    return {
+        "field": field,
+        "data": data,
+        "x_T": x_T,
+        "exact": exact,
+        "teacher": teacher,
+        "path": GaussianPath(),
+    }
 
 
 def endpoint_error(student, toy) -> float:
@@ -93,6 +100,7 @@ def rand_net(seed=0):
 
 
 # ----------------------------------------------------------------------------- the known answer itself
+
 
 def test_exact_field_matches_the_score_identity(toy):
     """u = E[eps - x0 | x] = -t s(x) - (x + t^2 s(x))/(1 - t), s = grad log p_t (Tweedie), by autograd."""
@@ -115,10 +123,17 @@ def test_exact_flow_map_lands_on_the_modes(toy):
 
 # ----------------------------------------------------------------------------- progressive distillation
 
+
 def test_progressive_schedule_halves():
     specs = fs.progressive_schedule(64, 1, iters=7, lr=1e-3)
     assert [(s.teacher_steps, s.student_steps, s.substeps) for s in specs] == [
-        (64, 32, 2), (32, 16, 2), (16, 8, 2), (8, 4, 2), (4, 2, 2), (2, 1, 2)]
+        (64, 32, 2),
+        (32, 16, 2),
+        (16, 8, 2),
+        (8, 4, 2),
+        (4, 2, 2),
+        (2, 1, 2),
+    ]
     assert [s.index for s in specs] == [1, 2, 3, 4, 5, 6] and all(s.iters == 7 for s in specs)
     assert [s.iters for s in fs.progressive_schedule(8, 2, iters=(3, 4))] == [3, 4]
     for bad in ((12, 1), (8, 8), (8, 3), (1, 1)):
@@ -135,7 +150,7 @@ def test_progressive_target_is_two_teacher_steps(toy, method):
     x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     k = torch.arange(32) % M
     delta, h = T / M, T / (2 * M)
-    t = (T * (M - k.double()) / M)
+    t = T * (M - k.double()) / M
 
     def step(x, t):
         if method == "euler":
@@ -165,7 +180,10 @@ def test_progressive_approaches_the_exact_map(toy):
         cfg = fs.ProgressiveConfig(start_steps=8, end_steps=1, iters=iters, batch_size=256, lr=2e-3)
         r = fs.run_progressive(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
         errs.append(endpoint_error(r.student, toy))
-        assert r.budget() == {"method": r.method, **cfg.planned_budget(fs.teacher_evals_per_step(toy["teacher"]))}
+        assert r.budget() == {
+            "method": r.method,
+            **cfg.planned_budget(fs.teacher_evals_per_step(toy["teacher"])),
+        }
         # 3 stages; stage 1 asks the midpoint teacher for 2 substeps x 2 evaluations per sample
         assert r.student_iters == 3 * iters and r.flow_teacher_passes == iters * 256 * 4
         assert r.teacher_passes == r.flow_teacher_passes + 2 * iters * 256 * 2
@@ -174,6 +192,7 @@ def test_progressive_approaches_the_exact_map(toy):
 
 
 # ----------------------------------------------------------------------------- consistency distillation
+
 
 def test_consistency_boundary_condition_is_exact():
     net = rand_net(2).requires_grad_(False)
@@ -197,7 +216,10 @@ def test_consistency_loss_matches_its_formula(toy):
     k = torch.full((32,), 1)  # interior: the target network's f at t_{k+1} = 1/2
     loss = fs.ConsistencyLoss(N, target_net)(student, x, k, None, x_hat)
     t_hi, t_lo = torch.full((32,), 0.75), torch.full((32,), 0.5)
-    want = torch.mean((fs.consistency_fn(student, x, t_hi) - fs.consistency_fn(target_net, x_hat, t_lo)) ** 2) * N**2
+    want = (
+        torch.mean((fs.consistency_fn(student, x, t_hi) - fs.consistency_fn(target_net, x_hat, t_lo)) ** 2)
+        * N**2
+    )
     torch.testing.assert_close(loss, want)
 
 
@@ -207,13 +229,17 @@ def test_consistency_approaches_the_exact_map(toy):
         cfg = fs.ConsistencyConfig(N=8, iters=iters, batch_size=256, lr=2e-3, ema_decay=0.9)
         r = fs.run_consistency(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
         errs.append(endpoint_error(r.student, toy))
-        assert r.budget() == {"method": r.method, **cfg.planned_budget(fs.teacher_evals_per_step(toy["teacher"]))}
+        assert r.budget() == {
+            "method": r.method,
+            **cfg.planned_budget(fs.teacher_evals_per_step(toy["teacher"])),
+        }
         assert r.student_iters == iters and r.teacher_passes == iters * 256 * 2  # one midpoint step
     assert errs[1] < 0.5 * errs[0], errs
     assert errs[1] < THRESHOLD, errs
 
 
 # ----------------------------------------------------------------------------- reflow
+
 
 def test_couplings_are_teacher_ode_solutions(toy):
     c = fs.sample_couplings(toy["teacher"], toy["path"], (2,), 300, 32, 1, seed=4, chunk=128)
@@ -232,14 +258,19 @@ def test_couplings_start_from_the_paths_own_latents():
     teacher = TeacherField(rand_net(5), guided=False, num_classes=1)
     c = fs.sample_couplings(teacher, path, (2,), 500, 2, 1, seed=1)
     assert float(c["x_T"].abs().max()) <= 3.0 + 1e-6
-    want = path.sample_latent((500, 2), generator=torch.Generator().manual_seed(
-        fs.reflow.step_seed(1, 0, -2, fs.reflow._S_COUPLINGS)))
+    want = path.sample_latent(
+        (500, 2),
+        generator=torch.Generator().manual_seed(fs.reflow.step_seed(1, 0, -2, fs.reflow._S_COUPLINGS)),
+    )
     torch.testing.assert_close(c["x_T"], want, rtol=0, atol=0)
 
 
 def test_straight_interpolation_has_constant_velocity():
     g = torch.Generator().manual_seed(8)
-    x0, xT = torch.randn(10, 2, generator=g, dtype=torch.float64), torch.randn(10, 2, generator=g, dtype=torch.float64)
+    x0, xT = (
+        torch.randn(10, 2, generator=g, dtype=torch.float64),
+        torch.randn(10, 2, generator=g, dtype=torch.float64),
+    )
     T = 2.0
     for t in (0.3, 1.1, 1.7):
         tt = torch.full((10,), t, dtype=torch.float64)
@@ -270,11 +301,21 @@ def test_reflow_approaches_the_exact_map(toy):
     errs = []
     for budget in BUDGETS:
         iters = 2 * budget // 3  # reflow, then a final 1-step endpoint stage of half as many iterations
-        cfg = fs.ReflowConfig(n_pairs=2048, coupling_steps=32, reflow_iters=iters, distill_iters=iters // 2,
-                              distill_teacher_steps=8, batch_size=256, lr=1e-3)
+        cfg = fs.ReflowConfig(
+            n_pairs=2048,
+            coupling_steps=32,
+            reflow_iters=iters,
+            distill_iters=iters // 2,
+            distill_teacher_steps=8,
+            batch_size=256,
+            lr=1e-3,
+        )
         r = fs.run_reflow(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
         errs.append(endpoint_error(r.student, toy))
-        assert r.budget() == {"method": r.method, **cfg.planned_budget(fs.teacher_evals_per_step(toy["teacher"]))}
+        assert r.budget() == {
+            "method": r.method,
+            **cfg.planned_budget(fs.teacher_evals_per_step(toy["teacher"])),
+        }
         assert r.flow_teacher_passes == 2048 * 32 * 2 == r.extra["coupling_passes"]
         assert r.student_iters == iters + iters // 2 == budget
         assert r.teacher_passes == r.flow_teacher_passes + (iters // 2) * 256 * 8  # 8 Euler steps of the 2-RF
@@ -284,12 +325,16 @@ def test_reflow_approaches_the_exact_map(toy):
 
 # ----------------------------------------------------------------------------- configs and run directories
 
-@pytest.mark.parametrize("cls,kw", [
-    (fs.ProgressiveConfig, {"start_steps": 16, "iters": (1, 2, 3, 4)}),
-    (fs.ConsistencyConfig, {"N": 5, "iters": 9, "ema_decay": 0.9}),
-    (fs.ReflowConfig, {"n_pairs": 10, "coupling_steps": 3, "distill_iters": 2}),
-    (fs.ReflowConfig, {"accel": {"amp_dtype": "fp32", "fused_adam": False}}),
-])
+
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (fs.ProgressiveConfig, {"start_steps": 16, "iters": (1, 2, 3, 4)}),
+        (fs.ConsistencyConfig, {"N": 5, "iters": 9, "ema_decay": 0.9}),
+        (fs.ReflowConfig, {"n_pairs": 10, "coupling_steps": 3, "distill_iters": 2}),
+        (fs.ReflowConfig, {"accel": {"amp_dtype": "fp32", "fused_adam": False}}),
+    ],
+)
 def test_configs_round_trip_through_json(cls, kw):
     cfg = cls(**kw)
     assert cls.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -297,33 +342,66 @@ def test_configs_round_trip_through_json(cls, kw):
         cls.from_dict({**cfg.to_dict(), "nope": 1})
 
 
-@pytest.mark.parametrize("cls,kw", [
-    (fs.ProgressiveConfig, {"start_steps": 12}), (fs.ConsistencyConfig, {"N": 0}),
-    (fs.ReflowConfig, {"n_pairs": 0}), (fs.ReflowConfig, {"distill_teacher_steps": 1}),
-    (fs.ConsistencyConfig, {"ema_decay": 1.0}), (fs.ProgressiveConfig, {"batch_size": 0}),
-])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (fs.ProgressiveConfig, {"start_steps": 12}),
+        (fs.ConsistencyConfig, {"N": 0}),
+        (fs.ReflowConfig, {"n_pairs": 0}),
+        (fs.ReflowConfig, {"distill_teacher_steps": 1}),
+        (fs.ConsistencyConfig, {"ema_decay": 1.0}),
+        (fs.ProgressiveConfig, {"batch_size": 0}),
+    ],
+)
 def test_configs_refuse_bad_values(cls, kw):
     with pytest.raises(ValueError):
         cls(**kw)
 
 
 def test_run_dir_saves_the_config_and_resumes(toy, tmp_path):
-    cfg = fs.ReflowConfig(n_pairs=64, coupling_steps=4, reflow_iters=6, distill_iters=4, distill_teacher_steps=2,
-                          batch_size=16, checkpoint_every=3, log_every=2)
+    cfg = fs.ReflowConfig(
+        n_pairs=64,
+        coupling_steps=4,
+        reflow_iters=6,
+        distill_iters=4,
+        distill_teacher_steps=2,
+        batch_size=16,
+        checkpoint_every=3,
+        log_every=2,
+    )
     run = tmp_path / "reflow"
-    r = fs.run_reflow(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), run_dir=run,
-                      info={"dataset": "toy"})
+    r = fs.run_reflow(
+        toy["teacher"],
+        toy["path"],
+        toy["data"],
+        config=cfg,
+        student=fresh_student(),
+        run_dir=run,
+        info={"dataset": "toy"},
+    )
     top = json.loads((run / "config.json").read_text())
     assert top["method"] == "reflow" and fs.ReflowConfig.from_dict(top["fewstep"]) == cfg
     assert top["path"] == {"kind": "gaussian", "T": 1.0} and top["dataset"] == "toy"
     for stage in ("stage-1-reflow", "stage-2-1steps"):
         assert (run / stage / "result.json").is_file() and (run / stage / "ema.safetensors").is_file()
     assert (run / "couplings.safetensors").is_file()
-    torch.testing.assert_close(load_file(str(run / "couplings.safetensors"))["x_0"], r.extra["couplings"]["x_0"])
+    torch.testing.assert_close(
+        load_file(str(run / "couplings.safetensors"))["x_0"], r.extra["couplings"]["x_0"]
+    )
     with pytest.raises(FileExistsError):
-        fs.run_reflow(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), run_dir=run)
-    again = fs.run_reflow(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), run_dir=run,
-                          resume=True, info={"dataset": "toy"})
+        fs.run_reflow(
+            toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), run_dir=run
+        )
+    again = fs.run_reflow(
+        toy["teacher"],
+        toy["path"],
+        toy["data"],
+        config=cfg,
+        student=fresh_student(),
+        run_dir=run,
+        resume=True,
+        info={"dataset": "toy"},
+    )
     for a, b in zip(r.student.state_dict().values(), again.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert again.budget() == r.budget()
@@ -342,10 +420,24 @@ def test_an_interrupted_consistency_run_resumes_bit_for_bit(toy, tmp_path):
 
     run = tmp_path / "cd"
     with pytest.raises(Stop):
-        fs.run_consistency(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), run_dir=run,
-                           callback=interrupt)
-    resumed = fs.run_consistency(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(),
-                                 run_dir=run, resume=True)
+        fs.run_consistency(
+            toy["teacher"],
+            toy["path"],
+            toy["data"],
+            config=cfg,
+            student=fresh_student(),
+            run_dir=run,
+            callback=interrupt,
+        )
+    resumed = fs.run_consistency(
+        toy["teacher"],
+        toy["path"],
+        toy["data"],
+        config=cfg,
+        student=fresh_student(),
+        run_dir=run,
+        resume=True,
+    )
     assert resumed.stages[0].resumed_from == 4
     for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -371,8 +463,17 @@ def test_a_guided_kac_teacher_spends_the_planned_budget(method):
     cfg, run = {
         "progressive": (fs.ProgressiveConfig(start_steps=4, iters=3, **common), fs.run_progressive),
         "consistency": (fs.ConsistencyConfig(N=4, iters=5, **common), fs.run_consistency),
-        "reflow": (fs.ReflowConfig(n_pairs=32, coupling_steps=4, reflow_iters=4, distill_iters=3,
-                                   distill_teacher_steps=2, **common), fs.run_reflow),
+        "reflow": (
+            fs.ReflowConfig(
+                n_pairs=32,
+                coupling_steps=4,
+                reflow_iters=4,
+                distill_iters=3,
+                distill_teacher_steps=2,
+                **common,
+            ),
+            fs.run_reflow,
+        ),
     }[method]
     r = run(tf, KacPath(), data, labels, cfg)  # the student starts from the teacher's weights
     assert fs.teacher_evals_per_step(tf) == 2

@@ -28,6 +28,7 @@ def _gen(seed):
 
 # =============================================================================== planar closed form
 
+
 @pytest.mark.parametrize("a,c,s", [(3.0, 2.0, 0.7), (9.0, 3.0, 0.5), (0.5, 1.0, 2.0), (25.0, 2.0, 0.3)])
 def test_planar_density_has_mass_one_minus_the_ring_and_matches_the_radial_cdf(a, c, s):
     """Polar quadrature of the 2D density (r = c s sin(theta) removes the 1/rho singularity at the
@@ -39,8 +40,14 @@ def test_planar_density_has_mass_one_minus_the_ring_and_matches_the_radial_cdf(a
         th_max = math.asin(min(r_max / R, 1.0))
         dens = lambda th: float(f.planar_density(torch.tensor([R * math.sin(th), 0.0], dtype=F64), s))
         # dr = R cos(th) dth, area element 2 pi r dr
-        return integrate.quad(lambda th: 2 * math.pi * R * math.sin(th) * dens(th) * R * math.cos(th), 0, th_max,
-                              epsabs=1e-13, epsrel=1e-11, limit=200)[0]
+        return integrate.quad(
+            lambda th: 2 * math.pi * R * math.sin(th) * dens(th) * R * math.cos(th),
+            0,
+            th_max,
+            epsabs=1e-13,
+            epsrel=1e-11,
+            limit=200,
+        )[0]
 
     assert abs(mass_to(R) - (1 - math.exp(-a * s))) < 1e-9
     for frac in (0.2, 0.6, 0.95):
@@ -75,6 +82,7 @@ def test_planar_sampler_matches_the_closed_form_radial_law_and_the_ring(a, c, s)
 
 
 # =============================================================================== 1D flight = Kac(a/2)
+
 
 @pytest.mark.parametrize("a,c,s", [(2.0, 1.0, 1.0), (18.0, 3.0, 0.5), (50.0, 2.0, 1.0), (4.0, 1.5, 0.125)])
 def test_one_dimensional_flight_is_the_kac_process_with_half_the_rate(a, c, s):
@@ -113,8 +121,15 @@ def test_sampler_edge_cases_shapes_and_seeding():
     assert f.sample(torch.zeros(0, dtype=F64))[0].shape == (0, 3)
 
 
-@pytest.mark.parametrize("kwargs,name", [({"a": -1.0, "c": 1.0, "dim": 2}, "a"), ({"a": 1.0, "c": 0.0, "dim": 2}, "c"),
-                                          ({"a": 1.0, "c": 1.0, "dim": 0}, "dim"), ({"a": 1.0, "c": 1.0, "dim": 2.0}, "dim")])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"a": -1.0, "c": 1.0, "dim": 2}, "a"),
+        ({"a": 1.0, "c": 0.0, "dim": 2}, "c"),
+        ({"a": 1.0, "c": 1.0, "dim": 0}, "dim"),
+        ({"a": 1.0, "c": 1.0, "dim": 2.0}, "dim"),
+    ],
+)
 def test_invalid_parameters_raise_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         RandomFlight(**kwargs)
@@ -136,6 +151,7 @@ def test_invalid_times_and_wrong_dimension_raise():
 
 # =============================================================================== moments
 
+
 @pytest.mark.parametrize("dim", [1, 2, 5])
 def test_mean_square_formula_against_monte_carlo(dim):
     a, c, s, n = 6.0, 2.0, 0.8, 100_000
@@ -145,7 +161,9 @@ def test_mean_square_formula_against_monte_carlo(dim):
     se = r2.std().item() / math.sqrt(n)
     assert abs(r2.mean().item() - float(f.mean_square(s))) < 4.5 * se
     if dim == 1:  # the 1D formula is Kac(a/2)'s variance
-        assert abs(float(f.mean_square(s)) - float(f.kac_equivalent().var(torch.tensor(s, dtype=F64)))) < 1e-12
+        assert (
+            abs(float(f.mean_square(s)) - float(f.kac_equivalent().var(torch.tensor(s, dtype=F64)))) < 1e-12
+        )
 
 
 @pytest.mark.parametrize("dim", [1, 2, 64])
@@ -158,7 +176,9 @@ def test_the_matching_flight_has_the_kac_products_second_moments(dim):
     if dim == 1:
         assert f.kac_equivalent() == KacProcess(a, c)
     if dim == 64:  # the unmatched flight is far narrower per coordinate (sd 0.069 against 0.396)
-        assert float(RandomFlight(a, c, dim).mean_square(1.0)) / dim < 0.5 * float(KacProcess(a, c).var(torch.tensor(1.0)))
+        assert float(RandomFlight(a, c, dim).mean_square(1.0)) / dim < 0.5 * float(
+            KacProcess(a, c).var(torch.tensor(1.0))
+        )
 
 
 def test_second_moment_obeys_neither_telegrapher_equation_for_the_whole_law():
@@ -177,6 +197,7 @@ def test_second_moment_obeys_neither_telegrapher_equation_for_the_whole_law():
 
 
 # =============================================================================== telegrapher residual
+
 
 @pytest.mark.parametrize("a,c,s", [(9.0, 3.0, 0.5), (2.0, 1.0, 1.0), (25.0, 2.0, 0.3)])
 def test_planar_density_solves_the_2a_telegrapher_equation_inside_and_not_the_half_form(a, c, s):
@@ -203,6 +224,7 @@ def test_telegraph_residual_validates_its_grid():
 
 # =============================================================================== E[V | X]
 
+
 @pytest.mark.parametrize("a,c,s,power", [(6.0, 2.0, 0.5, True), (18.0, 3.0, 1.0, False)])
 def test_regressing_v_on_x_reproduces_the_closed_form_kac_field(a, c, s, power):
     """Bin means of V minus bin means of the exact field v_{a/2}(X, s) over the same draws: z-scores
@@ -219,11 +241,14 @@ def test_regressing_v_on_x_reproduces_the_closed_form_kac_field(a, c, s, power):
     assert reg.z.abs().max() < 4.5 and float((reg.z**2).sum()) < q, reg.z
     assert (reg.mean_v.abs() <= c).all()
     if power:
-        wrong = flight_velocity_regression(f, s, n=200_000, bins=24, generator=_gen(11), field=KacProcess(a, c))
+        wrong = flight_velocity_regression(
+            f, s, n=200_000, bins=24, generator=_gen(11), field=KacProcess(a, c)
+        )
         assert float((wrong.z**2).sum()) > 5 * chi2.ppf(0.9999, len(wrong.z))
 
 
 # =============================================================================== the path
+
 
 def _images(b, shape=(1, 2, 2), seed=0):
     return 2 * torch.rand((b,) + shape, generator=_gen(seed), dtype=F64) - 1

@@ -61,7 +61,10 @@ def test_sampler_large_rates_and_no_flips(a, c, s):
     d = ks_distance(x, lambda v: proc.cdf(v, torch.tensor(s, dtype=F64)))
     assert d < ks_bound_99(n)
     if a > 0:
-        assert abs(x.var().item() - proc.var(torch.tensor(s, dtype=F64)).item()) < 0.05 * proc.var(torch.tensor(s)).item()
+        assert (
+            abs(x.var().item() - proc.var(torch.tensor(s, dtype=F64)).item())
+            < 0.05 * proc.var(torch.tensor(s)).item()
+        )
 
 
 def test_sampler_float32_stays_inside_the_fronts_and_is_seeded():
@@ -132,7 +135,13 @@ def test_cdf_is_density_integral_plus_atoms(a, c, s):
 def test_variance_formula(a, c, s):
     proc = KacProcess(a, c)
     st = torch.tensor(s, dtype=F64)
-    second = integrate.quad(lambda x: x * x * proc.density(torch.tensor(x, dtype=F64), st).item(), -c * s, c * s, epsabs=1e-14, limit=200)[0]
+    second = integrate.quad(
+        lambda x: x * x * proc.density(torch.tensor(x, dtype=F64), st).item(),
+        -c * s,
+        c * s,
+        epsabs=1e-14,
+        limit=200,
+    )[0]
     second += (c * s) ** 2 * math.exp(-a * s)
     assert abs(proc.var(st).item() - second) < 1e-9 * max(1.0, second)
 
@@ -246,7 +255,13 @@ def test_invalid_parameters_raise_naming_them(kwargs, name):
 
 def test_negative_or_nan_time_raises():
     proc = KacProcess(1.0, 1.0)
-    for f in (lambda s: proc.sample(s), lambda s: proc.density(0.0, s), lambda s: proc.cdf(0.0, s), lambda s: proc.velocity(0.0, s), proc.atom_mass):
+    for f in (
+        lambda s: proc.sample(s),
+        lambda s: proc.density(0.0, s),
+        lambda s: proc.cdf(0.0, s),
+        lambda s: proc.velocity(0.0, s),
+        proc.atom_mass,
+    ):
         with pytest.raises(ValueError, match="s must"):
             f(torch.tensor([0.5, -0.1]))
         with pytest.raises(ValueError, match="s must"):
@@ -267,7 +282,9 @@ def test_poisson_inversions_agree_on_the_same_uniforms(lam):
     table = poisson_table_inversion(torch.tensor([lam]), u)
     assert torch.equal(table, poisson_walk_inversion(torch.full_like(u, lam), u))
     if lam < 10:
-        assert torch.equal(table[0], _poisson_inversion(torch.full((u.shape[1],), lam, dtype=F64), None, u=u[0]))
+        assert torch.equal(
+            table[0], _poisson_inversion(torch.full((u.shape[1],), lam, dtype=F64), None, u=u[0])
+        )
     from scipy import stats
 
     k = table.flatten().long().numpy()
@@ -283,7 +300,10 @@ def test_poisson_table_rows_and_the_continuation_beyond_the_table(monkeypatch):
     u = torch.rand(6, 40_000, dtype=F64, generator=torch.Generator().manual_seed(0))
     walk = K.poisson_walk_inversion(lam[:, None].expand_as(u), u)
     assert torch.equal(K.poisson_table_inversion(lam, u), walk)
-    assert torch.equal(K.poisson_table_inversion(lam, u.float()), K.poisson_walk_inversion(lam[:, None].expand_as(u), u.float()))
+    assert torch.equal(
+        K.poisson_table_inversion(lam, u.float()),
+        K.poisson_walk_inversion(lam[:, None].expand_as(u), u.float()),
+    )
     # a table one standard deviation wide: the draws above it continue sequentially, exactly
     monkeypatch.setattr(K, "TABLE_SIGMAS", 1.0)
     narrow = K.poisson_table_inversion(lam, u)
@@ -345,7 +365,7 @@ def test_sampler_with_row_constant_times_matches_the_law_of_every_row():
     assert torch.equal(x[0], torch.zeros_like(x[0]))
     for b in range(1, 5):
         st = times[b]
-        assert ks_distance(x[b], lambda v: proc.cdf(v, st)) < ks_bound_99(40_000)
+        assert ks_distance(x[b], lambda v: proc.cdf(v, st)) < ks_bound_99(40_000)  # noqa: B023 (called at once)
         mass = math.exp(-9.0 * st.item())
         frac = (x[b].abs() == 3.0 * st).double().mean().item()
         assert abs(frac - mass) < 4 * math.sqrt(mass * (1 - mass) / 40_000) + 1e-12
@@ -367,7 +387,9 @@ def test_elementwise_and_table_paths_are_the_same_function_of_the_uniforms(a):
     n = 20_000
     u = torch.rand(4, n, dtype=F64, generator=torch.Generator().manual_seed(6))
     even = torch.arange(n) % 2 == 0
-    s = torch.where(even, torch.tensor(0.3, dtype=F64), torch.tensor(0.9, dtype=F64))  # not constant: no table
+    s = torch.where(
+        even, torch.tensor(0.3, dtype=F64), torch.tensor(0.9, dtype=F64)
+    )  # not constant: no table
     x = proc.sample_from_uniforms(s, u)
     assert torch.equal(x[even], proc.sample_from_uniforms(0.3, u[:, even]))
     assert torch.equal(x[~even], proc.sample_from_uniforms(0.9, u[:, ~even]))

@@ -5,12 +5,19 @@ import math
 import pytest
 import torch
 from scipy import stats
+from test_kac import ks_bound_99, ks_distance
 
 from kaclib.kac import KacProcess
-from kaclib.latents import GOLDEN_GAMMA, box_muller, counter_uniforms, counter_words, image_keys, image_latents
+from kaclib.latents import (
+    GOLDEN_GAMMA,
+    box_muller,
+    counter_uniforms,
+    counter_words,
+    image_keys,
+    image_latents,
+)
 from kaclib.paths import DiffusionPath, GaussianPath, KacPath
 from kaclib.train import step_seed
-from test_kac import ks_bound_99, ks_distance
 
 MASK = (1 << 64) - 1
 F64 = torch.float64
@@ -50,14 +57,22 @@ def test_counter_uniforms_match_the_slow_reference_bit_for_bit(k):
     seed, start, n, coords = 11, 5, 3, 7
     u = counter_uniforms(image_keys(seed, torch.arange(start, start + n)), coords, k)
     assert u.shape == (k, n, coords) and u.dtype == F64
-    ref = torch.tensor([[[ref_uniform(seed, start + i, p, j, k) for p in range(coords)] for i in range(n)]
-                        for j in range(k)], dtype=F64)
+    ref = torch.tensor(
+        [
+            [[ref_uniform(seed, start + i, p, j, k) for p in range(coords)] for i in range(n)]
+            for j in range(k)
+        ],
+        dtype=F64,
+    )
     assert torch.equal(u, ref)
     assert (u > 0).all() and (u < 1).all()
 
 
-@pytest.mark.parametrize("path", [KacPath(9.0, 3.0), KacPath(25.0, 2.0, g="t2"), GaussianPath(), DiffusionPath(0.7)],
-                         ids=["kac", "kac-t2", "gaussian", "diffusion"])
+@pytest.mark.parametrize(
+    "path",
+    [KacPath(9.0, 3.0), KacPath(25.0, 2.0, g="t2"), GaussianPath(), DiffusionPath(0.7)],
+    ids=["kac", "kac-t2", "gaussian", "diffusion"],
+)
 def test_latents_of_a_range_are_slices_of_a_bigger_batch(path):
     big = image_latents(path, 40, (2, 3, 3), seed=5)
     assert big.shape == (40, 2, 3, 3) and big.dtype == torch.float32
@@ -72,7 +87,9 @@ def test_evaluation_image_latents_is_the_counter_based_draw():
     from kaclib.evaluation import image_latents as eval_latents
 
     path = KacPath(9.0, 3.0)
-    assert torch.equal(eval_latents(path, 6, (1, 4, 4), seed=2, start=3), image_latents(path, 6, (1, 4, 4), seed=2, start=3))
+    assert torch.equal(
+        eval_latents(path, 6, (1, 4, 4), seed=2, start=3), image_latents(path, 6, (1, 4, 4), seed=2, start=3)
+    )
 
 
 @pytest.mark.parametrize("a,c,g", [(9.0, 3.0, "t"), (25.0, 2.0, "t2"), (1.0, 1.0, "t")])

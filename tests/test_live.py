@@ -39,6 +39,7 @@ def unet():
 
 # ----------------------------------------------------------------------------- controls
 
+
 def test_range_and_choice_validate():
     assert live.Range(1, 64, 1, 4).is_int and not live.Range(0.0, 4.0, 0.1, 1.0).is_int
     assert not live.Range(0.1, 10, 0.1, 1, log=True).is_int
@@ -62,10 +63,16 @@ def test_slider_widget_redraws_the_callback(no_book_build):
         seen.append((tflops, gpus, steps))
         return live.cost_hours_figure({"d": {"job": 3.6e15}}, tflops, gpus)
 
-    box = live.slider_widget(callback, tflops=live.Range(5, 400, 5, 50), gpus=live.Range(1, 8, 1, 1),
-                             steps=live.Choice((1, 2, 4), 2))
+    box = live.slider_widget(
+        callback,
+        tflops=live.Range(5, 400, 5, 50),
+        gpus=live.Range(1, 8, 1, 1),
+        steps=live.Choice((1, 2, 4), 2),
+    )
     assert seen and seen[0] == (50, 1, 2)  # the initial figure is drawn at once
-    assert isinstance(box.sliders["gpus"], W.IntSlider) and isinstance(box.sliders["steps"], W.SelectionSlider)
+    assert isinstance(box.sliders["gpus"], W.IntSlider) and isinstance(
+        box.sliders["steps"], W.SelectionSlider
+    )
     box.sliders["gpus"].value = 4  # what a slider move does
     assert seen[-1] == (50, 4, 2)
     box.update(tflops=100, gpus=2, steps=4)
@@ -88,6 +95,7 @@ def test_slider_widget_rejects_bad_controls(no_book_build):
 
 # ----------------------------------------------------------------------------- chapter 2
 
+
 def test_toy_steps_figure_is_euler_on_a_known_field():
     # v(x, t) = x: each Euler step from t = 1 to 0 multiplies by (1 - 1/k), so k steps give (1 - 1/k)^k x_T
     path = GaussianPath()
@@ -98,14 +106,18 @@ def test_toy_steps_figure_is_euler_on_a_known_field():
         got = np.stack([fig.data[0].x, fig.data[0].y], 1)
         np.testing.assert_allclose(got, (1 - 1 / k) ** k * x_T.numpy(), rtol=1e-5, atol=1e-6)
         assert f"{k} Euler step" in fig.layout.title.text
-    assert np.allclose(live.toy_steps_figure({"linear": m}, 1, n=50, seed=6).data[0].x, 0)  # one step lands on 0
+    assert np.allclose(
+        live.toy_steps_figure({"linear": m}, 1, n=50, seed=6).data[0].x, 0
+    )  # one step lands on 0
     with pytest.raises(ValueError):
         live.toy_steps_figure({"linear": m}, 0)
 
 
 def test_toy_steps_figure_draws_data_and_one_panel_per_model():
     path = GaussianPath()
-    models = {name: SimpleNamespace(model=lambda x, t, y=None: 0 * x, path=path) for name in ("Kac", "Gaussian")}
+    models = {
+        name: SimpleNamespace(model=lambda x, t, y=None: 0 * x, path=path) for name in ("Kac", "Gaussian")
+    }
     data = torch.zeros(7, 2)
     fig = live.toy_steps_figure(models, 3, n=20, data=data)
     assert len(fig.data) == 4 and [len(tr.x) for tr in fig.data] == [7, 20, 7, 20]
@@ -113,6 +125,7 @@ def test_toy_steps_figure_draws_data_and_one_panel_per_model():
 
 
 # ----------------------------------------------------------------------------- chapters 3 to 5
+
 
 def _tile(fig) -> np.ndarray:
     return np.asarray(fig.data[0].z, dtype=np.float64)
@@ -128,8 +141,12 @@ def test_teacher_samples_figure_matches_generate(unet):
     np.testing.assert_allclose(_tile(fig), np.squeeze(image_tile(ref, 2)), atol=2e-3)
     assert "w = 1.5" in fig.layout.title.text and "3 ab2 steps" in fig.layout.title.text
     # a slider move changes the picture: another w, another step count
-    assert not np.allclose(_tile(fig), _tile(live.teacher_samples_figure(model, path, w=0.0, steps=3, per_class=2)))
-    assert not np.allclose(_tile(fig), _tile(live.teacher_samples_figure(model, path, w=1.5, steps=1, per_class=2)))
+    assert not np.allclose(
+        _tile(fig), _tile(live.teacher_samples_figure(model, path, w=0.0, steps=3, per_class=2))
+    )
+    assert not np.allclose(
+        _tile(fig), _tile(live.teacher_samples_figure(model, path, w=1.5, steps=1, per_class=2))
+    )
 
 
 def test_ladder_samples_figure_puts_student_beside_teacher(unet):
@@ -150,6 +167,7 @@ def test_ladder_samples_figure_puts_student_beside_teacher(unet):
 
 # ----------------------------------------------------------------------------- chapter 6
 
+
 def test_cost_hours_known_answer():
     hours = live.cost_hours({"a": 3.6e15, "b": 7.2e16}, tflops=1.0)
     assert hours == pytest.approx({"a": 1.0, "b": 20.0})
@@ -160,8 +178,14 @@ def test_cost_hours_known_answer():
 
 
 def test_format_hours_picks_the_unit():
-    assert [live.format_hours(h) for h in (1234.5, 1.0, 0.5, 1 / 60, 1 / 3600, 0.0)] == \
-        ["1,234.5 h", "1.0 h", "30 min", "1 min", "1 s", "0 s"]
+    assert [live.format_hours(h) for h in (1234.5, 1.0, 0.5, 1 / 60, 1 / 3600, 0.0)] == [
+        "1,234.5 h",
+        "1.0 h",
+        "30 min",
+        "1 min",
+        "1 s",
+        "0 s",
+    ]
 
 
 def test_cost_hours_figure_moves_with_the_sliders():
@@ -175,6 +199,7 @@ def test_cost_hours_figure_moves_with_the_sliders():
 
 
 # ----------------------------------------------------------------------------- the static-slider check
+
 
 def _page_checker():
     import importlib.util
@@ -199,8 +224,10 @@ def _write_page(folder, figs):
 
     shutil.copy(Path(plotly.__file__).parent / "package_data" / "plotly.min.js", folder / "plotly.min.js")
     body = "\n".join(plots.to_html(f) for f in figs)
-    (folder / "page.html").write_text(f'<html><head><meta charset="utf-8"><script src="plotly.min.js"></script>'
-                                      f'</head><body>{body}</body></html>')
+    (folder / "page.html").write_text(
+        f'<html><head><meta charset="utf-8"><script src="plotly.min.js"></script>'
+        f"</head><body>{body}</body></html>"
+    )
 
 
 @pytest.fixture
@@ -224,26 +251,46 @@ def test_page_checker_clicks_every_static_slider(tmp_path, chromium, capsys):
 
     proc = KacProcess(a=2.0, c=1.0)
     times = [0.25, 0.5, 1.0]
-    samples = {s: proc.sample(torch.full((500,), s, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
-               for s in times}
+    samples = {
+        s: proc.sample(torch.full((500,), s, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+        for s in times
+    }
     dead = go.Figure(go.Scatter(x=[0, 1], y=[1, 2]))
-    dead.update_layout(sliders=[dict(active=0, currentvalue=dict(prefix="dead = "),
-                                     steps=[dict(method="restyle", label=str(k), args=[{"opacity": 1.0}]) for k in range(3)])])
-    _write_page(tmp_path, [
-        plots.kac_law_grid_figure(cs=[0.5, 1.0, 2.0], xis=[1, 4, 18]),
-        plots.kac_law_figure(proc, times, samples, active=2),
-        plots.image_grid_slider_figure([torch.rand(4, 1, 8, 8) * 2 - 1 for _ in range(3)], ["0", "1", "2"], "w = ", 2,
-                                       ["a", "b", "c"]),
-        dead,
-    ])
+    dead.update_layout(
+        sliders=[
+            dict(
+                active=0,
+                currentvalue=dict(prefix="dead = "),
+                steps=[dict(method="restyle", label=str(k), args=[{"opacity": 1.0}]) for k in range(3)],
+            )
+        ]
+    )
+    _write_page(
+        tmp_path,
+        [
+            plots.kac_law_grid_figure(cs=[0.5, 1.0, 2.0], xis=[1, 4, 18]),
+            plots.kac_law_figure(proc, times, samples, active=2),
+            plots.image_grid_slider_figure(
+                [torch.rand(4, 1, 8, 8) * 2 - 1 for _ in range(3)],
+                ["0", "1", "2"],
+                "w = ",
+                2,
+                ["a", "b", "c"],
+            ),
+            dead,
+        ],
+    )
     assert _page_checker().main([str(tmp_path), "--chromium", chromium]) == 1
     out = capsys.readouterr().out
     assert "5 sliders clicked" in out
     problems = [line for line in out.splitlines() if line.startswith("  page.html:")]
-    assert len(problems) == 1 and "slider 'dead ='" in problems[0] and "data did not change" in problems[0], out
+    assert len(problems) == 1 and "slider 'dead ='" in problems[0] and "data did not change" in problems[0], (
+        out
+    )
 
 
 # ----------------------------------------------------------------------------- the live-book check (no browser)
+
 
 def _live_checker():
     import importlib.util
@@ -272,7 +319,9 @@ def test_live_checker_serves_copies_of_the_chapters(tmp_path):
     root = chk.make_tree(tmp_path / "work", book, found)
     assert sorted(p.name for p in (root / "book").iterdir()) == ["01_a.ipynb", "01_a.md", "02_b.ipynb"]
     assert (root / "kaclib").is_symlink() and (root / "kaclib" / "live.py").is_file()
-    settings = tmp_path / "work" / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    settings = (
+        tmp_path / "work" / "settings" / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings"
+    )
     assert json.loads(settings.read_text()) == {"autosave": False}  # the session never writes the copies back
 
 

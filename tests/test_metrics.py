@@ -39,6 +39,7 @@ def info(cache):
 
 # ----------------------------------------------------------------------------- feature net
 
+
 def test_feature_net_accuracy_label_and_cache(info, cache, digits, monkeypatch):
     train, val = digits
     assert info.accuracy >= 0.95
@@ -68,6 +69,7 @@ def test_feature_net_errors(cache):
 
 # ----------------------------------------------------------------------------- FID
 
+
 class _Flatten(nn.Module):
     """Identity features: FID becomes the Frechet distance of Gaussians fitted to the pixels."""
 
@@ -96,7 +98,9 @@ def test_fid_is_zero_on_itself_and_grows_with_a_shift(info, digits):
     shifted = [ref.score((train.images + s).clamp(-1, 1)) for s in (0.1, 0.3, 0.6)]
     assert 0 < shifted[0] < shifted[1] < shifted[2]
     # the cached real statistics give the same number as a one-off computation
-    assert ref.score(val.images) == pytest.approx(frechet_distance(train.images, val.images, info.net), rel=1e-5)
+    assert ref.score(val.images) == pytest.approx(
+        frechet_distance(train.images, val.images, info.net), rel=1e-5
+    )
     # held-out real images are far closer than images with shuffled pixels
     perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     scrambled = val.images.flatten(1)[:, perm].view_as(val.images)
@@ -126,6 +130,7 @@ def test_inception_fid_without_weights_says_so(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- velocity stats
+
 
 def test_velocity_stats_of_the_exact_bound_and_of_zero():
     path = KacPath(a=9.0, c=3.0, g="t2")
@@ -161,7 +166,9 @@ def test_velocity_stats_of_a_bounded_unet_stay_within_the_bound():
     with torch.no_grad():
         model.conv_out.weight.normal_(0, 20.0, generator=torch.Generator().manual_seed(0))
     data = load_dataset("digits", "val", limit=64)
-    st = velocity_norm_stats(model, path, data, [0.1, 0.9], n=16, y="data", generator=torch.Generator().manual_seed(1))
+    st = velocity_norm_stats(
+        model, path, data, [0.1, 0.9], n=16, y="data", generator=torch.Generator().manual_seed(1)
+    )
     assert all(0.5 < r <= 1.0 for r in st.coord_ratio_max) and st.violation_fraction == [0.0, 0.0]
     assert model.training  # restored
 

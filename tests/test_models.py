@@ -40,10 +40,13 @@ def _inputs(cfg, batch=6, seed=1):
 
 # ----------------------------------------------------------------------------- config
 
+
 def test_config_json_round_trip_and_presets():
     for cfg in PRESETS.values():
         back = UNetConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg))))
-        assert back == cfg and isinstance(back.channel_mult, tuple) and isinstance(back.attn_resolutions, tuple)
+        assert (
+            back == cfg and isinstance(back.channel_mult, tuple) and isinstance(back.attn_resolutions, tuple)
+        )
     assert get_preset("smoke", dropout=0.2).dropout == 0.2 and PRESETS["smoke"].dropout == 0.0
     with pytest.raises(ValueError, match="presets.*cifar10-paper"):
         get_preset("resnet")
@@ -73,6 +76,7 @@ def test_config_rejects_bad_values(kw, match):
 
 # ----------------------------------------------------------------------------- UNet
 
+
 def test_unet_shapes_zero_init_and_labels():
     cfg = PRESETS["smoke"]
     model = build_model(cfg)
@@ -86,7 +90,9 @@ def test_unet_shapes_zero_init_and_labels():
     # scalar t broadcasts; y=None is the null class; labels change the output
     assert torch.equal(model(x, 0.3, y), model(x, torch.full((6,), 0.3), y))
     assert torch.equal(model(x, t, None), model(x, t, torch.full((6,), cfg.num_classes)))
-    assert not torch.allclose(model(x, t, torch.zeros(6, dtype=torch.long)), model(x, t, torch.ones(6, dtype=torch.long)))
+    assert not torch.allclose(
+        model(x, t, torch.zeros(6, dtype=torch.long)), model(x, t, torch.ones(6, dtype=torch.long))
+    )
     assert not torch.allclose(model(x, t, y), model(x, t + 0.1, y))
 
 
@@ -131,8 +137,11 @@ def test_paper_preset_attention_is_applied_at_16x16():
     model = build_model(cfg)
     assert model.attention_resolutions() == [16] * 5  # 2 blocks down + 3 blocks up at 16x16
     seen = []
-    hooks = [m.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
-             for m in model.modules() if isinstance(m, AttnBlock)]
+    hooks = [
+        m.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+        for m in model.modules()
+        if isinstance(m, AttnBlock)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 3, 32, 32), torch.tensor([0.5]), torch.tensor([3]))
     for h in hooks:
@@ -151,6 +160,7 @@ def test_parameter_counts():
 
 
 # ----------------------------------------------------------------------------- bounded head
+
 
 @pytest.mark.parametrize("g", ["t", "t2"])
 def test_bounded_head_holds_the_finite_speed_bound(g):
@@ -182,6 +192,7 @@ def test_bounded_head_needs_a_kac_path():
 
 
 # ----------------------------------------------------------------------------- MLP
+
 
 def test_mlp_velocity_shapes_bound_and_errors():
     path = KacPath(a=25.0, c=2.0)

@@ -34,11 +34,12 @@ def _capture_display(monkeypatch):
 
 # ----------------------------------------------------------------------------- display
 
+
 def test_show_in_book_build_emits_html_bundle(book_build, monkeypatch):
     shown = _capture_display(monkeypatch)
     fig = plots.kac_law_single_figure(1.0, 4.0, 1.0)
     plots.show(fig)
-    (bundle, raw), = shown
+    ((bundle, raw),) = shown
     assert raw and set(bundle) == {"text/html", "text/plain"}
     html = bundle["text/html"]
     assert "plotly-graph-div" in html and "Plotly.newPlot" in html
@@ -60,8 +61,11 @@ def test_in_book_build(monkeypatch):
 
 
 def test_style_layout_has_room_for_legend_axis_and_slider():
-    fig = plots.kac_law_figure(KacProcess(2.0, 1.0), [0.5, 1.0],
-                               {s: KacProcess(2.0, 1.0).sample(torch.full((2000,), s)) for s in (0.5, 1.0)})
+    fig = plots.kac_law_figure(
+        KacProcess(2.0, 1.0),
+        [0.5, 1.0],
+        {s: KacProcess(2.0, 1.0).sample(torch.full((2000,), s)) for s in (0.5, 1.0)},
+    )
     lay = fig.layout
     plot_h = lay.height - lay.margin.t - lay.margin.b
     assert plot_h >= 160
@@ -76,6 +80,7 @@ def test_style_layout_has_room_for_legend_axis_and_slider():
 
 
 # ----------------------------------------------------------------------------- chapter 1
+
 
 def test_kac_law_traces_callback():
     d = plots.kac_law_traces(c=1.5, xi=4.0, s=1.0)
@@ -111,7 +116,7 @@ def test_kac_law_grid_figure_two_sliders():
 
 def test_kac_law_widget(no_book_build, monkeypatch):
     pytest.importorskip("ipywidgets")
-    shown = _capture_display(monkeypatch)
+    _capture_display(monkeypatch)
     box = plots.kac_law_widget(c=1.0, xi=4.0, s=0.5)
     assert box is not None and len(box.children) == 2
     box.update(2.0, 8.0, 1.0)  # the slider callback
@@ -145,14 +150,21 @@ def test_chapter1_figures():
 
 # ----------------------------------------------------------------------------- chapter 2
 
+
 def test_chapter2_figures():
     proc = KacProcess(9.0, 3.0)
     fig = plots.conditional_velocity_figure(proc, [0.1, 0.5])
-    v = np.concatenate([np.asarray(tr.y, dtype=float) for tr in fig.data if tr.name and tr.name.startswith("s =")])
+    v = np.concatenate(
+        [np.asarray(tr.y, dtype=float) for tr in fig.data if tr.name and tr.name.startswith("s =")]
+    )
     assert np.all(np.abs(v) <= 3.0 + 1e-6)
     ts = [1e-3, 1e-2, 1e-1]
-    fig = plots.velocity_magnitude_figure(ts, {"Kac": [1, 1, 1], "Gaussian": [2, 2, 2]},
-                                          {"Kac": [3, 3, 3], "Gaussian": [1000, 100, 10]}, bound=3.5)
+    fig = plots.velocity_magnitude_figure(
+        ts,
+        {"Kac": [1, 1, 1], "Gaussian": [2, 2, 2]},
+        {"Kac": [3, 3, 3], "Gaussian": [1000, 100, 10]},
+        bound=3.5,
+    )
     assert fig.layout.xaxis.type == "log"
     x, _ = toy.sample_mixture(100)
     assert len(plots.mixture_figure(x, toy.mixture_centers()).data) == 2

@@ -28,16 +28,23 @@ def _roundtrip(fig):
 
 # ----------------------------------------------------------------------------- image grids
 
+
 def test_image_tile_places_every_image_and_pads():
     x = _images(5, h=4)
     tile = plots.image_tile(x, ncol=3, pad=1, pad_value=-0.5)
     assert tile.shape == (1, 2 * 5 + 1, 3 * 5 + 1)
     np.testing.assert_allclose(tile[0, 1:5, 1:5], x[0, 0].numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(tile[0, 6:10, 6:10], x[4, 0].numpy(), rtol=0, atol=1e-6)  # image 4: row 1, col 1
-    assert tile[0, 0, 0] == pytest.approx(-0.5) and tile[0, 6, 11] == pytest.approx(-0.5)  # padding, empty cell
+    np.testing.assert_allclose(
+        tile[0, 6:10, 6:10], x[4, 0].numpy(), rtol=0, atol=1e-6
+    )  # image 4: row 1, col 1
+    assert tile[0, 0, 0] == pytest.approx(-0.5) and tile[0, 6, 11] == pytest.approx(
+        -0.5
+    )  # padding, empty cell
 
 
-@pytest.mark.parametrize("bad", [dict(images=torch.zeros(3, 8, 8), ncol=2), dict(images=torch.zeros(3, 1, 8, 8), ncol=0)])
+@pytest.mark.parametrize(
+    "bad", [dict(images=torch.zeros(3, 8, 8), ncol=2), dict(images=torch.zeros(3, 1, 8, 8), ncol=0)]
+)
 def test_image_tile_rejects_bad_input(bad):
     with pytest.raises(ValueError):
         plots.image_tile(**bad)
@@ -67,12 +74,14 @@ def test_image_grid_slider_switches_visibility():
 
 # ----------------------------------------------------------------------------- guidance
 
+
 def test_guided_field_figure_has_one_frame_per_weight():
     x = torch.linspace(-1, 1, 11)
     v_u, v_c = torch.zeros(11), torch.ones(11)
     ws = [0.0, 1.0, 2.0]
-    fig = plots.guided_field_figure(x, v_u, v_c, {w: v_u + w * (v_c - v_u) for w in ws}, {w: 2 * w + 1 for w in ws},
-                                    "title", active=2)
+    fig = plots.guided_field_figure(
+        x, v_u, v_c, {w: v_u + w * (v_c - v_u) for w in ws}, {w: 2 * w + 1 for w in ws}, "title", active=2
+    )
     assert len(fig.frames) == 3 and [s.label for s in fig.layout.sliders[0].steps] == ["0", "1", "2"]
     guided = fig.frames[2].data[2]
     np.testing.assert_allclose(guided.y, np.full(11, 2.0))
@@ -90,7 +99,9 @@ def test_guidance_ratio_figure_draws_the_bound():
 
 
 def test_metric_vs_w_figure_axes():
-    fig = plots.metric_vs_w_figure([0, 1, 2], [10, 1, 3], [0.1, 0.9, 1.0], "FID-digits", floor=0.5, paper_w=1.2, best_w=1)
+    fig = plots.metric_vs_w_figure(
+        [0, 1, 2], [10, 1, 3], [0.1, 0.9, 1.0], "FID-digits", floor=0.5, paper_w=1.2, best_w=1
+    )
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "linear"
     assert fig.data[1].yaxis == "y2" and list(fig.data[1].y) == [10.0, 90.0, 100.0]  # accuracy in percent
     assert len(fig.layout.shapes) == 2  # the paper's w and the best w
@@ -98,9 +109,13 @@ def test_metric_vs_w_figure_axes():
 
 # ----------------------------------------------------------------------------- teacher, ladder
 
+
 def test_quality_vs_nfe_figure_log_axes_and_labels():
-    fig = plots.quality_vs_nfe_figure({"a": ([1, 2, 4], [9, 5, 3], ["1 steps", "2 steps", "4 steps"]),
-                                       "b": ([2, 8], [4, 2])}, "FID-digits", floor=1.0)
+    fig = plots.quality_vs_nfe_figure(
+        {"a": ([1, 2, 4], [9, 5, 3], ["1 steps", "2 steps", "4 steps"]), "b": ([2, 8], [4, 2])},
+        "FID-digits",
+        floor=1.0,
+    )
     assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
     assert list(fig.data[0].text) == ["1 steps", "2 steps", "4 steps"] and fig.data[1].text is None
     floor = fig.data[-1]
@@ -109,10 +124,20 @@ def test_quality_vs_nfe_figure_log_axes_and_labels():
 
 def _stats(kac: bool):
     times = [0.1, 0.5, 1.0]
-    return VelocityStats(times=times, model_norm_mean=[1, 2, 3], model_norm_max=[2, 3, 4], target_norm_mean=[1, 1, 1],
-                         target_norm_max=[3, 3, 3], speed_bound=24.0 if kac else None,
-                         norm_bound=[32.0, 32.0, 32.0] if kac else None, coord_ratio_max=None,
-                         target_coord_ratio_max=None, violation_fraction=None, dim=64, n=8)
+    return VelocityStats(
+        times=times,
+        model_norm_mean=[1, 2, 3],
+        model_norm_max=[2, 3, 4],
+        target_norm_mean=[1, 1, 1],
+        target_norm_max=[3, 3, 3],
+        speed_bound=24.0 if kac else None,
+        norm_bound=[32.0, 32.0, 32.0] if kac else None,
+        coord_ratio_max=None,
+        target_coord_ratio_max=None,
+        violation_fraction=None,
+        dim=64,
+        n=8,
+    )
 
 
 def test_velocity_norm_figure_adds_kac_bounds_once():
@@ -129,7 +154,9 @@ def test_ladder_diagram_and_bars_and_timing():
     texts = [a.text for a in fig.layout.annotations]
     assert "N = 5" in texts and "N = 2" in texts and any("student<br>1 step" == t for t in texts)
     assert len([s for s in fig.layout.shapes if s.type == "rect"]) == 5
-    bars = plots.ratio_bars_figure(["20", "1"], {"paper": [1.04, 1.58], "ours": [1.2, None]}, "ratios", "ratio")
+    bars = plots.ratio_bars_figure(
+        ["20", "1"], {"paper": [1.04, 1.58], "ours": [1.2, None]}, "ratios", "ratio"
+    )
     assert len(bars.data) == 2 and bars.data[1].y[1] is None
     timing = plots.timing_figure(["teacher", "student"], [10.0, 0.05])
     assert timing.layout.xaxis.type == "log" and list(timing.data[0].x) == [10.0, 0.05]
@@ -140,11 +167,14 @@ def test_ladder_diagram_and_bars_and_timing():
 def test_training_log_and_scatter():
     fig = plots.training_log_figure({"Kac": ([100, 200], [1.0, 0.8]), "Gaussian": ([100, 200], [0.5, 0.4])})
     assert list(fig.data[0].x) == [100, 200] and fig.layout.yaxis.type == "log"
-    sc = plots.labelled_scatter_figure([(1, 2, "p", "free"), (2, 3, "q", "bounded"), (3, 1, "r", "free")], "t", "x", "y")
+    sc = plots.labelled_scatter_figure(
+        [(1, 2, "p", "free"), (2, 3, "q", "bounded"), (3, 1, "r", "free")], "t", "x", "y"
+    )
     assert [tr.name for tr in sc.data] == ["free", "bounded"] and list(sc.data[0].text) == ["p", "r"]
 
 
 # ----------------------------------------------------------------------------- live widget
+
 
 def test_live_slider_widget_calls_the_callback(monkeypatch):
     monkeypatch.delenv("KACLIB_BOOK_BUILD", raising=False)

@@ -61,8 +61,22 @@ TRAIN = ["train", "--profile", "smoke", "--no-progress"]
 
 
 def train_cli(run_dir, *extra, steps=4):
-    return main(["--threads", "1", *TRAIN, "--run-dir", str(run_dir), "--steps", str(steps),
-                 "--set", "checkpoint_every=2", "--set", "log_every=1", *extra])
+    return main(
+        [
+            "--threads",
+            "1",
+            *TRAIN,
+            "--run-dir",
+            str(run_dir),
+            "--steps",
+            str(steps),
+            "--set",
+            "checkpoint_every=2",
+            "--set",
+            "log_every=1",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +116,29 @@ def flip(path: Path, at: float = 0.5):
 
 # ===================================================================================== data loss
 
-@pytest.mark.parametrize("target", ["config.json", "metrics.jsonl", "model.safetensors", "state.pt",
-                                    "sub/results.json", "../notes.txt"])
+
+@pytest.mark.parametrize(
+    "target",
+    ["config.json", "metrics.jsonl", "model.safetensors", "state.pt", "sub/results.json", "../notes.txt"],
+)
 def test_evaluate_out_never_overwrites_an_input(run, capsys, target):
     (run.parent / "notes.txt").write_text("my notes\n")
     before, notes = tree_hash(run), (run.parent / "notes.txt").read_bytes()
-    rc, out, err = cli(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(run), "--out", str(run / target),
-                       "--n", "4", "--steps", "1", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(run / target),
+        "--n",
+        "4",
+        "--steps",
+        "1",
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "--out")
     assert tree_hash(run) == before and (run.parent / "notes.txt").read_bytes() == notes
     assert load_run(run).step == 4
@@ -116,12 +146,34 @@ def test_evaluate_out_never_overwrites_an_input(run, capsys, target):
 
 def test_sample_out_never_overwrites_an_input(run, capsys, tmp_path):
     before = tree_hash(run)
-    rc, out, err = cli(capsys, "sample", "--profile", "smoke", "--run-dir", str(run), "--out", str(run / "config"),
-                       "--n", "2", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "sample",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(run / "config"),
+        "--n",
+        "2",
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "--out", "inside the run directory")
     (tmp_path / "x.npz").write_bytes(b"not an npz")
-    rc, out, err = cli(capsys, "sample", "--profile", "smoke", "--run-dir", str(run), "--out", str(tmp_path / "x"),
-                       "--n", "2", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "sample",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(tmp_path / "x"),
+        "--n",
+        "2",
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "x.npz", "not a kaclib sample file")
     assert tree_hash(run) == before and (tmp_path / "x.npz").read_bytes() == b"not an npz"
 
@@ -129,14 +181,35 @@ def test_sample_out_never_overwrites_an_input(run, capsys, tmp_path):
 def test_results_file_shared_by_runs_keeps_every_runs_rows(base, other, tmp_path, capsys):
     out = tmp_path / "results.json"
     for d in (base, other, base):
-        rc, _, err = cli(capsys, "evaluate", "--profile", "smoke", "--run-dir", str(d), "--out", str(out),
-                         "--n", "16", "--steps", "1", "--method", "euler", "--w", "1", "--no-progress")
+        rc, _, err = cli(
+            capsys,
+            "evaluate",
+            "--profile",
+            "smoke",
+            "--run-dir",
+            str(d),
+            "--out",
+            str(out),
+            "--n",
+            "16",
+            "--steps",
+            "1",
+            "--method",
+            "euler",
+            "--w",
+            "1",
+            "--no-progress",
+        )
         assert rc == 0, err
     rows = json.loads(out.read_text())["rows"]
-    assert sorted(r["run"] for r in rows) == sorted([os.path.relpath(base, tmp_path), os.path.relpath(other, tmp_path)])
+    assert sorted(r["run"] for r in rows) == sorted(
+        [os.path.relpath(base, tmp_path), os.path.relpath(other, tmp_path)]
+    )
 
 
-@pytest.mark.parametrize("content", [{"notes.tmp": b"x"}, {"model.safetensors": b"mine"}, {"metrics.jsonl": b"{}\n"}])
+@pytest.mark.parametrize(
+    "content", [{"notes.tmp": b"x"}, {"model.safetensors": b"mine"}, {"metrics.jsonl": b"{}\n"}]
+)
 def test_train_refuses_a_foreign_directory(tmp_path, capsys, content):
     d = tmp_path / "foreign"
     d.mkdir()
@@ -148,12 +221,15 @@ def test_train_refuses_a_foreign_directory(tmp_path, capsys, content):
     assert tree_hash(d) == before
 
 
-@pytest.mark.parametrize("argv", [
-    [*TRAIN, "--run-dir", ""],
-    ["sample", "--run-dir", ""],
-    ["evaluate", "--run-dir", "  "],
-    ["distill", "--teacher", "", "--run-dir", "x"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [*TRAIN, "--run-dir", ""],
+        ["sample", "--run-dir", ""],
+        ["evaluate", "--run-dir", "  "],
+        ["distill", "--teacher", "", "--run-dir", "x"],
+    ],
+)
 def test_an_empty_run_dir_is_refused(tmp_path, capsys, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
     rc, out, err = cli(capsys, *argv)
@@ -184,8 +260,21 @@ def test_readers_read_a_committed_checkpoint_without_touching_anything(run, tmp_
     (run / "notes.tmp").write_text("a user's file")
     before = tree_hash(run)
     assert load_run(run).step == 6 and runs.load_state(run)["step"] == 6
-    rc, out, err = cli(capsys, "sample", "--profile", "smoke", "--run-dir", str(run), "--n", "2", "--steps", "1",
-                       "--out", str(tmp_path / "s"), "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "sample",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--n",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "s"),
+        "--no-progress",
+    )
     assert rc == 0, err
     assert tree_hash(run) == before  # nothing deleted, renamed or written
     assert resume(run, steps=8) == 0  # the writer rolls forward, then continues
@@ -193,28 +282,50 @@ def test_readers_read_a_committed_checkpoint_without_touching_anything(run, tmp_
     assert runs.load_state(run)["step"] == 8
 
 
-@pytest.mark.parametrize("journal", [{"files": ["../x"]}, {"files": ["model.safetensors", "../x"]},
-                                     {"files": "model.safetensors"}, ["x"], "not json"])
+@pytest.mark.parametrize(
+    "journal",
+    [
+        {"files": ["../x"]},
+        {"files": ["model.safetensors", "../x"]},
+        {"files": "model.safetensors"},
+        ["x"],
+        "not json",
+    ],
+)
 def test_a_crafted_journal_is_refused(run, tmp_path, capsys, journal):
     """A journal naming ``../x`` would rename ``../x.tmp`` over ``../x``, outside the run."""
     victim = run.parent / "x.tmp"
     victim.write_text("outside")
     (run / runs.PENDING_FILE).write_text(journal if isinstance(journal, str) else json.dumps(journal))
-    for argv in (["sample", "--profile", "smoke", "--run-dir", str(run), "--n", "2", "--out", str(tmp_path / "s")],
-                 [*TRAIN, "--run-dir", str(run), "--steps", "6", "--set", "checkpoint_every=2", "--set", "log_every=1",
-                  "--resume"]):
+    for argv in (
+        ["sample", "--profile", "smoke", "--run-dir", str(run), "--n", "2", "--out", str(tmp_path / "s")],
+        [
+            *TRAIN,
+            "--run-dir",
+            str(run),
+            "--steps",
+            "6",
+            "--set",
+            "checkpoint_every=2",
+            "--set",
+            "log_every=1",
+            "--resume",
+        ],
+    ):
         rc, out, err = cli(capsys, *argv, "--no-progress") if argv[0] == "sample" else cli(capsys, *argv)
         assert_one_line_error(rc, err, runs.PENDING_FILE)
     assert victim.read_text() == "outside" and not (run.parent / "x").exists()
 
 
 def _hold_lock(run: Path):
-    code = ("import fcntl, json, os, sys, time\n"
-            f"fd = os.open({str(run / runs.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "os.ftruncate(fd, 0); os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'elsewhere', 'since': 'now'}).encode())\n"
-            "print('locked', flush=True)\n"
-            "time.sleep(60)\n")
+    code = (
+        "import fcntl, json, os, sys, time\n"
+        f"fd = os.open({str(run / runs.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.ftruncate(fd, 0); os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'elsewhere', 'since': 'now'}).encode())\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -224,12 +335,36 @@ def test_one_writer_at_a_time_readers_welcome(run, tmp_path, capsys):
     holder = _hold_lock(run)
     try:
         before = tree_hash(run)
-        rc, out, err = cli(capsys, *TRAIN, "--run-dir", str(run), "--steps", "6", "--set", "checkpoint_every=2",
-                           "--set", "log_every=1", "--resume")
+        rc, out, err = cli(
+            capsys,
+            *TRAIN,
+            "--run-dir",
+            str(run),
+            "--steps",
+            "6",
+            "--set",
+            "checkpoint_every=2",
+            "--set",
+            "log_every=1",
+            "--resume",
+        )
         assert_one_line_error(rc, err, "another process", f"pid {holder.pid}", "elsewhere")
         assert tree_hash(run) == before
-        rc, out, err = cli(capsys, "sample", "--profile", "smoke", "--run-dir", str(run), "--n", "2", "--steps", "1",
-                           "--out", str(tmp_path / "s"), "--no-progress")
+        rc, out, err = cli(
+            capsys,
+            "sample",
+            "--profile",
+            "smoke",
+            "--run-dir",
+            str(run),
+            "--n",
+            "2",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "s"),
+            "--no-progress",
+        )
         assert rc == 0, err  # a reader needs no lock
     finally:
         holder.kill()
@@ -242,8 +377,23 @@ def test_a_reader_beside_a_training_job_neither_fails_nor_breaks_it(base, tmp_pa
     checkpoint (the step of its weights is one the trainer wrote), and the trainer finishes."""
     run = tmp_path / "run"
     shutil.copytree(base, run)
-    cmd = [sys.executable, "-m", "kaclib", "--threads", "1", *TRAIN, "--run-dir", str(run), "--steps", "14",
-           "--set", "checkpoint_every=1", "--set", "log_every=1", "--resume"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "kaclib",
+        "--threads",
+        "1",
+        *TRAIN,
+        "--run-dir",
+        str(run),
+        "--steps",
+        "14",
+        "--set",
+        "checkpoint_every=1",
+        "--set",
+        "log_every=1",
+        "--resume",
+    ]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     steps = set()
@@ -261,6 +411,7 @@ def test_a_reader_beside_a_training_job_neither_fails_nor_breaks_it(base, tmp_pa
 
 
 # ===================================================================================== fingerprints
+
 
 def _swap_weights(run, other):
     for name in (runs.EMA_FILE, runs.MODEL_FILE):
@@ -294,18 +445,54 @@ DAMAGE = {
     "an edited config": (_edit_config, "config"),  # config.json, or the field path.c
 }
 COMMANDS = {
-    "sample": lambda run, tmp: ["sample", "--profile", "smoke", "--run-dir", str(run), "--n", "2", "--steps", "1",
-                                "--out", str(tmp / "s"), "--no-progress"],
-    "evaluate": lambda run, tmp: ["evaluate", "--profile", "smoke", "--run-dir", str(run), "--n", "4", "--steps", "1",
-                                  "--out", str(tmp / "e.json"), "--no-progress"],
-    "resume": lambda run, tmp: [*TRAIN, "--run-dir", str(run), "--steps", "6", "--set", "checkpoint_every=2",
-                                "--set", "log_every=1", "--resume"],
+    "sample": lambda run, tmp: [
+        "sample",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--n",
+        "2",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp / "s"),
+        "--no-progress",
+    ],
+    "evaluate": lambda run, tmp: [
+        "evaluate",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--n",
+        "4",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp / "e.json"),
+        "--no-progress",
+    ],
+    "resume": lambda run, tmp: [
+        *TRAIN,
+        "--run-dir",
+        str(run),
+        "--steps",
+        "6",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "log_every=1",
+        "--resume",
+    ],
 }
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_a_checkpoint_that_does_not_match_its_fingerprint_is_refused(run, other, tmp_path, capsys, damage, command):
+def test_a_checkpoint_that_does_not_match_its_fingerprint_is_refused(
+    run, other, tmp_path, capsys, damage, command
+):
     make, named = DAMAGE[damage]
     make(run, other)
     before = tree_hash(run)
@@ -316,6 +503,7 @@ def test_a_checkpoint_that_does_not_match_its_fingerprint_is_refused(run, other,
 
 
 # ===================================================================================== non-finite
+
 
 @pytest.mark.parametrize("setting", ["lr=100", "path.c=1e20"])
 def test_absurd_but_finite_settings_stop_with_one_line(tmp_path, capsys, setting):
@@ -339,8 +527,18 @@ def test_a_non_finite_step_keeps_the_last_good_checkpoint(tmp_path):
     model = MLPVelocity(dim=2, hidden=16, depth=2)
     x = torch.randn(64, 2)
     with pytest.raises(runs.NonFiniteError, match=r"at step 4: .*last good checkpoint \(step 2\)"):
-        fit(model, KacPath(), x, steps=6, batch_size=16, run_dir=tmp_path / "r", checkpoint_every=2, log_every=1,
-            progress=False, callback=poison)
+        fit(
+            model,
+            KacPath(),
+            x,
+            steps=6,
+            batch_size=16,
+            run_dir=tmp_path / "r",
+            checkpoint_every=2,
+            log_every=1,
+            progress=False,
+            callback=poison,
+        )
     assert runs.load_state(tmp_path / "r")["step"] == 2
     ckpt = runs.read_checkpoint(tmp_path / "r")
     for name in (runs.MODEL_FILE, runs.EMA_FILE):
@@ -363,19 +561,58 @@ def _nan_checkpoint(run):
 
 def test_sample_and_distill_refuse_a_non_finite_model(run, tmp_path, capsys):
     _nan_checkpoint(run)
-    rc, out, err = cli(capsys, "sample", "--profile", "smoke", "--run-dir", str(run), "--n", "2",
-                       "--out", str(tmp_path / "s"), "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "sample",
+        "--profile",
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "s"),
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "non-finite", runs.EMA_FILE)
     assert not (tmp_path / "s.npz").exists()
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(run), "--run-dir", str(tmp_path / "l"),
-                       "--ladder", "4,2", "--set", "iters=2", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(run),
+        "--run-dir",
+        str(tmp_path / "l"),
+        "--ladder",
+        "4,2",
+        "--set",
+        "iters=2",
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "non-finite")
     assert not (tmp_path / "l").exists()
 
 
 def test_distill_with_an_absurd_guidance_weight_stops_with_one_line(base, tmp_path, capsys):
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(base), "--run-dir", str(tmp_path / "l"),
-                       "--ladder", "4,2", "--set", "iters=2", "--set", "w=1e30", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(base),
+        "--run-dir",
+        str(tmp_path / "l"),
+        "--ladder",
+        "4,2",
+        "--set",
+        "iters=2",
+        "--set",
+        "w=1e30",
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "non-finite", "stage 1")
     assert not list((tmp_path / "l").rglob("*.safetensors"))
 
@@ -399,6 +636,7 @@ def test_diffusion_path_target_is_finite_at_t_zero(g):
 
 
 # ===================================================================================== CIFAR-10
+
 
 class _Evil:
     def __init__(self, marker):
@@ -434,18 +672,32 @@ def test_cifar_batches_are_read_without_running_code(tmp_path, capsys, what):
     with pytest.raises(ValueError, match="data_batch_1"):
         load_dataset("cifar10", "train", root=tmp_path)
     assert not marker.exists()
-    rc, out, err = cli(capsys, *TRAIN, "--run-dir", str(tmp_path / "r"), "--dataset", "cifar10", "--preset",
-                       "cifar10-paper", "--data-root", str(tmp_path), "--steps", "1")
+    rc, out, err = cli(
+        capsys,
+        *TRAIN,
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--dataset",
+        "cifar10",
+        "--preset",
+        "cifar10-paper",
+        "--data-root",
+        str(tmp_path),
+        "--steps",
+        "1",
+    )
     assert_one_line_error(rc, err, "data_batch_1")
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
 # ===================================================================================== one-line errors
 
+
 def _truncate(name):
     def f(run):
         p = run / name
         p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 3])
+
     return f
 
 
@@ -456,11 +708,13 @@ def _empty(name):
 def _forged(name, data_fn):
     """Replace ``name`` by ``data_fn(run)`` and re-commit the checkpoint (valid fingerprints):
     what a damaged file looks like when nothing but the file itself tells."""
+
     def f(run):
         ckpt = runs.read_checkpoint(run)
         files = dict(ckpt.blobs)
         files[name] = data_fn(run)
         runs.save_checkpoint(run, files, step=ckpt.step)
+
     return f
 
 
@@ -481,17 +735,28 @@ def _hostile_state(run):
 ARTIFACTS = {
     "truncated safetensors": (_truncate(runs.EMA_FILE), runs.EMA_FILE),
     "empty safetensors": (_empty(runs.MODEL_FILE), runs.MODEL_FILE),
-    "garbled safetensors (valid fingerprint)": (_forged(runs.EMA_FILE, lambda r: b"\x10" + os.urandom(300)), runs.EMA_FILE),
-    "checkpoint of another preset (valid fingerprint)": (_forged(runs.EMA_FILE, _other_preset_weights), runs.EMA_FILE),
+    "garbled safetensors (valid fingerprint)": (
+        _forged(runs.EMA_FILE, lambda r: b"\x10" + os.urandom(300)),
+        runs.EMA_FILE,
+    ),
+    "checkpoint of another preset (valid fingerprint)": (
+        _forged(runs.EMA_FILE, _other_preset_weights),
+        runs.EMA_FILE,
+    ),
     "truncated state.pt": (_truncate(runs.STATE_FILE), runs.STATE_FILE),
-    "truncated state.pt (valid fingerprint)": (_forged(runs.STATE_FILE, lambda r: (r / runs.STATE_FILE).read_bytes()[:999]),
-                                               runs.STATE_FILE),
+    "truncated state.pt (valid fingerprint)": (
+        _forged(runs.STATE_FILE, lambda r: (r / runs.STATE_FILE).read_bytes()[:999]),
+        runs.STATE_FILE,
+    ),
     "hostile state.pt (valid fingerprint)": (_forged(runs.STATE_FILE, _hostile_state), runs.STATE_FILE),
     "config.json is a JSON list": (lambda r: (r / runs.CONFIG_FILE).write_text("[1, 2]"), runs.CONFIG_FILE),
     "config.json cut short": (_truncate(runs.CONFIG_FILE), runs.CONFIG_FILE),
     "config.json binary": (lambda r: (r / runs.CONFIG_FILE).write_bytes(b"\xc5\x00\xff"), runs.CONFIG_FILE),
     "manifest is a JSON list": (lambda r: (r / runs.MANIFEST_FILE).write_text("[]"), runs.MANIFEST_FILE),
-    "log line that is a JSON list": (lambda r: (r / runs.METRICS_FILE).write_text("[1]\n"), runs.METRICS_FILE),
+    "log line that is a JSON list": (
+        lambda r: (r / runs.METRICS_FILE).write_text("[1]\n"),
+        runs.METRICS_FILE,
+    ),
     "log line edited": (lambda r: flip(r / runs.METRICS_FILE, 0.3), runs.METRICS_FILE),
 }
 
@@ -509,13 +774,16 @@ def test_a_damaged_artifact_gives_one_line_naming_it(run, tmp_path, capsys, case
         assert_one_line_error(rc, err, named)
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--steps", "100000000000000000000"], "--steps"),
-    (["--set", "steps=1e20"], "steps"),
-    (["--set", "steps=100000000000000000000"], "steps"),
-    (["--set", "batch_size=100000"], "batch_size"),
-    (["--set", "batch_size=100000000000"], "batch_size"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--steps", "100000000000000000000"], "--steps"),
+        (["--set", "steps=1e20"], "steps"),
+        (["--set", "steps=100000000000000000000"], "steps"),
+        (["--set", "batch_size=100000"], "batch_size"),
+        (["--set", "batch_size=100000000000"], "batch_size"),
+    ],
+)
 def test_absurd_sizes_are_refused_before_any_work(tmp_path, capsys, argv, needle):
     rc, out, err = cli(capsys, *TRAIN, "--run-dir", str(tmp_path / "r"), *argv)
     assert_one_line_error(rc, err, needle)
@@ -524,8 +792,21 @@ def test_absurd_sizes_are_refused_before_any_work(tmp_path, capsys, argv, needle
 
 @pytest.mark.parametrize("setting", ["pool_size=1000000000", "batch_size=100000"])
 def test_absurd_distill_sizes_are_refused(base, tmp_path, capsys, setting):
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(base), "--run-dir", str(tmp_path / "l"),
-                       "--ladder", "4,2", "--set", setting, "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(base),
+        "--run-dir",
+        str(tmp_path / "l"),
+        "--ladder",
+        "4,2",
+        "--set",
+        setting,
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, setting.split("=")[0], "GiB")
     assert not (tmp_path / "l").exists()
 
@@ -544,21 +825,61 @@ def test_a_bad_config_file_is_named(tmp_path, capsys):
 
 # ===================================================================================== state left behind
 
+
 def test_a_failed_distill_writes_nothing_and_the_corrected_command_runs(base, tmp_path, capsys):
     ladder = tmp_path / "ladder"
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(base), "--run-dir", str(ladder),
-                       "--ladder", "4,2", "--set", "iters=2", "--dataset", "mnist5k", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(base),
+        "--run-dir",
+        str(ladder),
+        "--ladder",
+        "4,2",
+        "--set",
+        "iters=2",
+        "--dataset",
+        "mnist5k",
+        "--no-progress",
+    )
     assert rc != 0 and not ladder.exists()
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(base), "--run-dir", str(ladder),
-                       "--ladder", "4,2", "--set", "iters=2", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(base),
+        "--run-dir",
+        str(ladder),
+        "--ladder",
+        "4,2",
+        "--set",
+        "iters=2",
+        "--no-progress",
+    )
     assert rc == 0, err
 
 
 def test_a_failed_resume_leaves_config_json_as_it_was(run, tmp_path, capsys):
     flip(run / runs.METRICS_FILE, 0.5)  # resume is refused after the config check
     before = (run / runs.CONFIG_FILE).read_bytes()
-    rc, out, err = cli(capsys, *TRAIN, "--run-dir", str(run), "--steps", "40", "--set", "checkpoint_every=2",
-                       "--set", "log_every=1", "--resume")
+    rc, out, err = cli(
+        capsys,
+        *TRAIN,
+        "--run-dir",
+        str(run),
+        "--steps",
+        "40",
+        "--set",
+        "checkpoint_every=2",
+        "--set",
+        "log_every=1",
+        "--resume",
+    )
     assert_one_line_error(rc, err, runs.METRICS_FILE)
     assert (run / runs.CONFIG_FILE).read_bytes() == before
     assert json.loads(before)["steps"] == 4
@@ -567,28 +888,68 @@ def test_a_failed_resume_leaves_config_json_as_it_was(run, tmp_path, capsys):
 def test_a_moved_ladder_and_teacher_resume(base, tmp_path, capsys):
     work = tmp_path / "a"
     shutil.copytree(base, work / "teacher")
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(work / "teacher"),
-                       "--run-dir", str(work / "ladder"), "--ladder", "4,2,1", "--set", "iters=2", "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(work / "teacher"),
+        "--run-dir",
+        str(work / "ladder"),
+        "--ladder",
+        "4,2,1",
+        "--set",
+        "iters=2",
+        "--no-progress",
+    )
     assert rc == 0, err
     for cfg in (work / "ladder").rglob(runs.CONFIG_FILE):
         assert str(tmp_path) not in cfg.read_text()  # no absolute paths
     shutil.rmtree(work / "ladder" / "stage-2-1steps")  # as if interrupted before the last stage
     moved = tmp_path / "b"
     shutil.move(str(work), str(moved))
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(moved / "teacher"),
-                       "--run-dir", str(moved / "ladder"), "--ladder", "4,2,1", "--set", "iters=2", "--resume",
-                       "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(moved / "teacher"),
+        "--run-dir",
+        str(moved / "ladder"),
+        "--ladder",
+        "4,2,1",
+        "--set",
+        "iters=2",
+        "--resume",
+        "--no-progress",
+    )
     assert rc == 0, err
     assert load_run(moved / "ladder" / "stage-2-1steps").step == 2
     # another teacher of the same configuration (another seed) is not taken for this one
     assert train_cli(tmp_path / "twin", "--set", "seed=1") == 0
-    rc, out, err = cli(capsys, "distill", "--profile", "smoke", "--teacher", str(tmp_path / "twin"),
-                       "--run-dir", str(moved / "ladder"), "--ladder", "4,2,1", "--set", "iters=2", "--resume",
-                       "--no-progress")
+    rc, out, err = cli(
+        capsys,
+        "distill",
+        "--profile",
+        "smoke",
+        "--teacher",
+        str(tmp_path / "twin"),
+        "--run-dir",
+        str(moved / "ladder"),
+        "--ladder",
+        "4,2,1",
+        "--set",
+        "iters=2",
+        "--resume",
+        "--no-progress",
+    )
     assert_one_line_error(rc, err, "teacher.ema_sha256")
 
 
 # ===================================================================================== caches
+
 
 def test_a_corrupt_cache_entry_heals_and_stale_temporaries_go(tmp_path):
     from kaclib.artifacts import load_or_compute
@@ -643,6 +1004,7 @@ def test_feature_net_cache_files_are_not_private(tmp_path, monkeypatch):
 
 # ===================================================================================== property
 
+
 @pytest.fixture(scope="module")
 def reference(base, tmp_path_factory):
     """The result of resuming the undamaged base run to step 6."""
@@ -658,12 +1020,25 @@ def _result(run):
     return weights, log
 
 
-CORRUPTIBLE = [runs.MODEL_FILE, runs.EMA_FILE, runs.STATE_FILE, runs.CONFIG_FILE, runs.METRICS_FILE, runs.MANIFEST_FILE]
+CORRUPTIBLE = [
+    runs.MODEL_FILE,
+    runs.EMA_FILE,
+    runs.STATE_FILE,
+    runs.CONFIG_FILE,
+    runs.METRICS_FILE,
+    runs.MANIFEST_FILE,
+]
 
 
-@settings(max_examples=18, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(CORRUPTIBLE), kind=st.sampled_from(["flip", "truncate", "set"]),
-       where=st.floats(0, 1), byte=st.integers(1, 255))
+@settings(
+    max_examples=18, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(CORRUPTIBLE),
+    kind=st.sampled_from(["flip", "truncate", "set"]),
+    where=st.floats(0, 1),
+    byte=st.integers(1, 255),
+)
 def test_random_corruption_is_refused_or_harmless(base, reference, tmp_path_factory, name, kind, where, byte):
     run = tmp_path_factory.mktemp("prop") / "run"
     shutil.copytree(base, run)
@@ -692,6 +1067,10 @@ def test_random_corruption_is_refused_or_harmless(base, reference, tmp_path_fact
         loaded = load_run(run)
     except (ValueError, OSError):
         return
-    want = runs.load_tensors(reference[0][runs.EMA_FILE], "ref") if rc == 0 else runs.read_weights(base / runs.EMA_FILE)
+    want = (
+        runs.load_tensors(reference[0][runs.EMA_FILE], "ref")
+        if rc == 0
+        else runs.read_weights(base / runs.EMA_FILE)
+    )
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, want[k]), k

@@ -52,7 +52,12 @@ def test_sanitise_counts_and_clamps():
     x[1] = 2.0
     x[2, 0, 0, 0] = -float("inf")
     clean, bad, outside = sanitise(x)
-    assert bad == 2 and outside == pytest.approx(4 / 14) and torch.isfinite(clean).all() and clean.abs().max() <= 1
+    assert (
+        bad == 2
+        and outside == pytest.approx(4 / 14)
+        and torch.isfinite(clean).all()
+        and clean.abs().max() <= 1
+    )
 
 
 def test_paired_rmse_known_answer():

@@ -31,12 +31,16 @@ def test_coverage_of_the_95_interval_by_monte_carlo():
 def test_verdicts_follow_the_interval_only():
     a = [1.0, 1.1, 0.9, 1.05, 0.95]
     better = compare("A has the lower FID", "fid", "A", a, "B", [x + 0.5 for x in a])
-    assert better.verdict == "holds" and better.diff_mean == pytest.approx(-0.5) and len(better.diff_values) == 5
+    assert (
+        better.verdict == "holds" and better.diff_mean == pytest.approx(-0.5) and len(better.diff_values) == 5
+    )
     worse = compare("A has the lower FID", "fid", "A", [x + 0.5 for x in a], "B", a)
     assert worse.verdict == "fails" and worse.ci95[0] > 0
     tie = compare("A has the lower FID", "fid", "A", a, "B", [1.02, 1.0, 0.97, 1.1, 0.9])
     assert tie.verdict == "inconclusive" and tie.ci95[0] < 0 < tie.ci95[1]
-    up = compare("A has the higher accuracy", "accuracy", "A", [0.9, 0.91, 0.92], "B", [0.8, 0.8, 0.83], direction=">")
+    up = compare(
+        "A has the higher accuracy", "accuracy", "A", [0.9, 0.91, 0.92], "B", [0.8, 0.8, 0.83], direction=">"
+    )
     assert up.verdict == "holds"
     d = better.to_dict()
     assert set(d) >= {"claim", "metric", "a", "b", "diff_values", "diff_mean", "ci95", "verdict"}
@@ -59,9 +63,18 @@ def test_claims_take_their_verdict_from_the_interval():
 
     c = compare("A beats B", "fid", "A", [1.0, 1.1, 0.9], "B", [2.0, 2.1, 1.9])
     row = claims.Claim.from_comparison("A beats B", c, source="paper", where="benchmarks/results/x.json")
-    assert row.verdict == "holds" and row.holds is True and "95% CI" in row.measured and "3 paired seeds" in row.measured
-    tie = claims.Claim.from_comparison("A beats B", compare("t", "fid", "A", [1.0, 2.0, 0.5], "B", [1.2, 1.0, 1.1]).to_dict())
+    assert (
+        row.verdict == "holds"
+        and row.holds is True
+        and "95% CI" in row.measured
+        and "3 paired seeds" in row.measured
+    )
+    tie = claims.Claim.from_comparison(
+        "A beats B", compare("t", "fid", "A", [1.0, 2.0, 0.5], "B", [1.2, 1.0, 1.1]).to_dict()
+    )
     assert tie.verdict == "inconclusive" and tie.holds is None
-    assert claims.table_text([{"chapter": "c", "status": "ok", "record": {"claims": [tie.__dict__]}}]).endswith("[inconclusive]")
+    assert claims.table_text(
+        [{"chapter": "c", "status": "ok", "record": {"claims": [tie.__dict__]}}]
+    ).endswith("[inconclusive]")
     with pytest.raises(ValueError, match="verdict"):
         claims.Claim("x", "y", verdict="probably")

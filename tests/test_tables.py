@@ -9,8 +9,13 @@ from kaclib.tables import format_cell, format_table, markdown_table
 def test_overrides_parse_json_and_nest_without_touching_the_input():
     base = {"steps": 5, "model": {"preset": "smoke"}, "path": {"kind": "kac", "a": 9.0}}
     out = apply_overrides(base, ["steps=10", "model.base_channels=32", "path.g=t2", "lr=1e-3", "tags=[1, 2]"])
-    assert out == {"steps": 10, "model": {"preset": "smoke", "base_channels": 32},
-                   "path": {"kind": "kac", "a": 9.0, "g": "t2"}, "lr": 1e-3, "tags": [1, 2]}
+    assert out == {
+        "steps": 10,
+        "model": {"preset": "smoke", "base_channels": 32},
+        "path": {"kind": "kac", "a": 9.0, "g": "t2"},
+        "lr": 1e-3,
+        "tags": [1, 2],
+    }
     assert base["steps"] == 5 and "base_channels" not in base["model"]
 
 
@@ -21,7 +26,14 @@ def test_bad_overrides_raise(item):
 
 
 def test_cells_and_tables():
-    assert [format_cell(v) for v in (None, 0.0, 1234.5678, 2e-5, 3e6, 7)] == ["-", "0", "1235", "2.000e-05", "3.000e+06", "7"]
+    assert [format_cell(v) for v in (None, 0.0, 1234.5678, 2e-5, 3e6, 7)] == [
+        "-",
+        "0",
+        "1235",
+        "2.000e-05",
+        "3.000e+06",
+        "7",
+    ]
     text = format_table(["name", "x"], [["a", 1.0], ["long name", None]])
     lines = text.splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines}) == 1 and lines[3].endswith("-")

@@ -50,8 +50,9 @@ def test_position_matches_segment_sum_and_corners():
 
 def test_kolmogorov_distance_detects_a_wrong_law():
     proc = KacProcess(2.0, 1.0)
-    wrong = KacProcess(2.0, 1.2).sample(torch.full((20_000,), 1.0, dtype=torch.float64),
-                                        generator=torch.Generator().manual_seed(2))
+    wrong = KacProcess(2.0, 1.2).sample(
+        torch.full((20_000,), 1.0, dtype=torch.float64), generator=torch.Generator().manual_seed(2)
+    )
     assert toy.kolmogorov_to_law(proc, 1.0, wrong) > 0.05
 
 
@@ -61,7 +62,7 @@ def test_telegraph_fd_converges_to_the_smoothed_law():
     errs = []
     for h in (0.02, 0.01):
         x = np.arange(-3.5, 3.5 + h / 2, h)
-        p0 = np.exp(-x**2 / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+        p0 = np.exp(-(x**2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
         ts, fd = toy.telegraph_fd(2.0, 1.0, x, p0, s_end=1.0, n_out=2)
         assert np.allclose(ts, [0, 0.5, 1.0])
         ex = np.stack([toy.smoothed_kac_law(proc, x, s, sigma) for s in ts])

@@ -59,6 +59,7 @@ def _assert_same_state(a: nn.Module, b: nn.Module):
 
 # ------------------------------------------------------------------------------------ config
 
+
 def test_config_json_round_trip_and_resolution():
     cfg = TrainConfig(dataset="digits", model={"preset": "smoke", "base_channels": 16}, steps=10, lr=1e-3)
     d = json.loads(json.dumps(cfg.to_dict()))
@@ -73,8 +74,17 @@ def test_config_json_round_trip_and_resolution():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("lr", float("nan")), ("lr", -1.0), ("steps", -1), ("batch_size", 0), ("p_uncond", 1.5),
-     ("ema_decay", 1.0), ("grad_clip", float("inf")), ("log_every", 0), ("checkpoint_every", 2.5)],
+    [
+        ("lr", float("nan")),
+        ("lr", -1.0),
+        ("steps", -1),
+        ("batch_size", 0),
+        ("p_uncond", 1.5),
+        ("ema_decay", 1.0),
+        ("grad_clip", float("inf")),
+        ("log_every", 0),
+        ("checkpoint_every", 2.5),
+    ],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -92,6 +102,7 @@ def test_config_unknown_field_and_model_mismatch():
 
 # ------------------------------------------------------------------------------------ data order
 
+
 def test_data_order_is_epoch_permutations_split_across_ranks():
     order = _EpochOrder(10, seed=5)
     seen = torch.cat([batch_indices(order, k, 4) for k in range(5)])  # 20 positions = 2 epochs
@@ -103,6 +114,7 @@ def test_data_order_is_epoch_permutations_split_across_ranks():
 
 
 # ------------------------------------------------------------------------------------ the loop
+
 
 def test_loss_decreases_on_a_toy_problem():
     x, y = toy_data(256)
@@ -117,8 +129,19 @@ def test_ema_follows_its_recursion():
     thetas = []
     x, y = toy_data()
     model = toy_model()
-    res = fit(model, KacPath(), x, y, 2, steps=5, batch_size=8, lr=1e-2, ema_decay=d, progress=False,
-              callback=lambda step, info: thetas.append([p.detach().clone() for p in model.parameters()]))
+    res = fit(
+        model,
+        KacPath(),
+        x,
+        y,
+        2,
+        steps=5,
+        batch_size=8,
+        lr=1e-2,
+        ema_decay=d,
+        progress=False,
+        callback=lambda step, info: thetas.append([p.detach().clone() for p in model.parameters()]),
+    )
     ema = thetas[0]
     for th in thetas[1:]:
         ema = [d * e + (1 - d) * p for e, p in zip(ema, th)]
@@ -182,7 +205,9 @@ def test_fit_is_deterministic_and_seed_dependent():
     assert not torch.equal(a.model.out.weight, c.model.out.weight)
 
 
-@pytest.mark.parametrize("bad", [dict(steps=-1), dict(batch_size=0), dict(lr=float("nan")), dict(p_uncond=2.0)])
+@pytest.mark.parametrize(
+    "bad", [dict(steps=-1), dict(batch_size=0), dict(lr=float("nan")), dict(p_uncond=2.0)]
+)
 def test_fit_validates_arguments(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         _fit(**bad)
@@ -200,11 +225,21 @@ def test_fit_validates_data():
 
 # ------------------------------------------------------------------------------------ run dirs
 
+
 def test_run_dir_layout_and_metrics(tmp_path):
     res = _fit(tmp_path / "run", steps=6)
     names = sorted(os.listdir(tmp_path / "run"))
-    assert names == sorted([runs.CONFIG_FILE, runs.MODEL_FILE, runs.EMA_FILE, runs.STATE_FILE, runs.METRICS_FILE,
-                            runs.MANIFEST_FILE, runs.LOCK_FILE])
+    assert names == sorted(
+        [
+            runs.CONFIG_FILE,
+            runs.MODEL_FILE,
+            runs.EMA_FILE,
+            runs.STATE_FILE,
+            runs.METRICS_FILE,
+            runs.MANIFEST_FILE,
+            runs.LOCK_FILE,
+        ]
+    )
     assert (tmp_path / "run" / runs.LOCK_FILE).read_bytes() == b""  # released
     recs = runs.read_jsonl(tmp_path / "run" / runs.METRICS_FILE)
     assert [r["step"] for r in recs] == [2, 4, 6]
@@ -268,7 +303,9 @@ def test_config_diff_lists_nested_fields():
     assert runs.config_diff({"steps": 1}, {"steps": 2}, ignore=["steps"]) == []
 
 
-@pytest.mark.parametrize("where,n", [("write", 1), ("write", 3), ("replace", 1), ("replace", 2), ("replace", 3), ("replace", 4)])
+@pytest.mark.parametrize(
+    "where,n", [("write", 1), ("write", 3), ("replace", 1), ("replace", 2), ("replace", 3), ("replace", 4)]
+)
 def test_a_crash_inside_a_checkpoint_leaves_a_loadable_checkpoint(tmp_path, monkeypatch, where, n):
     """Kill the writer inside the second checkpoint (while writing its n-th temporary file, or at
     its n-th rename: the journal first, then the three files): afterwards the run dir holds the
@@ -279,15 +316,23 @@ def test_a_crash_inside_a_checkpoint_leaves_a_loadable_checkpoint(tmp_path, monk
 
     calls = {"write": 0, "replace": 0}
     real = {"write": runs._write_synced, "replace": os.replace}
-    per_checkpoint = {"write": 5, "replace": 5}  # 4 temporaries + journal; journal + 4 renames (config not counted)
+    per_checkpoint = {
+        "write": 5,
+        "replace": 5,
+    }  # 4 temporaries + journal; journal + 4 renames (config not counted)
 
     def flaky(kind):
         def wrapped(a, b):
-            if str(a).startswith(str(run)) and runs.METRICS_FILE not in str(a) and runs.CONFIG_FILE not in str(a):
+            if (
+                str(a).startswith(str(run))
+                and runs.METRICS_FILE not in str(a)
+                and runs.CONFIG_FILE not in str(a)
+            ):
                 calls[kind] += 1
                 if kind == where and calls[kind] == per_checkpoint[kind] + n:
                     raise Stop
             return real[kind](a, b)
+
         return wrapped
 
     monkeypatch.setattr(runs, "_write_synced", flaky("write"))
@@ -320,9 +365,17 @@ def test_a_crash_inside_a_checkpoint_leaves_a_loadable_checkpoint(tmp_path, monk
 
 # ------------------------------------------------------------------------------------ train()
 
+
 def test_train_and_load_run(tmp_path):
-    cfg = TrainConfig(dataset="digits", model={"preset": "smoke"}, steps=3, batch_size=16,
-                      checkpoint_every=2, log_every=1, lr=1e-3)
+    cfg = TrainConfig(
+        dataset="digits",
+        model={"preset": "smoke"},
+        steps=3,
+        batch_size=16,
+        checkpoint_every=2,
+        log_every=1,
+        lr=1e-3,
+    )
     res = train(cfg, tmp_path / "run", device="cpu", progress=False)
     assert res.step == 3 and res.config.model["base_channels"] == 8
     saved = json.loads((tmp_path / "run" / runs.CONFIG_FILE).read_text())
@@ -334,7 +387,9 @@ def test_train_and_load_run(tmp_path):
     _assert_same_state(raw.model, res.model)
     x = torch.randn(2, 1, 8, 8)
     t = torch.full((2,), 0.5)
-    torch.testing.assert_close(loaded.model(x, t, torch.tensor([1, 10])), res.ema(x, t, torch.tensor([1, 10])))
+    torch.testing.assert_close(
+        loaded.model(x, t, torch.tensor([1, 10])), res.ema(x, t, torch.tensor([1, 10]))
+    )
     # a different config in the same directory is refused, listing the field
     with pytest.raises(runs.ConfigMismatchError, match="batch_size"):
         train(cfg.replace(batch_size=8), tmp_path / "run", device="cpu", progress=False, resume=True)

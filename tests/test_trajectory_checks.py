@@ -93,6 +93,7 @@ def euler_teacher(model):
 
 # ------------------------------------------------------------------------------------ known answers
 
+
 @pytest.mark.parametrize("M,N", [(1, 2), (4, 5), (2, 8)])
 def test_exact_average_student_of_a_linear_in_time_field(M, N):
     """Zero end-point error, and d_j = ||c_y|| h^2 j (N - j) / 2 at every substep (a chord of a parabola)."""
@@ -102,7 +103,9 @@ def test_exact_average_student_of_a_linear_in_time_field(M, N):
     y = torch.arange(6) % 3
     st = spec(M, N)
     for k in range(M):
-        r = interval_deviation(euler_teacher(LinearInTime(coef)), ExactAverageOfLinear(coef, M, N), PATH, x, k, y, st)
+        r = interval_deviation(
+            euler_teacher(LinearInTime(coef)), ExactAverageOfLinear(coef, M, N), PATH, x, k, y, st
+        )
         h = 1.0 / (M * N)
         j = np.arange(N + 1)
         want = coef[y].norm(dim=1).numpy()[:, None] * h**2 * j * (N - j) / 2
@@ -112,7 +115,9 @@ def test_exact_average_student_of_a_linear_in_time_field(M, N):
         assert r.deviations.shape == (6, N + 1) and r.k.tolist() == [k] * 6
         np.testing.assert_allclose(r.offsets, j / (M * N))
         if N % 2 == 0:  # the chord's sag |a'| Delta^2 / 8
-            np.testing.assert_allclose(r.interior_deviation, coef[y].norm(dim=1).numpy() / (8 * M**2), rtol=1e-9)
+            np.testing.assert_allclose(
+                r.interior_deviation, coef[y].norm(dim=1).numpy() / (8 * M**2), rtol=1e-9
+            )
 
 
 def test_exact_average_student_of_a_jump_field():
@@ -122,7 +127,9 @@ def test_exact_average_student_of_a_jump_field():
     tau = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.4], dtype=torch.float64)  # all inside interval k = 0: [0.5, 1]
     y = torch.arange(5)
     x = torch.zeros(5, 2, dtype=torch.float64)
-    r = interval_deviation(euler_teacher(Jump(c, tau)), ExactAverageOfJump(c, tau, M, N), PATH, x, 0, y, spec(M, N))
+    r = interval_deviation(
+        euler_teacher(Jump(c, tau)), ExactAverageOfJump(c, tau, M, N), PATH, x, 0, y, spec(M, N)
+    )
     m = np.array([1, 2, 3, 4, 4])  # substep times 1, .875, .75, .625 above tau
     theta = m / N
     np.testing.assert_allclose(r.endpoint_error, 0.0, atol=1e-14)
@@ -130,8 +137,13 @@ def test_exact_average_student_of_a_jump_field():
 
 
 def _study(teacher, student_of, Ms, N, x, y):
-    return deviation_study([(spec(M, N, i + 1), euler_teacher(teacher), student_of(M)) for i, M in enumerate(Ms)],
-                           PATH, x, y, label="toy")
+    return deviation_study(
+        [(spec(M, N, i + 1), euler_teacher(teacher), student_of(M)) for i, M in enumerate(Ms)],
+        PATH,
+        x,
+        y,
+        label="toy",
+    )
 
 
 def test_linear_in_time_deviation_scales_as_delta_squared():
@@ -174,6 +186,7 @@ def test_slope_ci_covers_the_true_exponent_at_its_level():
 
 # ------------------------------------------------------------------------------------ shapes and validation
 
+
 def test_input_validation():
     coef = torch.ones(2, 3)
     tf, st = euler_teacher(LinearInTime(coef)), spec(2, 2)
@@ -190,8 +203,12 @@ def test_input_validation():
         interval_deviation(tf, stu, PATH, x, 0, y[:3], st)
     with pytest.raises(ValueError, match="StageSpec"):
         interval_deviation(tf, stu, PATH, x, 0, y, (2, 2))
-    for d, v, match in [([1, 0.5], [1, -1], "> 0"), ([1, 1, 1], [1, 2, 3], "distinct"), ([1, 0.5], [1], "equal length"),
-                        ([1, 0.5], [1, float("nan")], "finite")]:
+    for d, v, match in [
+        ([1, 0.5], [1, -1], "> 0"),
+        ([1, 1, 1], [1, 2, 3], "distinct"),
+        ([1, 0.5], [1], "equal length"),
+        ([1, 0.5], [1, float("nan")], "finite"),
+    ]:
         with pytest.raises(ValueError, match=match):
             deviation_slope(d, v)
     two = deviation_slope([1.0, 0.5], [1.0, 0.25])  # two points: exact slope, undefined CI
@@ -206,8 +223,13 @@ def test_input_validation():
     one = interval_deviation(tf, ExactAverageOfLinear(coef, 2, 1), PATH, x, 1, y, spec(2, 1))
     assert one.deviations.shape == (4, 2) and np.isnan(one.interior_deviation).all()
     no_interior = deviation_study([(spec(2, 1), tf, ExactAverageOfLinear(coef, 2, 1))], PATH, x, y).to_dict()
-    assert no_interior["stages"][0]["per_sample"] is None and no_interior["slope_sup_interior_vs_delta"] is None
-    assert no_interior["stages"][0]["sup_interior_deviation"] is None and no_interior["pooled_per_sample"] is None
+    assert (
+        no_interior["stages"][0]["per_sample"] is None and no_interior["slope_sup_interior_vs_delta"] is None
+    )
+    assert (
+        no_interior["stages"][0]["sup_interior_deviation"] is None
+        and no_interior["pooled_per_sample"] is None
+    )
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "ab2"])
@@ -226,6 +248,7 @@ def test_segment_endpoint_return_path(method):
 
 
 # ------------------------------------------------------------------------------------ a tiny trained ladder
+
 
 @pytest.fixture(scope="module")
 def ladder(tiny_guided_ladder):
@@ -249,9 +272,12 @@ def test_stage_study_on_a_trained_ladder(ladder):
     # end-point error = || student's Euler step - teacher's N-substep end point ||
     k = torch.full((6,), 2, dtype=torch.long)
     with torch.no_grad():
-        want = (student_step(stu1, states[2], k, y, 4) - segment_endpoint(tf1.velocity, states[2], k, y, 4, 2, method="ab2"))
-    np.testing.assert_allclose(study.stages[0].deviation.endpoint_error[:, 2], want.flatten(1).norm(dim=1).numpy(),
-                               rtol=1e-5)
+        want = student_step(stu1, states[2], k, y, 4) - segment_endpoint(
+            tf1.velocity, states[2], k, y, 4, 2, method="ab2"
+        )
+    np.testing.assert_allclose(
+        study.stages[0].deviation.endpoint_error[:, 2], want.flatten(1).norm(dim=1).numpy(), rtol=1e-5
+    )
     for s in study.stages:
         d = s.deviation
         assert d.endpoint_error.shape == (6, s.spec.student_steps) == d.interior_deviation.shape
@@ -260,9 +286,12 @@ def test_stage_study_on_a_trained_ladder(ladder):
         assert sm["n"] == 6 and sm["delta"] == pytest.approx(1 / s.spec.student_steps)
         assert set(sm["per_sample"]) >= {"pearson", "spearman"}
     assert study.slope.n == 3 and math.isfinite(study.slope.slope) and study.pooled["n"] == 18
-    again = stage_deviation_study(ladder, n=6, seed=3)  # a LadderResult works as well, independent of batch size
-    np.testing.assert_allclose(again.stages[2].deviation.interior_deviation,
-                               study.stages[2].deviation.interior_deviation, rtol=1e-5)
+    again = stage_deviation_study(
+        ladder, n=6, seed=3
+    )  # a LadderResult works as well, independent of batch size
+    np.testing.assert_allclose(
+        again.stages[2].deviation.interior_deviation, study.stages[2].deviation.interior_deviation, rtol=1e-5
+    )
     fig = deviation_figure({"Kac": study, "Gaussian": again})
     assert len(fig.data) == 2 * (3 + 1) and fig.layout.xaxis.type == "log"
     assert set(load_ladder(ladder.run_dir)) == {4, 2, 1}

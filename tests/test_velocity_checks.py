@@ -20,7 +20,9 @@ def test_coordinate_bound_closed_form():
 def test_exact_field_of_one_point_respects_the_bound_and_a_scaled_one_does_not():
     torch.manual_seed(0)
     p = KacPath(a=9.0, c=3.0, g="t")
-    x0 = torch.rand(1, 1, 4, 4) * 2 - 1  # one data point in [-1, 1]: its marginal field is the conditional one
+    x0 = (
+        torch.rand(1, 1, 4, 4) * 2 - 1
+    )  # one data point in [-1, 1]: its marginal field is the conditional one
 
     def exact(x, t, y):
         return p.conditional_velocity(x.double(), x0.double().expand_as(x), t.double()).float()

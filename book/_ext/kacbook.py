@@ -79,7 +79,10 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree):
     seen, unique = set(), []
     for js in scripts:
         # an inline script is registered with filename None or "" depending on the caller
-        key = (str(getattr(js, "filename", js) or ""), tuple(sorted((getattr(js, "attributes", None) or {}).items())))
+        key = (
+            str(getattr(js, "filename", js) or ""),
+            tuple(sorted((getattr(js, "attributes", None) or {}).items())),
+        )
         if key in seen:
             continue
         seen.add(key)

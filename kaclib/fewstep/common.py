@@ -86,10 +86,19 @@ class TrainFields:
     def distill_config(self, ladder=(2, 1)) -> DistillConfig:
         """The :class:`DistillConfig` that :func:`kaclib.distill.train_stage` runs with (forward
         states, online targets, no gate; ``ladder`` is informative only)."""
-        return DistillConfig(ladder=tuple(ladder), lr=self.lr, batch_size=self.batch_size, grad_clip=self.grad_clip,
-                             ema_decay=self.ema_decay, ema_warmup=self.ema_warmup, warmup_iters=self.warmup_iters,
-                             seed=self.seed, checkpoint_every=self.checkpoint_every, log_every=self.log_every,
-                             accel=self.accel)
+        return DistillConfig(
+            ladder=tuple(ladder),
+            lr=self.lr,
+            batch_size=self.batch_size,
+            grad_clip=self.grad_clip,
+            ema_decay=self.ema_decay,
+            ema_warmup=self.ema_warmup,
+            warmup_iters=self.warmup_iters,
+            seed=self.seed,
+            checkpoint_every=self.checkpoint_every,
+            log_every=self.log_every,
+            accel=self.accel,
+        )
 
     def to_dict(self) -> dict:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
@@ -153,8 +162,12 @@ class FewStepResult:
 
     def budget(self) -> dict:
         """``{"method", "student_iters", "teacher_passes", "flow_teacher_passes"}`` (JSON-ready)."""
-        return {"method": self.method, "student_iters": self.student_iters, "teacher_passes": self.teacher_passes,
-                "flow_teacher_passes": self.flow_teacher_passes}
+        return {
+            "method": self.method,
+            "student_iters": self.student_iters,
+            "teacher_passes": self.teacher_passes,
+            "flow_teacher_passes": self.flow_teacher_passes,
+        }
 
 
 @torch.no_grad()
@@ -173,21 +186,36 @@ def student_handoff(student: nn.Module, teacher: nn.Module, tf: TrainFields, dev
     device = torch.device(device)
     accel = tf.accel.resolve(device)
     params = list(student.parameters())
-    if params and params[0].device != device:  # the optimizer must hold the student's parameters on ``device``
+    if (
+        params and params[0].device != device
+    ):  # the optimizer must hold the student's parameters on ``device``
         student = copy.deepcopy(student).to(device)
     ho = hand_off(student, lr=tf.lr, ema_decay=tf.ema_decay, ema_warmup=tf.ema_warmup, accel=accel)
     return ho if same else dataclasses.replace(ho, teacher=freeze(teacher))
 
 
-def stage_config(method: str, config: TrainFields, spec: StageSpec, path, info: dict | None, steps: int,
-                 w: float) -> dict:
+def stage_config(
+    method: str, config: TrainFields, spec: StageSpec, path, info: dict | None, steps: int, w: float
+) -> dict:
     """The ``config.json`` of one stage directory: ``info`` (e.g. the teacher's ``"model"``,
     ``"dataset"``), the path, the method's config, the stage and a ``"distilled"`` section (the
     student samples with ``steps`` Euler steps, guidance weight ``w`` baked in)."""
-    return {**(info or {}), "path": path.config(), "method": method, "fewstep": config.to_dict(),
-            "stage": spec.to_dict(),
-            "distilled": {"steps": steps, "sampler": "euler", "w": w, "guidance_baked_in": True, "sample_w": 1.0,
-                          "method": method, "stage": spec.index}}
+    return {
+        **(info or {}),
+        "path": path.config(),
+        "method": method,
+        "fewstep": config.to_dict(),
+        "stage": spec.to_dict(),
+        "distilled": {
+            "steps": steps,
+            "sampler": "euler",
+            "w": w,
+            "guidance_baked_in": True,
+            "sample_w": 1.0,
+            "method": method,
+            "stage": spec.index,
+        },
+    }
 
 
 def open_run_dir(run_dir, top: dict, resume: bool) -> Path:
@@ -195,8 +223,10 @@ def open_run_dir(run_dir, top: dict, resume: bool) -> Path:
     ``config.json``; a directory that already holds a run without ``resume``: ``FileExistsError``."""
     run_dir = runs.check_run_path(run_dir)
     if (run_dir / runs.CONFIG_FILE).is_file() and not resume:
-        raise FileExistsError(f"{run_dir} already holds a few-step run: pass resume=True to continue it, "
-                              "or use another run directory")
+        raise FileExistsError(
+            f"{run_dir} already holds a few-step run: pass resume=True to continue it, "
+            "or use another run directory"
+        )
     with runs.writer(run_dir):
         runs.prepare_run_dir(run_dir, top, resume=True, rewrite=True)
     return run_dir
@@ -208,23 +238,49 @@ def _load_finished(sdir: Path, spec: StageSpec, ho) -> StageResult:
     ckpt.load_into(ho.student, runs.MODEL_FILE)
     ckpt.load_into(ho.ema.module, runs.EMA_FILE)
     try:
-        return StageResult(spec=spec, student=ho.ema.module.eval(), model=ho.student.eval(), teacher=ho.teacher,
-                           iters=int(summary["iters"]), losses=torch.zeros(0),
-                           teacher_passes=int(summary["teacher_passes"]), gate=[], seconds=0.0, run_dir=sdir,
-                           resumed_from=int(summary["iters"]))
+        return StageResult(
+            spec=spec,
+            student=ho.ema.module.eval(),
+            model=ho.student.eval(),
+            teacher=ho.teacher,
+            iters=int(summary["iters"]),
+            losses=torch.zeros(0),
+            teacher_passes=int(summary["teacher_passes"]),
+            gate=[],
+            seconds=0.0,
+            run_dir=sdir,
+            resumed_from=int(summary["iters"]),
+        )
     except (KeyError, TypeError, ValueError) as e:
         raise runs.RunDirError(f"{sdir / RESULT_FILE}: not a stage result ({e})") from None
 
 
-def run_stage(name: str, teacher: TeacherField, ho, path, spec: StageSpec, config: TrainFields, data, labels,
-              num_classes: int, *, run_dir: Path | None, scfg: dict, device="cpu", progress=False,
-              callback: Callable | None = None, loss_fn=None, batch_fn=None) -> StageResult:
+def run_stage(
+    name: str,
+    teacher: TeacherField,
+    ho,
+    path,
+    spec: StageSpec,
+    config: TrainFields,
+    data,
+    labels,
+    num_classes: int,
+    *,
+    run_dir: Path | None,
+    scfg: dict,
+    device="cpu",
+    progress=False,
+    callback: Callable | None = None,
+    loss_fn=None,
+    batch_fn=None,
+) -> StageResult:
     """Train one stage with :func:`kaclib.distill.train_stage` (hooks ``loss_fn``/``batch_fn``),
     in ``run_dir/name`` when ``run_dir`` is given: a finished stage (``result.json``) is loaded,
     an interrupted one resumes from its checkpoint."""
     kw = dict(device=device, progress=progress, callback=callback, loss_fn=loss_fn, batch_fn=batch_fn)
-    dcfg = config.distill_config((spec.teacher_steps, spec.student_steps) if spec.teacher_steps > spec.student_steps
-                                 else (2, 1))
+    dcfg = config.distill_config(
+        (spec.teacher_steps, spec.student_steps) if spec.teacher_steps > spec.student_steps else (2, 1)
+    )
     if run_dir is None:
         return train_stage(teacher, ho, path, spec, dcfg, data, labels, num_classes, **kw)
     sdir = run_dir / name
@@ -232,12 +288,31 @@ def run_stage(name: str, teacher: TeacherField, ho, path, spec: StageSpec, confi
         runs.prepare_run_dir(sdir, scfg, resume=True)
     if (sdir / RESULT_FILE).is_file():
         return _load_finished(sdir, spec, ho)
-    res = train_stage(teacher, ho, path, spec, dcfg, data, labels, num_classes, run_dir=sdir, resume=True,
-                      run_config=scfg, **kw)
+    res = train_stage(
+        teacher,
+        ho,
+        path,
+        spec,
+        dcfg,
+        data,
+        labels,
+        num_classes,
+        run_dir=sdir,
+        resume=True,
+        run_config=scfg,
+        **kw,
+    )
     losses = [r["loss"] for r in runs.read_jsonl(sdir / runs.METRICS_FILE) if "loss" in r]
-    runs.atomic_write_json(sdir / RESULT_FILE, {"iters": res.iters, "teacher_passes": res.teacher_passes, "gate": [],
-                                                "final_loss": losses[-1] if losses else None,
-                                                "stage": spec.to_dict()})
+    runs.atomic_write_json(
+        sdir / RESULT_FILE,
+        {
+            "iters": res.iters,
+            "teacher_passes": res.teacher_passes,
+            "gate": [],
+            "final_loss": losses[-1] if losses else None,
+            "stage": spec.to_dict(),
+        },
+    )
     return res
 
 

@@ -80,8 +80,9 @@ class ConsistencyConfig(TrainFields):
 
 def consistency_spec(config: ConsistencyConfig) -> StageSpec:
     """The single stage: ``N`` grid intervals, ONE teacher step per interval."""
-    return StageSpec(index=1, teacher_steps=config.N, student_steps=config.N, substeps=1, lr=config.lr,
-                     iters=config.iters)
+    return StageSpec(
+        index=1, teacher_steps=config.N, student_steps=config.N, substeps=1, lr=config.lr, iters=config.iters
+    )
 
 
 def consistency_fn(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y=None) -> torch.Tensor:
@@ -99,7 +100,9 @@ class ConsistencyLoss:
     target_net: nn.Module
     T: float = 1.0
 
-    def __call__(self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor
+    ) -> torch.Tensor:
         k = k.to(x.device)
         t_hi = grid_times(k, self.N, self.T, x.dtype)
         t_lo = grid_times(k + 1, self.N, self.T, x.dtype)
@@ -111,10 +114,22 @@ class ConsistencyLoss:
         return torch.mean((f.to(target.dtype) - f_minus.to(target.dtype)) ** 2) * (self.N / self.T) ** 2
 
 
-def run_consistency(teacher: TeacherField, path, data: torch.Tensor, labels: torch.Tensor | None = None,
-                    config: ConsistencyConfig | None = None, *, student: nn.Module | None = None,
-                    num_classes: int | None = None, run_dir=None, resume: bool = False, info: dict | None = None,
-                    device="cpu", progress: bool = False, callback=None) -> FewStepResult:
+def run_consistency(
+    teacher: TeacherField,
+    path,
+    data: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    config: ConsistencyConfig | None = None,
+    *,
+    student: nn.Module | None = None,
+    num_classes: int | None = None,
+    run_dir=None,
+    resume: bool = False,
+    info: dict | None = None,
+    device="cpu",
+    progress: bool = False,
+    callback=None,
+) -> FewStepResult:
     """Consistency distillation of ``teacher`` (one stage, ``config.N`` intervals).
 
     Arguments as :func:`kaclib.fewstep.run_progressive`; the student (default: a copy of the
@@ -127,14 +142,41 @@ def run_consistency(teacher: TeacherField, path, data: torch.Tensor, labels: tor
     t0 = time.perf_counter()
     run_dir = as_path(run_dir)
     if run_dir is not None:
-        open_run_dir(run_dir, {**(info or {}), "method": METHOD, "fewstep": config.to_dict(), "path": path.config()},
-                     resume)
+        open_run_dir(
+            run_dir,
+            {**(info or {}), "method": METHOD, "fewstep": config.to_dict(), "path": path.config()},
+            resume,
+        )
     spec = consistency_spec(config)
     ho = student_handoff(student if student is not None else teacher.model, teacher.model, config, device)
     loss = ConsistencyLoss(config.N, ho.ema.module, float(path.T))
     scfg = stage_config(METHOD, config, spec, path, info, 1, teacher.w if teacher.guided else 1.0)
-    res = run_stage("stage-1-consistency", teacher, ho, path, spec, config, data, labels, num_classes,
-                    run_dir=run_dir, scfg=scfg, device=device, progress=progress, callback=callback, loss_fn=loss)
-    return FewStepResult(method=METHOD, config=config, student=res.student, student_steps=1, stages=(res,),
-                         student_iters=res.iters, teacher_passes=res.teacher_passes,
-                         flow_teacher_passes=res.teacher_passes, seconds=time.perf_counter() - t0, run_dir=run_dir)
+    res = run_stage(
+        "stage-1-consistency",
+        teacher,
+        ho,
+        path,
+        spec,
+        config,
+        data,
+        labels,
+        num_classes,
+        run_dir=run_dir,
+        scfg=scfg,
+        device=device,
+        progress=progress,
+        callback=callback,
+        loss_fn=loss,
+    )
+    return FewStepResult(
+        method=METHOD,
+        config=config,
+        student=res.student,
+        student_steps=1,
+        stages=(res,),
+        student_iters=res.iters,
+        teacher_passes=res.teacher_passes,
+        flow_teacher_passes=res.teacher_passes,
+        seconds=time.perf_counter() - t0,
+        run_dir=run_dir,
+    )

@@ -45,12 +45,20 @@ from .common import (
     student_handoff,
 )
 
-__all__ = ["ProgressiveConfig", "ProgressiveLoss", "progressive_schedule", "progressive_target", "run_progressive"]
+__all__ = [
+    "ProgressiveConfig",
+    "ProgressiveLoss",
+    "progressive_schedule",
+    "progressive_target",
+    "run_progressive",
+]
 
 METHOD = "progressive"
 
 
-def progressive_schedule(start_steps: int = 64, end_steps: int = 1, iters=500, lr: float = 3e-4) -> list[StageSpec]:
+def progressive_schedule(
+    start_steps: int = 64, end_steps: int = 1, iters=500, lr: float = 3e-4
+) -> list[StageSpec]:
     """The halving stages ``start_steps -> start_steps/2 -> ... -> end_steps`` (pure function).
 
     ``start_steps / end_steps`` must be a power of two >= 2; ``iters`` is one int for every stage or
@@ -60,7 +68,9 @@ def progressive_schedule(start_steps: int = 64, end_steps: int = 1, iters=500, l
     check_int("end_steps", end_steps, 1)
     ratio = start_steps // end_steps
     if start_steps % end_steps or ratio < 2 or ratio & (ratio - 1):
-        raise ValueError(f"start_steps / end_steps must be a power of two >= 2, got {start_steps} / {end_steps}")
+        raise ValueError(
+            f"start_steps / end_steps must be a power of two >= 2, got {start_steps} / {end_steps}"
+        )
     n = ratio.bit_length() - 1
     if isinstance(iters, (list, tuple)):
         if len(iters) != n:
@@ -68,8 +78,17 @@ def progressive_schedule(start_steps: int = 64, end_steps: int = 1, iters=500, l
         iters_t = tuple(check_int("iters", v, 0) for v in iters)
     else:
         iters_t = (check_int("iters", iters, 0),) * n
-    return [StageSpec(index=i + 1, teacher_steps=start_steps >> i, student_steps=start_steps >> (i + 1), substeps=2,
-                      lr=float(lr), iters=iters_t[i]) for i in range(n)]
+    return [
+        StageSpec(
+            index=i + 1,
+            teacher_steps=start_steps >> i,
+            student_steps=start_steps >> (i + 1),
+            substeps=2,
+            lr=float(lr),
+            iters=iters_t[i],
+        )
+        for i in range(n)
+    ]
 
 
 @dataclass(frozen=True)
@@ -102,12 +121,17 @@ class ProgressiveConfig(TrainFields):
         specs = self.stages()
         flow = specs[0].iters * self.batch_size * 2 * check_int("evals_per_step", evals_per_step, 1)
         later = sum(s.iters * self.batch_size * 2 for s in specs[1:])
-        return {"student_iters": self.total_iters, "teacher_passes": flow + later, "flow_teacher_passes": flow}
+        return {
+            "student_iters": self.total_iters,
+            "teacher_passes": flow + later,
+            "flow_teacher_passes": flow,
+        }
 
 
 @torch.no_grad()
-def progressive_target(velocity, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0,
-                       method: str = "euler") -> torch.Tensor:
+def progressive_target(
+    velocity, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0, method: str = "euler"
+) -> torch.Tensor:
     """The teacher's average velocity ``(x - x_end)/Delta`` over student step ``k``, ``x_end`` two
     teacher steps of size ``Delta/2`` (:func:`kaclib.distill.segment_endpoint` with 2 substeps)."""
     end = segment_endpoint(velocity, x, k, y, student_steps, 2, T, method)
@@ -122,7 +146,9 @@ class ProgressiveLoss:
     student_steps: int
     T: float = 1.0
 
-    def __call__(self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor
+    ) -> torch.Tensor:
         t = grid_times(k.to(x.device), self.student_steps, self.T, x.dtype)
         u_target = (x - target) * (self.student_steps / self.T)
         return torch.mean((student(x, t, y).to(target.dtype) - u_target) ** 2)
@@ -134,10 +160,22 @@ def _stage_teacher(first: TeacherField, model: nn.Module, index: int) -> Teacher
     return TeacherField(model, guided=False, num_classes=first.num_classes, solver="euler")
 
 
-def run_progressive(teacher: TeacherField, path, data: torch.Tensor, labels: torch.Tensor | None = None,
-                    config: ProgressiveConfig | None = None, *, student: nn.Module | None = None,
-                    num_classes: int | None = None, run_dir=None, resume: bool = False, info: dict | None = None,
-                    device="cpu", progress: bool = False, callback=None) -> FewStepResult:
+def run_progressive(
+    teacher: TeacherField,
+    path,
+    data: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    config: ProgressiveConfig | None = None,
+    *,
+    student: nn.Module | None = None,
+    num_classes: int | None = None,
+    run_dir=None,
+    resume: bool = False,
+    info: dict | None = None,
+    device="cpu",
+    progress: bool = False,
+    callback=None,
+) -> FewStepResult:
     """Progressive distillation of ``teacher`` down the halving ladder of ``config``.
 
     ``teacher``: the flow teacher as a :class:`kaclib.distill.TeacherField` (its solver integrates
@@ -154,22 +192,49 @@ def run_progressive(teacher: TeacherField, path, data: torch.Tensor, labels: tor
     t0 = time.perf_counter()
     run_dir = as_path(run_dir)
     if run_dir is not None:
-        open_run_dir(run_dir, {**(info or {}), "method": METHOD, "fewstep": config.to_dict(), "path": path.config()},
-                     resume)
+        open_run_dir(
+            run_dir,
+            {**(info or {}), "method": METHOD, "fewstep": config.to_dict(), "path": path.config()},
+            resume,
+        )
     current, stages = student if student is not None else teacher.model, []
     flow_passes = 0
     for spec in config.stages():
         ho = student_handoff(current, teacher.model if spec.index == 1 else current, config, device)
         tf = _stage_teacher(teacher, ho.teacher, spec.index)
-        scfg = stage_config(METHOD, config, spec, path, info, spec.student_steps, teacher.w if teacher.guided else 1.0)
-        res = run_stage(f"stage-{spec.index}-{spec.student_steps}steps", tf, ho, path, spec, config, data, labels,
-                        num_classes, run_dir=run_dir, scfg=scfg, device=device, progress=progress, callback=callback,
-                        loss_fn=ProgressiveLoss(spec.student_steps, float(path.T)))
+        scfg = stage_config(
+            METHOD, config, spec, path, info, spec.student_steps, teacher.w if teacher.guided else 1.0
+        )
+        res = run_stage(
+            f"stage-{spec.index}-{spec.student_steps}steps",
+            tf,
+            ho,
+            path,
+            spec,
+            config,
+            data,
+            labels,
+            num_classes,
+            run_dir=run_dir,
+            scfg=scfg,
+            device=device,
+            progress=progress,
+            callback=callback,
+            loss_fn=ProgressiveLoss(spec.student_steps, float(path.T)),
+        )
         if spec.index == 1:
             flow_passes = res.teacher_passes
         stages.append(res)
         current = res.student
-    return FewStepResult(method=METHOD, config=config, student=current, student_steps=config.end_steps,
-                         stages=tuple(stages), student_iters=sum(s.iters for s in stages),
-                         teacher_passes=sum(s.teacher_passes for s in stages), flow_teacher_passes=flow_passes,
-                         seconds=time.perf_counter() - t0, run_dir=run_dir)
+    return FewStepResult(
+        method=METHOD,
+        config=config,
+        student=current,
+        student_steps=config.end_steps,
+        stages=tuple(stages),
+        student_iters=sum(s.iters for s in stages),
+        teacher_passes=sum(s.teacher_passes for s in stages),
+        flow_teacher_passes=flow_passes,
+        seconds=time.perf_counter() - t0,
+        run_dir=run_dir,
+    )

@@ -53,7 +53,14 @@ from .common import (
     teacher_evals_per_step,
 )
 
-__all__ = ["ReflowConfig", "ReflowLoss", "reflow_batch", "run_reflow", "sample_couplings", "straight_interpolation"]
+__all__ = [
+    "ReflowConfig",
+    "ReflowLoss",
+    "reflow_batch",
+    "run_reflow",
+    "sample_couplings",
+    "straight_interpolation",
+]
 
 METHOD = "reflow"
 COUPLINGS_FILE = "couplings.safetensors"
@@ -75,8 +82,13 @@ class ReflowConfig(TrainFields):
 
     def __post_init__(self):
         super().__post_init__()
-        for name, lo in (("n_pairs", 1), ("coupling_steps", 1), ("reflow_iters", 0), ("distill_iters", 0),
-                         ("distill_teacher_steps", 2)):
+        for name, lo in (
+            ("n_pairs", 1),
+            ("coupling_steps", 1),
+            ("reflow_iters", 0),
+            ("distill_iters", 0),
+            ("distill_teacher_steps", 2),
+        ):
             check_int(name, getattr(self, name), lo)
 
     @property
@@ -89,12 +101,26 @@ class ReflowConfig(TrainFields):
         (:meth:`TrainFields.planned_budget`)."""
         flow = self.n_pairs * self.coupling_steps * check_int("evals_per_step", evals_per_step, 1)
         final = self.distill_iters * self.batch_size * self.distill_teacher_steps
-        return {"student_iters": self.total_iters, "teacher_passes": flow + final, "flow_teacher_passes": flow}
+        return {
+            "student_iters": self.total_iters,
+            "teacher_passes": flow + final,
+            "flow_teacher_passes": flow,
+        }
 
 
 @torch.no_grad()
-def sample_couplings(teacher: TeacherField, path, shape: tuple, n: int, steps: int, num_classes: int,
-                     seed: int = 0, chunk: int = 1024, device="cpu", dtype=torch.float32) -> dict:
+def sample_couplings(
+    teacher: TeacherField,
+    path,
+    shape: tuple,
+    n: int,
+    steps: int,
+    num_classes: int,
+    seed: int = 0,
+    chunk: int = 1024,
+    device="cpu",
+    dtype=torch.float32,
+) -> dict:
     """``{"x_T", "x_0", "y"}``: ``n`` latents of ``path``, uniform labels and the teacher's ODE
     solutions ``x_0 = Phi_teacher(x_T; T -> 0)`` with ``steps`` steps of ``teacher.solver``
     (:func:`kaclib.distill.segment_endpoint` over the whole of ``[0, T]``).  Deterministic in ``seed``."""
@@ -102,11 +128,21 @@ def sample_couplings(teacher: TeacherField, path, shape: tuple, n: int, steps: i
     g = torch.Generator(device=device).manual_seed(step_seed(seed, 0, -2, _S_COUPLINGS))
     x_T = path.sample_latent((n,) + tuple(shape), generator=g, device=device, dtype=dtype)
     y = torch.randint(num_classes, (n,), generator=g, device=device)
-    x_0 = torch.cat([
-        segment_endpoint(teacher.velocity, x_T[i:i + chunk], torch.zeros(min(chunk, n - i), dtype=torch.long,
-                                                                         device=device),
-                         y[i:i + chunk], 1, steps, float(path.T), teacher.solver)
-        for i in range(0, n, chunk)])
+    x_0 = torch.cat(
+        [
+            segment_endpoint(
+                teacher.velocity,
+                x_T[i : i + chunk],
+                torch.zeros(min(chunk, n - i), dtype=torch.long, device=device),
+                y[i : i + chunk],
+                1,
+                steps,
+                float(path.T),
+                teacher.solver,
+            )
+            for i in range(0, n, chunk)
+        ]
+    )
     return {"x_T": x_T, "x_0": x_0, "y": y}
 
 
@@ -137,7 +173,9 @@ class ReflowLoss:
     """``mean || u_phi(x_t, t, y) - u ||^2`` with ``t`` (continuous times) in the place of the grid
     index and ``target = u = (x_T - x_0)/T`` (:func:`reflow_batch`)."""
 
-    def __call__(self, student: nn.Module, x: torch.Tensor, t: torch.Tensor, y, target: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, student: nn.Module, x: torch.Tensor, t: torch.Tensor, y, target: torch.Tensor
+    ) -> torch.Tensor:
         return torch.mean((student(x, t, y).to(target.dtype) - target) ** 2)
 
 
@@ -147,34 +185,75 @@ def _couplings(run_dir: Path | None, teacher, path, data, config, num_classes, d
     if f is not None and f.is_file():
         blob = f.read_bytes()
         meta = run_dir / "couplings.json"
-        if not meta.is_file() or runs.read_json_object(meta).get("sha256") != hashlib.sha256(blob).hexdigest():
+        if (
+            not meta.is_file()
+            or runs.read_json_object(meta).get("sha256") != hashlib.sha256(blob).hexdigest()
+        ):
             raise runs.RunDirError(f"{f} does not match its fingerprint in {meta} (damaged or replaced)")
         return {k: v.to(device) for k, v in runs.load_tensors(blob, f).items()}
-    c = sample_couplings(teacher, path, tuple(data.shape[1:]), config.n_pairs, config.coupling_steps, num_classes,
-                         seed=config.seed, device=device, dtype=data.dtype)
+    c = sample_couplings(
+        teacher,
+        path,
+        tuple(data.shape[1:]),
+        config.n_pairs,
+        config.coupling_steps,
+        num_classes,
+        seed=config.seed,
+        device=device,
+        dtype=data.dtype,
+    )
     if f is not None:
         from safetensors.torch import save
 
         blob = save({k: v.cpu().contiguous() for k, v in c.items()})
         runs.atomic_write_bytes(f, blob)
-        runs.atomic_write_json(run_dir / "couplings.json", {"sha256": hashlib.sha256(blob).hexdigest(),
-                                                            "n_pairs": config.n_pairs,
-                                                            "steps": config.coupling_steps})
+        runs.atomic_write_json(
+            run_dir / "couplings.json",
+            {
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "n_pairs": config.n_pairs,
+                "steps": config.coupling_steps,
+            },
+        )
     return c
 
 
 def _reflow_specs(config: ReflowConfig) -> tuple[StageSpec, StageSpec]:
-    reflow = StageSpec(index=1, teacher_steps=config.coupling_steps, student_steps=1,
-                       substeps=config.coupling_steps, lr=config.lr, iters=config.reflow_iters)
-    final = StageSpec(index=2, teacher_steps=config.distill_teacher_steps, student_steps=1,
-                      substeps=config.distill_teacher_steps, lr=config.lr, iters=config.distill_iters)
+    reflow = StageSpec(
+        index=1,
+        teacher_steps=config.coupling_steps,
+        student_steps=1,
+        substeps=config.coupling_steps,
+        lr=config.lr,
+        iters=config.reflow_iters,
+    )
+    final = StageSpec(
+        index=2,
+        teacher_steps=config.distill_teacher_steps,
+        student_steps=1,
+        substeps=config.distill_teacher_steps,
+        lr=config.lr,
+        iters=config.distill_iters,
+    )
     return reflow, final
 
 
-def run_reflow(teacher: TeacherField, path, data: torch.Tensor, labels: torch.Tensor | None = None,
-               config: ReflowConfig | None = None, *, student: nn.Module | None = None,
-               num_classes: int | None = None, run_dir=None, resume: bool = False, info: dict | None = None,
-               device="cpu", progress: bool = False, callback=None) -> FewStepResult:
+def run_reflow(
+    teacher: TeacherField,
+    path,
+    data: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    config: ReflowConfig | None = None,
+    *,
+    student: nn.Module | None = None,
+    num_classes: int | None = None,
+    run_dir=None,
+    resume: bool = False,
+    info: dict | None = None,
+    device="cpu",
+    progress: bool = False,
+    callback=None,
+) -> FewStepResult:
     """Reflow of ``teacher`` (module docstring), then its 1-step map (optionally distilled).
 
     Arguments as :func:`kaclib.fewstep.run_progressive` (``data``/``labels`` only give the state
@@ -189,26 +268,65 @@ def run_reflow(teacher: TeacherField, path, data: torch.Tensor, labels: torch.Te
     device = torch.device(device)
     run_dir = as_path(run_dir)
     if run_dir is not None:
-        open_run_dir(run_dir, {**(info or {}), "method": METHOD, "fewstep": config.to_dict(), "path": path.config()},
-                     resume)
+        open_run_dir(
+            run_dir,
+            {**(info or {}), "method": METHOD, "fewstep": config.to_dict(), "path": path.config()},
+            resume,
+        )
     couplings = _couplings(run_dir, teacher, path, data.to(device), config, num_classes, device)
     coupling_passes = config.n_pairs * config.coupling_steps * teacher_evals_per_step(teacher)
     spec, final = _reflow_specs(config)
     w = teacher.w if teacher.guided else 1.0
     ho = student_handoff(student if student is not None else teacher.model, teacher.model, config, device)
-    res = run_stage("stage-1-reflow", teacher, ho, path, spec, config, data, labels, num_classes, run_dir=run_dir,
-                    scfg=stage_config(METHOD, config, spec, path, info, 1, w), device=device, progress=progress,
-                    callback=callback, loss_fn=ReflowLoss(), batch_fn=reflow_batch(couplings, config.batch_size, T))
+    res = run_stage(
+        "stage-1-reflow",
+        teacher,
+        ho,
+        path,
+        spec,
+        config,
+        data,
+        labels,
+        num_classes,
+        run_dir=run_dir,
+        scfg=stage_config(METHOD, config, spec, path, info, 1, w),
+        device=device,
+        progress=progress,
+        callback=callback,
+        loss_fn=ReflowLoss(),
+        batch_fn=reflow_batch(couplings, config.batch_size, T),
+    )
     stages = [res]
     if config.distill_iters > 0:
         ho2 = student_handoff(res.student, res.student, config, device)
         tf2 = TeacherField(ho2.teacher, guided=False, num_classes=teacher.num_classes, solver="euler")
-        res2 = run_stage("stage-2-1steps", tf2, ho2, path, final, config, data, labels, num_classes, run_dir=run_dir,
-                         scfg=stage_config(METHOD, config, final, path, info, 1, w), device=device, progress=progress,
-                         callback=callback)
+        res2 = run_stage(
+            "stage-2-1steps",
+            tf2,
+            ho2,
+            path,
+            final,
+            config,
+            data,
+            labels,
+            num_classes,
+            run_dir=run_dir,
+            scfg=stage_config(METHOD, config, final, path, info, 1, w),
+            device=device,
+            progress=progress,
+            callback=callback,
+        )
         stages.append(res2)
-    return FewStepResult(method=METHOD, config=config, student=stages[-1].student, student_steps=1,
-                         stages=tuple(stages), student_iters=sum(s.iters for s in stages),
-                         teacher_passes=coupling_passes + sum(s.teacher_passes for s in stages),
-                         flow_teacher_passes=coupling_passes, seconds=time.perf_counter() - t0, run_dir=run_dir,
-                         extra={"coupling_passes": coupling_passes, "couplings": couplings})
+    return FewStepResult(
+        method=METHOD,
+        config=config,
+        student=stages[-1].student,
+        student_steps=1,
+        stages=tuple(stages),
+        student_iters=sum(s.iters for s in stages),
+        teacher_passes=coupling_passes + sum(s.teacher_passes for s in stages),
+        flow_teacher_passes=coupling_passes,
+        seconds=time.perf_counter() - t0,
+        run_dir=run_dir,
+        extra={"coupling_passes": coupling_passes, "couplings": couplings},
+    )
