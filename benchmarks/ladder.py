@@ -41,14 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from common import format_table, write_results  # noqa: E402
 
+from kaclib.paper import LADDER_FID, ladder_fid, ladder_ratio  # noqa: E402
 from kaclib.runs import RunBusyError  # noqa: E402
 from kaclib.sample_quality import paired_rmse  # noqa: E402
 from kaclib.stats import compare, mean_ci  # noqa: E402
-
-PAPER_CIFAR10 = {"teacher_100": 3.58, 20: 3.72, 4: 4.14, 2: 4.68, 1: 5.66, "single_stage": 9.71}
-"""DistillKac's CIFAR-10 FIDs (kac-math.md section 8): teacher (100 AB-2 steps, guided), ladder
-students, and the single-stage 100 -> 1 student."""
-
 
 @torch.no_grad()
 def conditioning_check(run, n: int = 64) -> dict:
@@ -289,12 +285,13 @@ def ladder_table(agg, floor, ladder) -> tuple[list, list]:
     ]
     rows = []
     for steps in ladder:
-        paper = PAPER_CIFAR10["teacher_100"] if steps == ladder[0] else PAPER_CIFAR10.get(steps)
+        key = "teacher" if steps == ladder[0] else steps
+        paper, paper_ratio = ladder_fid("cifar10", key), ladder_ratio("cifar10", key)
         lad = None if steps == ladder[0] else "kac_ladder"
         rows.append(
             [
                 steps,
-                f"{paper} ({paper / PAPER_CIFAR10['teacher_100']:.2f})" if paper else "-",
+                f"{paper} ({paper_ratio:.2f})" if paper else "-",
                 cell(lad, steps) if lad else "(teacher)",
                 cell("kac_teacher", steps),
                 cell("kac_single", steps),
@@ -637,7 +634,7 @@ def main(argv=None) -> int:
         "teachers": {f"{fam}-seed{s}": str(v) for (fam, s), v in teachers.items()},
         "teacher_model": model_cfg,
         "teacher_conditioning": conditioning,
-        "paper_cifar10": {str(k): v for k, v in PAPER_CIFAR10.items()},
+        "paper_cifar10": {str(k): v for k, v in LADDER_FID["cifar10"].items()},
         "results": {fam: {str(k): v for k, v in d.items()} for fam, d in agg.items()},
         "training": train_info,
         "budget": budget,
