@@ -180,10 +180,10 @@ def test_chapter2_figures():
 
 
 def test_colors_by_series_name():
-    assert plots._color("Kac") == plots.COLORS["kac"]
-    assert plots._color("Kac bounded") == plots.COLORS["kac bounded"]
-    assert plots._color("Gaussian (exact field)") == plots.COLORS["gaussian"]
-    assert plots._color("other") is None
+    assert plots.series_color("Kac") == plots.COLORS["kac"]
+    assert plots.series_color("Kac bounded") == plots.COLORS["kac bounded"]
+    assert plots.series_color("Gaussian (exact field)") == plots.COLORS["gaussian"]
+    assert plots.series_color("other") is None
 
 
 def test_html_table_escapes():

@@ -1,5 +1,5 @@
-"""The part-2 figure builders of kaclib.plots (chapters 3 to 6): shapes, sliders, validation and
-the live-widget callback path."""
+"""The figure builders of chapters 3 to 6 (kaclib.plots.images, .guidance, .teacher_and_ladder):
+shapes, sliders, validation and serialisation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from kaclib import plots
-from kaclib.metrics import VelocityStats
 
 torch.set_num_threads(1)
 
@@ -122,33 +121,6 @@ def test_quality_vs_nfe_figure_log_axes_and_labels():
     assert list(floor.x) == [1.0, 8.0] and list(floor.y) == [1.0, 1.0]
 
 
-def _stats(kac: bool):
-    times = [0.1, 0.5, 1.0]
-    return VelocityStats(
-        times=times,
-        model_norm_mean=[1, 2, 3],
-        model_norm_max=[2, 3, 4],
-        target_norm_mean=[1, 1, 1],
-        target_norm_max=[3, 3, 3],
-        speed_bound=24.0 if kac else None,
-        norm_bound=[32.0, 32.0, 32.0] if kac else None,
-        coord_ratio_max=None,
-        target_coord_ratio_max=None,
-        violation_fraction=None,
-        dim=64,
-        n=8,
-    )
-
-
-def test_velocity_norm_figure_adds_kac_bounds_once():
-    fig = plots.velocity_norm_figure({"Kac": _stats(True), "Gaussian": _stats(False)})
-    names = [tr.name for tr in fig.data]
-    assert names.count("c sqrt(d) (Kac process speed)") == 1
-    assert len(fig.data) == 3 * 2 + 2
-    only_gauss = plots.velocity_norm_figure({"Gaussian": _stats(False)})
-    assert len(only_gauss.data) == 3
-
-
 def test_ladder_diagram_and_bars_and_timing():
     fig = plots.ladder_diagram_figure([(20, 5), (4, 5), (2, 2), (1, 2)], 100, single_stage=(1, 100))
     texts = [a.text for a in fig.layout.annotations]
@@ -171,26 +143,3 @@ def test_training_log_and_scatter():
         [(1, 2, "p", "free"), (2, 3, "q", "bounded"), (3, 1, "r", "free")], "t", "x", "y"
     )
     assert [tr.name for tr in sc.data] == ["free", "bounded"] and list(sc.data[0].text) == ["p", "r"]
-
-
-# ----------------------------------------------------------------------------- live widget
-
-
-def test_live_slider_widget_calls_the_callback(monkeypatch):
-    monkeypatch.delenv("KACLIB_BOOK_BUILD", raising=False)
-    pytest.importorskip("ipywidgets")
-    seen = []
-
-    def callback(w):
-        seen.append(w)
-        return plots.image_grid_figure(_images(4), 2, f"w = {w}")
-
-    box = plots.live_slider_widget(callback, value=1.0, lo=0.0, hi=3.0, step=0.5, description="w")
-    box.update(2.5)
-    assert 2.5 in seen
-
-
-def test_live_slider_widget_in_the_book_build_prints_a_note(monkeypatch, capsys):
-    monkeypatch.setenv("KACLIB_BOOK_BUILD", "1")
-    assert plots.live_slider_widget(lambda w: None, 1.0, 0.0, 2.0, 0.1, "w") is None
-    assert "JupyterLab" in capsys.readouterr().out
