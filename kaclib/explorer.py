@@ -428,7 +428,7 @@ def explorer_traces(result: ExplorerResult, n_lines: int = 60) -> list:
     """The moving traces of one result: trajectories (first ``n_lines``), fine end points, end points."""
     import plotly.graph_objects as go
 
-    from .plots import COLORS, _f32
+    from .plots import COLORS, to_float32
 
     lx, ly = _lines(result.trajectory, n_lines)
     end, fine = result.end, result.fine_end
@@ -443,15 +443,15 @@ def explorer_traces(result: ExplorerResult, n_lines: int = 60) -> list:
             hoverinfo="skip",
         ),
         go.Scatter(
-            x=_f32(fine[:, 0]),
-            y=_f32(fine[:, 1]),
+            x=to_float32(fine[:, 0]),
+            y=to_float32(fine[:, 1]),
             mode="markers",
             name=f"{result.config['fine_steps']} steps",
             marker={"size": 5, "color": "rgba(0,0,0,0)", "line": {"color": COLORS["exact"], "width": 1}},
         ),
         go.Scatter(
-            x=_f32(end[:, 0]),
-            y=_f32(end[:, 1]),
+            x=to_float32(end[:, 0]),
+            y=to_float32(end[:, 1]),
             mode="markers",
             name=f"{result.config['steps']} Euler steps",
             marker={"size": 5, "color": color, "opacity": 0.8},
@@ -462,12 +462,12 @@ def explorer_traces(result: ExplorerResult, n_lines: int = 60) -> list:
 def _data_trace(points: PointSet):
     import plotly.graph_objects as go
 
-    from .plots import _f32
+    from .plots import to_float32
 
     color = "#111111" if points.labels is None else [_CLASS_COLORS[int(k) % 5] for k in points.labels]
     return go.Scatter(
-        x=_f32(points.x[:, 0]),
-        y=_f32(points.x[:, 1]),
+        x=to_float32(points.x[:, 0]),
+        y=to_float32(points.x[:, 1]),
         mode="markers",
         name="data points",
         marker={"size": 13, "symbol": "star", "color": color, "line": {"color": "#111", "width": 1}},

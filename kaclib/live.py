@@ -167,8 +167,8 @@ def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data
         if data is not None:
             fig.add_trace(
                 go.Scattergl(
-                    x=plots._f32(data[:, 0]),
-                    y=plots._f32(data[:, 1]),
+                    x=plots.to_float32(data[:, 0]),
+                    y=plots.to_float32(data[:, 1]),
                     mode="markers",
                     marker=dict(size=3, color=plots.COLORS["data"]),
                     name="data",
@@ -180,10 +180,10 @@ def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data
             )
         fig.add_trace(
             go.Scattergl(
-                x=plots._f32(x[:, 0]),
-                y=plots._f32(x[:, 1]),
+                x=plots.to_float32(x[:, 0]),
+                y=plots.to_float32(x[:, 1]),
                 mode="markers",
-                marker=dict(size=4, color=plots._color(name, plots.COLORS["kac"]), opacity=0.7),
+                marker=dict(size=4, color=plots.series_color(name, plots.COLORS["kac"]), opacity=0.7),
                 name=name,
                 showlegend=False,
             ),
