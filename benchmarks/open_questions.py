@@ -27,7 +27,15 @@ the profile's head); the grid's best is the lowest mean FID at ``teacher_steps``
 rule is compared with it by the paired 95% CI of the FID difference: "tied" (the CI contains 0:
 the rule lands within the CI of the grid's best), "better" or "worse".
 
+``--flights``: **coupled motion (section 1).**  On the profile's data set, the profile's Kac path
+(coordinate-wise) against the random flight in ``R^d`` with the same second moments
+(:meth:`kaclib.flights.RandomFlight.matching_kac`), same network, budget, seeds and latent seeds;
+quality at ``teacher_steps`` AB-2 steps and at ``--few-steps`` Euler steps, paired CIs.
+``--grid-from results/teacher_search.json`` reuses that search's 3-seed grid on digits (checked to
+have this run's budget: ``--train-steps 300 --ema-decay 0.99 --n-eval 300``) instead of retraining it.
+
     python benchmarks/open_questions.py --profile smoke          # every code path, < 2 min, writes nothing
+    python benchmarks/open_questions.py --flights --train-steps 300 --ema-decay 0.99 --n-eval 300
     python benchmarks/open_questions.py --limit --profile cpu    # 21 digits teachers
     python benchmarks/open_questions.py --rules --profile cpu    # 21 teachers per data set
     python benchmarks/open_questions.py --limit --rules --profile cpu   # both, one JSON
@@ -58,10 +66,12 @@ from common import RESULTS, format_table, throwaway_cache, write_results  # noqa
 from kaclib.data import DATASETS, load_dataset  # noqa: E402
 from kaclib.diffusion_limit import few_step_error, kac_family, law_distance, straightness  # noqa: E402
 from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config  # noqa: E402
+from kaclib.flights import RandomFlight  # noqa: E402
 from kaclib.paths import build_path  # noqa: E402
 from kaclib.profiles import get_profile  # noqa: E402
 from kaclib.rules import apply_rules  # noqa: E402
 from kaclib.stats import compare, fmt_ci, mean_ci  # noqa: E402
+from kaclib.tables import markdown_table  # noqa: E402
 from kaclib.train import load_run  # noqa: E402
 
 GRID_AC = ((9.0, 3.0), (25.0, 2.0))  # benchmarks/teacher_search.py's grid
@@ -79,6 +89,7 @@ class Settings:
     n_traj: int
     few_steps: tuple
     train_steps: int | None
+    ema_decay: float | None
     feature_cache: str | None
     progress: bool
 
@@ -106,14 +117,22 @@ def parse_args(argv=None):
     ap.add_argument("--n-traj", type=int, default=64, help="trajectories per straightness estimate")
     ap.add_argument("--few-steps", type=int, nargs="+", default=[1, 2, 4, 8], help="Euler step counts")
     ap.add_argument("--train-steps", type=int, default=None, help="override the profile's training steps")
+    ap.add_argument("--ema-decay", type=float, default=None, help="override the profile's EMA decay")
+    ap.add_argument("--flights", action="store_true", help="section 1: random flight against the Kac product")
+    ap.add_argument(
+        "--grid-from",
+        default=None,
+        help="a teacher_search.py JSON whose rows (same budget) stand for the grid on digits",
+    )
+    ap.add_argument("--notes", default="", help="a note on the budget, stored in the JSON")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
     smoke = args.profile == "smoke"
     if smoke:
-        args.limit = args.rules = True
-    if not (args.limit or args.rules):
-        ap.error("choose --limit and/or --rules (or --profile smoke)")
+        args.limit = args.rules = args.flights = True
+    if not (args.limit or args.rules or args.flights):
+        ap.error("choose --limit, --rules and/or --flights (or --profile smoke)")
     args.seeds = tuple(args.seeds or ((0, 1) if smoke else (0, 1, 2)))
     args.xis = tuple(args.xis or ((2.0, 128.0) if smoke else (2.0, 8.0, 32.0, 128.0)))
     if smoke:
@@ -143,6 +162,8 @@ def train_teacher(st: Settings, path_cfg: dict, seed: int, dataset: str | None =
         changes["model"] = model
     if st.train_steps is not None:
         changes["steps"] = st.train_steps
+    if st.ema_decay is not None:
+        changes["ema_decay"] = st.ema_decay
     cfg = teacher_config(prof, path=path_cfg, seed=seed, **changes)
     return load_run(get_teacher(cfg, device="cpu", progress=st.progress))
 
@@ -294,11 +315,16 @@ def run_limit(st: Settings, xis) -> dict:
         "law_distance": laws,
         "rows": rows,
         "comparisons": limit_comparisons(rows, st.few_steps),
-        "table": limit_table(rows, laws, st.few_steps),
+        **limit_table(rows, laws, st.few_steps),
     }
 
 
-def limit_table(rows: dict, laws: dict, few_steps) -> str:
+def tables(headers, body) -> dict:
+    """``{"table": fixed-width text, "table_markdown": Markdown}`` of the same rows."""
+    return {"table": format_table(headers, body), "table_markdown": markdown_table(headers, body)}
+
+
+def limit_table(rows: dict, laws: dict, few_steps) -> dict:
     S = max(few_steps)
     headers = [
         "path",
@@ -323,7 +349,7 @@ def limit_table(rows: dict, laws: dict, few_steps) -> str:
                 fmt_ci(r["straightness_values"]),
             ]
         )
-    return format_table(headers, body)
+    return tables(headers, body)
 
 
 # ----------------------------------------------------------------------------- section 3
@@ -374,14 +400,50 @@ def rule_verdicts(grid_rows: dict, rule_rows: dict) -> tuple[str, list[dict]]:
     return best, out
 
 
-def run_rules_dataset(st: Settings, dataset: str, gs) -> dict:
+def grid_from_search(path: str, st: Settings, grid: dict) -> dict:
+    """``{name: row}`` of the grid read from a ``teacher_search.py`` JSON (digits, its 100-step AB-2
+    FIDs on latents ``1000 + seed``), after checking that its budget is this run's."""
+    old = json.loads(Path(path).read_text())
+    s, prof = old["settings"], st.profile
+    want = {
+        "train_steps": st.train_steps or prof.train_steps,
+        "n_eval": st.n,
+        "seeds": list(st.seeds),
+        "ema_decay": st.ema_decay or prof.ema_decay,
+        "preset": prof.model_preset,
+        "batch_size": prof.batch_size,
+        "guidance_w": prof.guidance_w,
+    }
+    diff = {k: (s.get(k), v) for k, v in want.items() if s.get(k) != v}
+    if diff or prof.teacher_steps != 100:
+        raise SystemExit(f"--grid-from {path}: its settings differ from this run's: {diff}")
+    rows = {}
+    for name, cfg in grid.items():
+        r = next(
+            r
+            for r in old["rows"]
+            if (r["a"], r["c"], r["g"], r["head"]) == (cfg["a"], cfg["c"], cfg["g"], prof.head)
+        )
+        vals = r["fid_100_values"]
+        rows[name] = {
+            "path": cfg,
+            "seeds": r["seeds"],
+            "source": path,
+            **summarise([{"fid": v} for v in vals]),
+        }
+    return rows
+
+
+def run_rules_dataset(st: Settings, dataset: str, gs, grid_from: str | None = None) -> dict:
     grid, rules = rule_candidates(st.profile, dataset, gs)
     if st.profile.name == "smoke":  # every code path, fewer teachers
         grid = dict(list(grid.items())[:1])
     ev = Evaluator(dataset, cache_dir=st.feature_cache)
     st = replace(st, n=min(st.n, ev.max_n))
-    rows = {}
+    rows = grid_from_search(grid_from, st, grid) if grid_from and dataset == "digits" else {}
     for name, cfg in {**grid, **rules}.items():
+        if name in rows:
+            continue
         t0 = time.perf_counter()
         rows[name] = train_and_measure(st, _strip(cfg), ev, dataset=dataset, few=False)
         if "rule" in cfg:
@@ -392,7 +454,7 @@ def run_rules_dataset(st: Settings, dataset: str, gs) -> dict:
             flush=True,
         )
     best, verdicts = rule_verdicts({k: rows[k] for k in grid}, {k: rows[k] for k in rules})
-    table = format_table(
+    table = tables(
         ["config", "a", "c", "g", "FID", "vs grid's best"],
         [
             [
@@ -414,15 +476,86 @@ def run_rules_dataset(st: Settings, dataset: str, gs) -> dict:
         "rows": rows,
         "grid_best": best,
         "comparisons": verdicts,
-        "table": table,
+        "grid_source": grid_from if rows[best].get("source") else "trained here",
+        **table,
     }
 
 
-def run_rules(st: Settings, datasets, gs) -> dict:
+def run_rules(st: Settings, datasets, gs, grid_from: str | None = None) -> dict:
     return {
         "grid": {"ac": [list(x) for x in GRID_AC], "g": list(GRID_GS), "head": st.profile.head},
         "rule_gs": list(gs),
-        "datasets": {d: run_rules_dataset(st, d, gs) for d in datasets},
+        "datasets": {d: run_rules_dataset(st, d, gs, grid_from) for d in datasets},
+    }
+
+
+# ----------------------------------------------------------------------------- section 1
+
+
+def flight_paths(prof, dim: int) -> dict:
+    """The profile's Kac path (coordinate-wise) and the random flight in ``R^dim`` with the same
+    second moments (:meth:`kaclib.flights.RandomFlight.matching_kac`: rate ``2a``, speed ``c sqrt(dim)``)."""
+    sched = {"f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
+    a, c = float(prof.kac_a), float(prof.kac_c)
+    fl = RandomFlight.matching_kac(a, c, dim)
+    return {
+        f"kac a={a:g} c={c:g} (coordinate-wise)": {"kind": "kac", "a": a, "c": c, **sched},
+        f"flight a={fl.a:g} c={fl.c:g} in R^{dim}": {"kind": "flight", "a": fl.a, "c": fl.c, **sched},
+    }
+
+
+def run_flights(st: Settings) -> dict:
+    """Section 1 on the profile's data set: the flight teacher against the Kac teacher, same network,
+    budget, seeds and latent seeds; quality at ``teacher_steps`` AB-2 steps and at few Euler steps."""
+    prof = st.profile
+    ev = Evaluator(prof.dataset, cache_dir=st.feature_cache)
+    st = replace(st, n=min(st.n, ev.max_n))
+    dim = math.prod(ev.image_shape)
+    paths = flight_paths(prof, dim)
+    rows = {}
+    for name, cfg in paths.items():
+        t0 = time.perf_counter()
+        rows[name] = train_and_measure(st, cfg, ev)
+        print(f"[flights] {name}: FID {fmt_ci(rows[name]['fid_values'])} ({time.perf_counter() - t0:.0f} s)")
+    kac, flight = list(rows)
+    metrics = ["fid", *(f"fid_{S}" for S in st.few_steps), *(f"rmse_{S}" for S in st.few_steps)]
+    comparisons = [
+        compare(
+            f"{flight} has lower {m} than {kac}",
+            m,
+            flight,
+            rows[flight][f"{m}_values"],
+            kac,
+            rows[kac][f"{m}_values"],
+            direction="<",
+        ).to_dict()
+        for m in metrics
+    ] + [
+        compare(
+            f"{flight} has higher straightness than {kac}",
+            "straightness",
+            flight,
+            rows[flight]["straightness_values"],
+            kac,
+            rows[kac]["straightness_values"],
+            direction=">",
+        ).to_dict()
+    ]
+    headers = ["path", f"FID {prof.teacher_steps} AB-2", *(f"FID {S} Euler" for S in st.few_steps)]
+    headers += [f"RMSE {S} Euler" for S in st.few_steps] + ["straightness"]
+    body = [
+        [k, *(fmt_ci(r[f"{m}_values"]) for m in metrics), fmt_ci(r["straightness_values"])]
+        for k, r in rows.items()
+    ]
+    return {
+        "dataset": prof.dataset,
+        "dim": dim,
+        "metric_name": ev.metric_name,
+        "n_eval": st.n,
+        "floor": ev.floor(st.n).to_dict(),
+        "rows": rows,
+        "comparisons": comparisons,
+        **tables(headers, body),
     }
 
 
@@ -438,7 +571,7 @@ def keep_earlier_sections(payload: dict) -> dict:
     old = json.loads(previous.read_text())
     if old.get("profile") != payload["profile"]:
         return payload
-    for section in ("limit", "rules"):
+    for section in ("flights", "limit", "rules"):
         if section not in payload and section in old:
             payload[section] = old[section]
             origin = old.get("earlier_sections", {}).get(section) or {
@@ -461,6 +594,7 @@ def _settings(args, prof, feature_cache) -> Settings:
         n_traj=args.n_traj,
         few_steps=tuple(args.few_steps),
         train_steps=args.train_steps,
+        ema_decay=args.ema_decay,
         feature_cache=feature_cache,
         progress=args.progress,
     )
@@ -489,14 +623,30 @@ def main(argv=None) -> int:
                 "teacher_steps": prof.teacher_steps,
                 "guidance_w": prof.guidance_w,
                 "train_steps": args.train_steps or prof.train_steps,
+                "ema_decay": args.ema_decay or prof.ema_decay,
                 "threads": args.threads,
             },
+            "budget": {
+                "profile_train_steps": prof.train_steps,
+                "train_steps": args.train_steps or prof.train_steps,
+                "profile_n_eval": prof.n_eval,
+                "n_eval": st.n,
+                "seeds": list(st.seeds),
+                "xis": list(args.xis),
+                "datasets": list(args.datasets),
+                "grid_from": args.grid_from,
+            },
+            "notes": args.notes,
         }
+        if args.flights:
+            payload["flights"] = run_flights(st)
+            print(payload["flights"]["table"])
         if args.limit:
             payload["limit"] = run_limit(st, args.xis)
             print(payload["limit"]["table"])
         if args.rules:
-            payload["rules"] = run_rules(st, args.datasets, tuple(args.rule_gs or (prof.kac_g,)))
+            gs = tuple(args.rule_gs or (prof.kac_g,))
+            payload["rules"] = run_rules(st, args.datasets, gs, args.grid_from)
             for d in payload["rules"]["datasets"].values():
                 print(f"{d['dataset']} (grid's best: {d['grid_best']})\n{d['table']}")
     payload["total_seconds"] = time.perf_counter() - t_all
