@@ -46,6 +46,7 @@ from kaclib.runs import RunBusyError  # noqa: E402
 from kaclib.sample_quality import paired_rmse  # noqa: E402
 from kaclib.stats import compare, mean_ci  # noqa: E402
 
+
 @torch.no_grad()
 def conditioning_check(run, n: int = 64) -> dict:
     """How much the teacher's output moves when only the label, or only the time, changes (relative

@@ -13,7 +13,6 @@ at the smaller budget every method is above 0.7.
 """
 
 import json
-import math
 
 import pytest
 import torch
@@ -22,6 +21,8 @@ from torch import nn
 
 from kaclib import fewstep as fs
 from kaclib.distill import EndpointLoss, TeacherField, segment_endpoint
+from kaclib.fewstep.exact import MixtureField as ExactField
+from kaclib.fewstep.exact import mixture_log_density as log_density
 from kaclib.models import MLPVelocity
 from kaclib.paths import GaussianPath, KacPath
 from kaclib.solvers import sample
@@ -30,36 +31,6 @@ MEANS = [[1.0, 1.0], [-1.0, 1.0], [0.0, -1.2]]
 STD = 0.1
 BUDGETS = (90, 1800)  # student iterations, the same for every method
 THRESHOLD = 0.2  # mean end-point error at the larger budget: a tenth of the distance between modes (2)
-
-
-class ExactField(nn.Module):
-    """The exact marginal velocity ``E[eps - x0 | x_t = x]`` of the Gaussian path for data from an
-    equal-weight mixture ``sum_k N(mu_k, s^2 I)``: given component ``k``, ``(x0, eps, x_t)`` are
-    jointly Gaussian, ``x_t ~ N((1 - t) mu_k, sigma_t^2 I)`` with ``sigma_t^2 = (1 - t)^2 s^2 + t^2``
-    and ``E[eps - x0 | x_t, k] = (t - (1 - t) s^2)/sigma_t^2 (x - (1 - t) mu_k) - mu_k``; the field
-    weights these by the posterior of ``k`` given ``x_t``.  Computed in float64; ``y`` is ignored."""
-
-    def __init__(self, means, s):
-        super().__init__()
-        self.register_buffer("means", torch.as_tensor(means, dtype=torch.float64))
-        self.s = float(s)
-
-    def forward(self, x, t, y=None):
-        dtype, x = x.dtype, x.double()
-        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1, 1)
-        sig2 = (1 - t) ** 2 * self.s**2 + t**2  # (B, 1, 1)
-        d = x[:, None, :] - (1 - t) * self.means[None]  # (B, K, D)
-        logp = -0.5 * (d**2).sum(-1) / sig2[..., 0]  # equal weights, equal variances: constants cancel
-        w = torch.softmax(logp, dim=1)[..., None]
-        u_k = (t - (1 - t) * self.s**2) / sig2 * d - self.means[None]
-        return (w * u_k).sum(1).to(dtype)
-
-
-def log_density(x, t, means, s):
-    """``log p_t(x)`` of the Gaussian path's marginal (up to a constant), differentiable in ``x``."""
-    sig2 = (1 - t) ** 2 * s**2 + t**2
-    d = x[:, None, :] - (1 - t) * means[None]
-    return torch.logsumexp(-0.5 * (d**2).sum(-1) / sig2, dim=1) - x.shape[1] * 0.5 * math.log(sig2)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +90,20 @@ def test_exact_flow_map_lands_on_the_modes(toy):
     d = torch.cdist(toy["exact"], torch.tensor(MEANS)).min(1).values
     assert float(d.max()) < 5 * STD
     assert float(d.mean()) < 2 * STD
+
+
+def test_known_answer_case_is_this_files_case(toy):
+    """kaclib.fewstep.exact builds the same case (chapter 7 runs it) and budgets every method alike."""
+    from kaclib.fewstep import exact as ex
+
+    case = ex.known_answer_case()
+    for name in ("data", "x_T", "exact"):
+        torch.testing.assert_close(getattr(case, name), toy[name], rtol=0, atol=0)
+    for method in ex.METHODS:
+        budget = ex.known_answer_config(method, 300).planned_budget(2)
+        assert budget["student_iters"] == 300, (method, budget)
+    with pytest.raises(ValueError):
+        ex.known_answer_config("nope", 300)
 
 
 # ----------------------------------------------------------------------------- progressive distillation

@@ -340,4 +340,7 @@ def test_every_chapter_has_a_live_control():
     assert chapters
     for md in chapters:
         cells = re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", md.read_text(), flags=re.S)
-        assert any(re.search(r"\b(live\.slider_widget|plots\.kac_law_widget)\(", c) for c in cells), md.name
+        assert any(
+            re.search(r"\b(live\.slider_widget|plots\.kac_law_widget|explorer\.explorer_widget)\(", c)
+            for c in cells
+        ), md.name
