@@ -154,6 +154,11 @@ def _model_for(prof, dataset: str, path_cfg: dict) -> dict | None:
 
 def train_teacher(st: Settings, path_cfg: dict, seed: int, dataset: str | None = None):
     """A trained (cached) teacher of ``path_cfg`` on ``dataset`` (default: the profile's), loaded."""
+    return load_run(teacher_dir(st, path_cfg, seed, dataset))
+
+
+def teacher_dir(st: Settings, path_cfg: dict, seed: int, dataset: str | None = None) -> Path:
+    """The run directory of the (cached) teacher of ``path_cfg``; trained on first use."""
     prof = st.profile
     dataset = dataset or prof.dataset
     changes = {"dataset": dataset}
@@ -165,7 +170,7 @@ def train_teacher(st: Settings, path_cfg: dict, seed: int, dataset: str | None =
     if st.ema_decay is not None:
         changes["ema_decay"] = st.ema_decay
     cfg = teacher_config(prof, path=path_cfg, seed=seed, **changes)
-    return load_run(get_teacher(cfg, device="cpu", progress=st.progress))
+    return get_teacher(cfg, device="cpu", progress=st.progress)
 
 
 def measure(run, ev: Evaluator, st: Settings, seed: int, few: bool = True) -> dict:

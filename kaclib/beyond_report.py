@@ -84,6 +84,37 @@ def verdict_counts(comparisons: list) -> str:
     )
 
 
+def method_findings(res: dict | None, metric: str = "fid") -> dict:
+    """What section 4's committed benchmark says, as text for the chapter's prose.
+
+    ``{"best": "kac: ... ; gaussian: ...", "tally": "progressive 0 holds / ...", "n": k}``: per
+    teacher and step count the method of lowest mean ``metric``, and per method the verdicts of its
+    ``metric`` comparisons with the DistillKac ladder ("holds" = the method beats the ladder);
+    ``{"best": "not yet run", "tally": "not yet run", "n": 0}`` without results."""
+    if not res or not res.get("rows"):
+        return {"best": "not yet run", "tally": "not yet run", "n": 0}
+    rows, fams = res["rows"], res["settings"]["families"]
+    seeds = res["settings"]["seeds"]
+    best = []
+    for fam in fams:
+        per_k = []
+        for k in map(str, res["settings"]["steps"]):
+            means = {
+                m: float(np.mean([rows[f"{fam}-seed{s}"][m][k][metric] for s in seeds]))
+                for m in rows[f"{fam}-seed{seeds[0]}"]
+                if m not in ("budget", "train_s", "teacher") and k in rows[f"{fam}-seed{seeds[0]}"][m]
+            }
+            m = min(means, key=means.get)
+            per_k.append(f"{k} step{'s' * (k != '1')}: {m} ({means[m]:.2f})")
+        best.append(f"{fam} teacher, " + ", ".join(per_k))
+    comps = [c for c in res.get("comparisons", []) if c["metric"] == metric]
+    methods = dict.fromkeys(c["a"].split(" ")[1] for c in comps)
+    tally = "; ".join(
+        f"{m}: " + verdict_counts([c for c in comps if c["a"].split(" ")[1] == m]) for m in methods
+    )
+    return {"best": "; ".join(best), "tally": tally, "n": len(comps)}
+
+
 def comparison_claims(
     res: dict | None, claim: str, command: str, where: str, source: str, limit: int = 8
 ) -> list:

@@ -432,7 +432,7 @@ def quality_cost_figure(rows, x: str = "seconds_per_1000", quality: str = "fid",
     """
     import plotly.graph_objects as go
 
-    from .plots import _color, style
+    from .plots import series_color, style
 
     if x not in COST_AXES:
         raise ValueError(f"x must be one of {sorted(COST_AXES)}, got {x!r}")
@@ -455,7 +455,7 @@ def quality_cost_figure(rows, x: str = "seconds_per_1000", quality: str = "fid",
                 name=name.replace("_", " "),
                 text=[f"{p[2]}" for p in pts],
                 textposition="top center",
-                line=dict(color=_color(name.split("_")[0]), dash=dash),
+                line=dict(color=series_color(name.split("_")[0]), dash=dash),
                 hovertemplate="%{text} steps<br>cost %{x:.3g}<br>"
                 + quality
                 + " %{y:.4g}<extra>"

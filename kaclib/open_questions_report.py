@@ -335,8 +335,8 @@ def flight_scatter_figure(samples: dict, front: float, n_show: int = 3000):
         x = samples[name][:n_show].double()
         fig.add_trace(
             go.Scatter(
-                x=plots._f32(x[:, 0]),
-                y=plots._f32(x[:, 1]),
+                x=plots.to_float32(x[:, 0]),
+                y=plots.to_float32(x[:, 1]),
                 mode="markers",
                 marker={"size": 3, "color": plots.COLORS["kac"], "opacity": 0.45},
                 name=name,
@@ -347,8 +347,8 @@ def flight_scatter_figure(samples: dict, front: float, n_show: int = 3000):
         )
         fig.add_trace(
             go.Scatter(
-                x=plots._f32(front * torch.cos(ang)),
-                y=plots._f32(front * torch.sin(ang)),
+                x=plots.to_float32(front * torch.cos(ang)),
+                y=plots.to_float32(front * torch.sin(ang)),
                 mode="lines",
                 line={"color": plots.COLORS["bound"], "dash": "dot", "width": 1},
                 name="|x| = c s" if k == 1 else None,
@@ -373,15 +373,15 @@ def radial_cdf_figure(grid, empirical, exact, title: str):
     fig = go.Figure(
         [
             go.Scatter(
-                x=plots._f32(grid),
-                y=plots._f32(exact),
+                x=plots.to_float32(grid),
+                y=plots.to_float32(exact),
                 mode="lines",
                 name="closed form",
                 line={"color": plots.COLORS["exact"], "width": 2},
             ),
             go.Scatter(
-                x=plots._f32(grid),
-                y=plots._f32(empirical),
+                x=plots.to_float32(grid),
+                y=plots.to_float32(empirical),
                 mode="lines",
                 name="simulated flights",
                 line={"color": plots.COLORS["kac"], "dash": "dash", "width": 2},
@@ -399,18 +399,18 @@ def velocity_regression_figure(reg, x, field, title: str):
     fig = go.Figure(
         [
             go.Scatter(
-                x=plots._f32(x),
-                y=plots._f32(field),
+                x=plots.to_float32(x),
+                y=plots.to_float32(field),
                 mode="lines",
                 name="closed-form Kac field v(x, s)",
                 line={"color": plots.COLORS["exact"], "width": 2},
             ),
             go.Scatter(
-                x=plots._f32(reg.centres),
-                y=plots._f32(reg.mean_v),
+                x=plots.to_float32(reg.centres),
+                y=plots.to_float32(reg.mean_v),
                 mode="markers",
                 name="bin average of simulated V_s",
-                error_y={"type": "data", "array": plots._f32(2 * reg.se), "visible": True},
+                error_y={"type": "data", "array": plots.to_float32(2 * reg.se), "visible": True},
                 marker={"color": plots.COLORS["kac"], "size": 7},
             ),
         ]
@@ -426,7 +426,7 @@ def law_distance_figure(t, laws: dict, key: str, title: str):
     fig = go.Figure()
     for name, law in laws.items():
         y = [max(v, 1e-16) for v in getattr(law, key)]
-        fig.add_trace(go.Scatter(x=plots._f32(t), y=y, mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=plots.to_float32(t), y=y, mode="lines+markers", name=name))
     fig.update_yaxes(type="log")
     return plots.style(fig, title, "t", "Kolmogorov distance", height=420)
 
@@ -436,6 +436,6 @@ def noise_scale_figure(t, scales: dict, title: str):
     import plotly.graph_objects as go
 
     fig = go.Figure(
-        [go.Scatter(x=plots._f32(t), y=plots._f32(v), mode="lines", name=name) for name, v in scales.items()]
+        [go.Scatter(x=plots.to_float32(t), y=plots.to_float32(v), mode="lines", name=name) for name, v in scales.items()]
     )
     return plots.style(fig, title, "t", "noise standard deviation", height=400)

@@ -51,6 +51,7 @@ from . import accel as _accel
 from . import runs
 from .accel import AccelConfig
 from .kac import check_finite_param
+from .losses import FlowMatchingLoss
 from .paths import build_path
 
 __all__ = [
@@ -502,7 +503,7 @@ def fit(
         net = _accel.compile_model(net, device)
 
     order = _EpochOrder(data.shape[0], seed)
-    T = float(path.T)
+    loss_fn = FlowMatchingLoss(path, p_uncond, num_classes)
     losses = torch.zeros(max(steps - start, 0), device=device)
     window = torch.zeros((), device=device)
     window_n, t0 = 0, time.perf_counter()
@@ -514,26 +515,9 @@ def fit(
     with lock, torch.random.fork_rng(devices=_rng_devices(device)), bar, _accel.tf32_policy(device, acc):
         for k in range(start, steps):
             loss, grad_norm = _train_step(
-                net,
-                model,
-                optimizer,
-                ema,
-                path,
-                data,
-                labels,
-                num_classes,
-                order,
-                k,
-                batch_size,
-                rank,
-                world,
-                seed,
-                p_uncond,
-                grad_clip,
-                T,
-                device,
-                acc,
-            )
+                net, model, optimizer, ema, loss_fn, data, labels, order, k, batch_size, rank, world, seed,
+                grad_clip, device, acc,
+            )  # fmt: skip
             losses[k - start] = loss.detach()
             window += loss.detach()
             window_n += 1
@@ -592,41 +576,28 @@ def _train_step(
     model,
     optimizer,
     ema,
-    path,
+    loss_fn,
     data,
     labels,
-    num_classes,
     order,
     k,
     batch_size,
     rank,
     world,
     seed,
-    p_uncond,
     grad_clip,
-    T,
     device,
     acc=None,
 ):
-    """One optimisation step; every random draw comes from ``step_seed(seed, rank, k, ...)``."""
+    """One optimisation step of ``loss_fn`` (:class:`kaclib.losses.FlowMatchingLoss`); every random
+    draw comes from ``step_seed(seed, rank, k, ...)``."""
     s_global = step_seed(seed, rank, k, 1)  # dropout and other users of the global RNG
     torch.default_generator.manual_seed(s_global)
     if device.type == "cuda":
         torch.cuda.manual_seed(s_global)
     g = torch.Generator(device=device).manual_seed(step_seed(seed, rank, k, 0))
     idx = batch_indices(order, k, batch_size, rank, world).to(device)
-    x0 = data[idx]
-    b = x0.shape[0]
-    t = torch.rand(b, generator=g, device=device, dtype=x0.dtype) * T
-    ps = path.sample(x0, t, generator=g)
-    y = None
-    if labels is not None:
-        y = labels[idx]
-        drop = torch.rand(b, generator=g, device=device) < p_uncond
-        y = torch.where(drop, torch.full_like(y, num_classes), y)
-    with _accel.autocast(device, acc):  # bf16 forward when asked; the loss in the data's dtype
-        pred = net(_accel.format_input(ps.x_t, acc), t, y)
-    loss = torch.mean((pred.to(ps.target.dtype) - ps.target) ** 2)
+    loss = loss_fn(net, data[idx], None if labels is None else labels[idx], g, acc)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = grad_clip if grad_clip is not None else math.inf

@@ -142,3 +142,28 @@ def test_show_committed_shows_every_metric(capsys):
     assert len(br.show_committed(res)) == 2
     out = capsys.readouterr().out
     assert "`python b.py` on X" in out and "nonfinite" in out and "kac beats gaussian" in out
+
+
+def test_method_findings_names_the_best_method_and_tallies_fid_verdicts():
+    from kaclib.stats import compare
+
+    def row(ladder, reflow):
+        return {"teacher": {"1": {"fid": 50.0}}, "ladder": {"1": {"fid": ladder}}, "reflow": {"1": {"fid": reflow}},
+                "budget": {}, "train_s": {}}  # fmt: skip
+
+    rows = {"kac-seed0": row(10.0, 12.0), "kac-seed1": row(11.0, 13.5), "kac-seed2": row(9.0, 10.9)}
+    comps = [
+        compare(
+            "c", "fid", "kac reflow @1", [12.0, 13.5, 10.9], "kac ladder @1", [10.0, 11.0, 9.0]
+        ).to_dict(),
+        compare("c", "kid", "kac reflow @1", [1, 2, 3], "kac ladder @1", [1, 2, 3.5]).to_dict(),
+    ]
+    res = {
+        "rows": rows,
+        "settings": {"families": ["kac"], "seeds": [0, 1, 2], "steps": [1]},
+        "comparisons": comps,
+    }
+    f = br.method_findings(res)
+    assert f["best"] == "kac teacher, 1 step: ladder (10.00)"  # the teacher row is not a method
+    assert f["tally"] == "reflow: 0 holds, 1 fails, 0 inconclusive" and f["n"] == 1
+    assert br.method_findings(None) == {"best": "not yet run", "tally": "not yet run", "n": 0}

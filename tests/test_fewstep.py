@@ -188,6 +188,42 @@ def test_consistency_boundary_condition_is_exact():
     assert float((f - x).abs().max()) > 1e-3  # the network is not trivial
 
 
+class _PointMassVelocity(nn.Module):
+    """The exact marginal velocity of the Gaussian path for data at the single point ``m``:
+    ``x_t = (1 - t) m + t eps`` gives ``u(x, t) = (x - m)/t``, so ``f(x, t) = m`` for every ``t > 0``."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x, t, y=None):
+        return (x - self.m) / t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_consistency_sampling_of_an_exact_model_lands_on_the_data(steps):
+    """Multistep consistency sampling re-noises with the path and maps back: with the exact
+    consistency function of a point mass every step lands on the point, whatever the noise."""
+    m = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
+    model = _PointMassVelocity(m)
+    x_T = torch.randn(16, 2, dtype=torch.float64)
+    x = fs.consistency_sample(model, GaussianPath(), x_T, steps, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x, m.expand_as(x), atol=1e-12)
+
+
+def test_consistency_sampling_one_step_is_the_one_step_map_and_more_steps_renoise():
+    net = rand_net(3)
+    x_T = KacPath().sample_latent((32, 2))
+    one = fs.consistency_sample(net, KacPath(), x_T, 1)
+    assert torch.equal(one, fs.one_step_map(net, x_T, 1.0))
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    a = fs.consistency_sample(net, KacPath(), x_T, 3, generator=g1)
+    b = fs.consistency_sample(net, KacPath(), x_T, 3, generator=g2)
+    assert not torch.allclose(a, b)  # the intermediate states are re-noised by the path's own law
+    with pytest.raises(ValueError, match="steps"):
+        fs.consistency_sample(net, KacPath(), x_T, 0)
+
+
 def test_consistency_loss_matches_its_formula(toy):
     """At k = N - 1 the target network is evaluated at t = 0, where f = x_hat exactly."""
     student, target_net, N = rand_net(3), rand_net(4), 4

@@ -17,6 +17,7 @@ from .consistency import (
     ConsistencyConfig,
     ConsistencyLoss,
     consistency_fn,
+    consistency_sample,
     run_consistency,
 )
 from .progressive import (
@@ -45,6 +46,7 @@ __all__ = [
     "ReflowLoss",
     "TrainFields",
     "consistency_fn",
+    "consistency_sample",
     "one_step_map",
     "progressive_schedule",
     "progressive_target",

@@ -18,15 +18,10 @@ from __future__ import annotations
 from . import bounded_velocities, common, guidance, images, kac_law, teacher_and_ladder
 from .bounded_velocities import *  # noqa: F403
 from .common import *  # noqa: F403
-from .common import series_color, to_float32
 from .guidance import *  # noqa: F403
 from .images import *  # noqa: F403
 from .kac_law import *  # noqa: F403
 from .teacher_and_ladder import *  # noqa: F403
-
-# the old private names, still imported by kaclib.live, kaclib.explorer and kaclib.cost
-_f32 = to_float32
-_color = series_color
 
 __all__ = (
     common.__all__

@@ -40,6 +40,7 @@ import torch
 __all__ = [
     "COLORS",
     "series_color",
+    "show_source",
     "in_book_build",
     "style",
     "to_html",
@@ -417,6 +418,17 @@ def html_table(header: list[str], rows: list[list], caption: str | None = None) 
         f"<div style='overflow-x:auto'><table class='table' style='font-size:0.9em'>{cap}<thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table></div>"
     )
+
+
+def show_source(*objects) -> None:
+    """Display the source code of library objects (functions, methods, classes), each under its
+    qualified name: a chapter shows the code that teaches without copying it."""
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    for obj in objects:
+        display(Markdown(f"`{obj.__module__}.{obj.__qualname__}`\n\n```python\n{inspect.getsource(obj)}```"))
 
 
 def show_table(header: list[str], rows: list[list], caption: str | None = None) -> None:
