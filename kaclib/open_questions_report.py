@@ -436,6 +436,9 @@ def noise_scale_figure(t, scales: dict, title: str):
     import plotly.graph_objects as go
 
     fig = go.Figure(
-        [go.Scatter(x=plots.to_float32(t), y=plots.to_float32(v), mode="lines", name=name) for name, v in scales.items()]
+        [
+            go.Scatter(x=plots.to_float32(t), y=plots.to_float32(v), mode="lines", name=name)
+            for name, v in scales.items()
+        ]
     )
     return plots.style(fig, title, "t", "noise standard deviation", height=400)
