@@ -759,6 +759,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def ladder_gate(config, dataset: str, path, num_classes: int):
+    """The quality gate of a distillation ladder, scored with :mod:`kaclib.evaluation`: the
+    ``gate`` factory of :func:`kaclib.distill.run_ladder` (see :mod:`kaclib.distill.gate`); FID-
+    ``dataset`` of the student against its teacher, configured by ``config.gate_*``."""
+    from .distill.gate import fid_gate
+    from .evaluation import Evaluator, generate
+
+    return fid_gate(config, path, num_classes, generate=generate, score=Evaluator(dataset).score)
+
+
 def cmd_distill(args) -> int:
     try:
         from .distill import DistillConfig, run_ladder
@@ -790,6 +800,7 @@ def cmd_distill(args) -> int:
         device=device,
         resume=args.resume,
         progress=not args.no_progress,
+        gate=ladder_gate,  # used when the config sets gate (--set gate=true)
         **({"data_root": args.data_root} if args.data_root else {}),
     )
     rows = []

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .accel import velocity_fn
 from .guidance import passes_per_call
 
-__all__ = ["SOLVERS", "NFE_PER_STEP", "SampleResult", "sample", "time_grid", "nfe_for"]
+__all__ = ["SOLVERS", "NFE_PER_STEP", "SampleResult", "sample", "time_grid", "grid_times", "nfe_for"]
 
 SOLVERS = ("euler", "midpoint", "ab2")
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "ab2": 1}
@@ -74,6 +74,12 @@ def time_grid(steps: int, T: float = 1.0) -> torch.Tensor:
     steps = _check_steps(steps)
     k = torch.arange(steps + 1, dtype=torch.float64)
     return T * (steps - k) / steps
+
+
+def grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tensor:
+    """Entries ``index`` of :func:`time_grid` (``T (steps - index)/steps``, computed in float64 and
+    cast to ``dtype``): the times a stage's student or a teacher substep sees, one per sample."""
+    return (T * (steps - index.to(torch.float64)) / steps).to(dtype)
 
 
 @torch.no_grad()

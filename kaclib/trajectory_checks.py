@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .distill import StageSpec, TeacherField, _grid_times, segment_endpoint
-from .solvers import sample
+from .distill import StageSpec, TeacherField, segment_endpoint
+from .solvers import grid_times, sample
 from .stats import _t_quantile, mean_ci
 
 __all__ = [
@@ -161,7 +161,7 @@ def interval_deviation(
     was_training = student.training
     student.eval()
     try:
-        u = student(x, _grid_times(kk, M, T, x.dtype), y)
+        u = student(x, grid_times(kk, M, T, x.dtype), y)
     finally:
         student.train(was_training)
     delta = T / M

@@ -42,6 +42,7 @@ from ..distill import (
     hand_off,
     train_stage,
 )
+from ..solvers import grid_times
 
 __all__ = [
     "FewStepResult",
@@ -54,11 +55,6 @@ __all__ = [
     "student_handoff",
     "teacher_evals_per_step",
 ]
-
-
-def grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tensor:
-    """``t_k = T (steps - k)/steps`` in float64, cast to ``dtype`` (the grid of :func:`kaclib.solvers.time_grid`)."""
-    return (T * (steps - index.to(torch.float64)) / steps).to(dtype)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,352 @@
+"""The distillation ladder: stages chained so that each student becomes the next teacher.
+
+:func:`run_ladder` distils a teacher run down ``config.ladder`` (the stages of
+:func:`kaclib.distill.config.ladder_schedule`); at every boundary
+:func:`kaclib.distill.teacher.hand_off` turns the finished student (its EMA weights) into the next
+frozen teacher plus a fresh student copy with a fresh optimizer and a fresh EMA.
+
+:func:`run_ladder` writes ``run_dir/config.json`` and, per stage,
+``run_dir/stage-<i>-<M>steps/`` with ``config.json`` (``"model"`` and ``"path"`` so that
+:func:`kaclib.train.load_run` opens it, plus a ``"distilled"`` section: ``steps``, ``sampler``
+(``"euler"``), ``w`` (the guidance weight BAKED IN; sample with ``sample_w = 1``), ``teacher``),
+``model.safetensors``, ``ema.safetensors`` (the student), ``state.pt``, ``metrics.jsonl`` and
+``result.json`` once the stage is finished.  Every random draw of iteration ``j`` of stage ``i``
+comes from generators seeded with ``step_seed(seed, i, j, stream)``; together with the checkpointed
+optimizer, EMA and roll-out population an interrupted ladder resumes bit for bit (on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import runs
+from .config import MUTABLE_FIELDS, DistillConfig, StageSpec, stage_dir_name
+from .gate import GateFactory
+from .stage import RESULT_FILE, StageResult, train_stage
+from .teacher import Handoff, TeacherField, hand_off
+
+
+@dataclass
+class LadderResult:
+    """``stages``: one :class:`StageResult` per stage (stages finished before a resume are loaded,
+    with empty ``losses``); ``student``: the last stage's EMA student; ``path``; ``config``;
+    ``teacher``: the flow teacher's :class:`kaclib.train.LoadedRun`; ``seconds``: wall time."""
+
+    run_dir: Path
+    config: DistillConfig
+    stages: list
+    student: nn.Module
+    path: object
+    teacher: object
+    seconds: float
+
+    def stage_dirs(self) -> list[Path]:
+        return [s.run_dir for s in self.stages]
+
+
+def _relative(path: Path, ladder_dir: Path) -> str:
+    """``path`` relative to the ladder directory (configs hold no absolute paths: a ladder moved or
+    copied together with its teacher resumes)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(ladder_dir))
+
+
+def _teacher_info(loaded, teacher_run_dir: Path, ladder_dir: Path) -> dict:
+    raw = runs.read_config(teacher_run_dir)
+    distilled = raw.get("distilled")
+    ema = runs.read_checkpoint(teacher_run_dir, names=(runs.EMA_FILE,)).manifest["files"][runs.EMA_FILE]
+    return {
+        "run_dir": _relative(teacher_run_dir, ladder_dir),
+        "ema_sha256": ema["sha256"],  # the teacher's identity (its location may change)
+        "model": raw["model"],
+        "path": raw["path"],
+        "dataset": raw.get("dataset"),
+        "step": loaded.step,
+        "distilled": distilled,
+    }
+
+
+def _stage_config(
+    config: DistillConfig, spec: StageSpec, tinfo: dict, dataset: str, teacher_dir: str
+) -> dict:
+    return {
+        "model": tinfo["model"],
+        "path": tinfo["path"],
+        "dataset": dataset,
+        "distilled": {
+            "steps": spec.student_steps,
+            "sampler": "euler",
+            "w": config.w,
+            "guidance_baked_in": True,
+            "sample_w": 1.0,
+            "teacher": teacher_dir,
+            "teacher_steps": spec.teacher_steps,
+            "substeps": spec.substeps,
+            "stage": spec.index,
+            "ladder": list(config.ladder),
+            "flow_teacher": tinfo["run_dir"],
+        },
+        "stage": spec.to_dict(),
+        "distill": config.to_dict(),
+    }
+
+
+def run_ladder(
+    teacher_run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: DistillConfig | None = None,
+    device="cpu",
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+    data_root: str | os.PathLike | None = None,
+    gate: GateFactory | None = None,
+) -> LadderResult:
+    """Distil the teacher of ``teacher_run_dir`` down ``config.ladder`` into ``run_dir``.
+
+    The teacher run is opened with :func:`kaclib.train.load_run` (EMA weights).  A flow-matching
+    teacher is sampled guided (``config.w``); a teacher that is itself a distilled run (its config
+    has a ``"distilled"`` section) is an Euler stepper, and ``config.ladder[0]`` must equal its
+    step count.  ``resume=True`` continues an interrupted ladder (finished stages are loaded, the
+    interrupted one resumes from its checkpoint; on a new directory it simply starts);
+    ``resume=False`` refuses a directory that already holds a ladder.  ``callback(iteration,
+    info)`` runs after every iteration (``info["stage"]`` names the stage).
+
+    ``gate``: the quality gate's factory ``gate(config, dataset, path, num_classes) -> gate_fn``
+    (:mod:`kaclib.distill.gate`; :func:`kaclib.cli.ladder_gate` builds it from
+    :mod:`kaclib.evaluation`).  It is called once the teacher is open when ``config.gate`` is set,
+    which then requires it, and is ignored otherwise.
+    """
+    config = config or DistillConfig()
+    if not isinstance(config, DistillConfig):
+        raise ValueError(f"config must be a DistillConfig, got {type(config).__name__}")
+    _check_gate(config, gate)
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    teacher_run_dir, run_dir = runs.check_run_path(teacher_run_dir), runs.check_run_path(run_dir)
+    loaded, tinfo, num_classes, dataset = _open_teacher(config, teacher_run_dir, run_dir, device)
+    acc = config.accel.resolve(device)
+    # recorded as run on this device: a changed arithmetic is a config mismatch
+    config = config.replace(accel=acc)
+    top = {"distill": config.to_dict(), "teacher": tinfo, "dataset": dataset}
+    if (run_dir / runs.CONFIG_FILE).is_file() and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a distillation ladder: pass resume=True to continue it, "
+            "or use another run directory"
+        )
+    # everything that can fail on bad input (teacher, data, gate) comes before the first write
+    data = _load_data(config, dataset, tinfo, data_root)
+    path = loaded.path
+    gate_fn = gate(config, dataset, path, num_classes) if config.gate else None
+    with runs.writer(run_dir):
+        runs.prepare_run_dir(
+            run_dir, top, resume=resume, mutable=MUTABLE_FIELDS + ("teacher.run_dir",), rewrite=True
+        )
+        results, current = _run_stages(
+            config,
+            run_dir,
+            loaded,
+            tinfo,
+            dataset,
+            data,
+            path,
+            num_classes,
+            acc,
+            device,
+            progress,
+            callback,
+            gate_fn,
+            teacher_run_dir,
+        )
+    return LadderResult(
+        run_dir=run_dir,
+        config=config,
+        stages=results,
+        student=current,
+        path=path,
+        teacher=loaded,
+        seconds=time.perf_counter() - t_start,
+    )
+
+
+def _check_gate(config: DistillConfig, gate) -> None:
+    """``gate`` must be a callable (a gate factory) or ``None``, and is needed when ``config.gate``."""
+    if gate is not None and not callable(gate):
+        raise ValueError(f"gate must be None or a gate factory (a callable), got {type(gate).__name__}")
+    if config.gate and gate is None:
+        raise ValueError(
+            "config.gate is set but no gate was passed: pass gate=kaclib.cli.ladder_gate "
+            "(or another factory gate(config, dataset, path, num_classes), see kaclib.distill.gate)"
+        )
+
+
+def _open_teacher(config: DistillConfig, teacher_run_dir: Path, run_dir: Path, device):
+    """``(loaded, tinfo, num_classes, dataset)``: the teacher run (verified; a non-finite teacher is
+    refused), its :func:`_teacher_info`, its number of classes and the data set of forward states."""
+    from ..train import load_run
+
+    loaded = load_run(teacher_run_dir, ema=True, device=device)  # verified; refuses a non-finite teacher
+    tinfo = _teacher_info(loaded, teacher_run_dir, run_dir)
+    num_classes = int(tinfo["model"]["num_classes"])
+    dataset = config.dataset or tinfo["dataset"]
+    if dataset is None:
+        raise ValueError("the teacher's config names no data set: set DistillConfig.dataset")
+    if tinfo["distilled"] is not None:
+        if int(tinfo["distilled"]["steps"]) != config.ladder[0]:
+            raise ValueError(
+                f"the teacher is a distilled {tinfo['distilled']['steps']}-step model, "
+                f"but the ladder starts at {config.ladder[0]} steps"
+            )
+    return loaded, tinfo, num_classes, dataset
+
+
+def _load_data(config: DistillConfig, dataset: str, tinfo: dict, data_root):
+    """The training split of ``dataset``, checked against the teacher's image shape."""
+    from ..data import load_dataset
+
+    data = load_dataset(dataset, "train", root=data_root, seed=config.data_seed)
+    m = tinfo["model"]
+    want = (m.get("in_channels"), m.get("image_size"), m.get("image_size"))
+    if None not in want and tuple(data.images.shape[1:]) != want:
+        raise ValueError(
+            f"data set {dataset} has images of shape {tuple(data.images.shape[1:])}, the teacher makes {want}"
+        )
+    return data
+
+
+def _run_stages(
+    config,
+    run_dir,
+    loaded,
+    tinfo,
+    dataset,
+    data,
+    path,
+    num_classes,
+    acc,
+    device,
+    progress,
+    callback,
+    gate_fn,
+    teacher_run_dir,
+):
+    current = loaded.model
+    results = []
+    teacher_dir = _relative(teacher_run_dir, run_dir)
+    for spec in config.stages():
+        sdir = run_dir / stage_dir_name(spec)
+        first_flow = spec.index == 1 and tinfo["distilled"] is None
+        ho = hand_off(
+            current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, accel=acc
+        )
+        tf = TeacherField(
+            ho.teacher,
+            guided=first_flow,
+            w=config.w,
+            num_classes=num_classes,
+            solver=config.teacher_solver if first_flow else "euler",
+        )
+        scfg = _stage_config(config, spec, tinfo, dataset, teacher_dir)
+        stage_mutable = MUTABLE_FIELDS + ("distilled.teacher", "distilled.flow_teacher")
+        with runs.writer(sdir):
+            runs.prepare_run_dir(sdir, scfg, resume=True, mutable=stage_mutable)
+        if (sdir / RESULT_FILE).is_file():
+            res = _load_finished_stage(spec, sdir, ho)
+        else:
+            res = train_stage(
+                tf,
+                ho,
+                path,
+                spec,
+                config,
+                data.images,
+                data.labels,
+                num_classes,
+                device=device,
+                run_dir=sdir,
+                resume=True,
+                progress=progress,
+                callback=callback,
+                gate_fn=gate_fn,
+                run_config=scfg,
+            )
+            _write_stage_result(res, spec, sdir)
+        results.append(res)
+        current = res.student
+        teacher_dir = _relative(sdir, run_dir)
+    return results, current
+
+
+def _load_finished_stage(spec: StageSpec, sdir: Path, ho: Handoff) -> StageResult:
+    """The :class:`StageResult` of a stage finished before (its weights loaded into ``ho``'s
+    student and EMA; empty ``losses``)."""
+    done = sdir / RESULT_FILE
+    summary = runs.read_json_object(done)
+    ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))
+    ckpt.load_into(ho.student, runs.MODEL_FILE)
+    ckpt.load_into(ho.ema.module, runs.EMA_FILE)
+    try:
+        return StageResult(
+            spec=spec,
+            student=ho.ema.module.eval(),
+            model=ho.student.eval(),
+            teacher=ho.teacher,
+            iters=int(summary["iters"]),
+            losses=torch.zeros(0),
+            teacher_passes=int(summary["teacher_passes"]),
+            gate=list(summary["gate"]),
+            seconds=0.0,
+            run_dir=sdir,
+            resumed_from=int(summary["iters"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise runs.RunDirError(f"{done}: not a stage result ({e})") from None
+
+
+def _write_stage_result(res: StageResult, spec: StageSpec, sdir: Path) -> None:
+    """``result.json``: marks the stage finished (a resumed ladder loads it instead of training)."""
+    prev = runs.read_jsonl(sdir / runs.METRICS_FILE)
+    losses = [r["loss"] for r in prev if "loss" in r]
+    runs.atomic_write_json(
+        sdir / RESULT_FILE,
+        {
+            "iters": res.iters,
+            "teacher_passes": res.teacher_passes,
+            "gate": res.gate,
+            "final_loss": losses[-1] if losses else None,
+            "stage": spec.to_dict(),
+        },
+    )
+
+
+def load_ladder(run_dir: str | os.PathLike, device="cpu") -> dict:
+    """``{student_steps: LoadedRun}`` of every finished stage of a ladder directory."""
+    from ..train import load_run
+
+    run_dir = Path(run_dir)
+    cfg = DistillConfig.from_dict(runs.read_config(run_dir)["distill"])
+    out = {}
+    for spec in cfg.stages():
+        sdir = run_dir / stage_dir_name(spec)
+        if (sdir / RESULT_FILE).is_file():
+            out[spec.student_steps] = load_run(sdir, ema=True, device=device)
+    return out
+
+
+def ladder_cache_dir(teacher_dir: str | os.PathLike, config: DistillConfig, root=None) -> Path:
+    """Where the benchmarks cache the ladder of ``config`` distilled from the teacher run
+    ``teacher_dir``: ``<root>/ladder-<hash>``, the hash of the teacher directory's NAME (teacher
+    runs are named by their config hash, so a moved cache still matches) and ``config.to_dict()``.
+    ``root`` defaults to :func:`kaclib.artifacts.cache_root`."""
+    from ..artifacts import cache_root, config_hash
+
+    if not isinstance(config, DistillConfig):
+        raise ValueError(f"config must be a DistillConfig, got {type(config).__name__}")
+    root = Path(root) if root is not None else cache_root()
+    return root / f"ladder-{config_hash({'teacher': Path(teacher_dir).name, 'distill': config.to_dict()})}"
