@@ -48,6 +48,7 @@ COMMANDS = {
     "flights": "python benchmarks/open_questions.py --flights --profile cpu",
     "limit": "python benchmarks/open_questions.py --limit --profile cpu",
     "rules": "python benchmarks/open_questions.py --rules --profile cpu",
+    "students": "python benchmarks/open_questions_students.py --train-steps 300 --ema-decay 0.99 --n-eval 300",
 }
 """The commands that produce each section of the committed JSON (the ``cpu`` profile)."""
 
