@@ -104,12 +104,9 @@ def method_configs(args, seed: int) -> dict:
         ladder=(TOP, 4, 2, 1), iters=args.iters // 3, batch_size=b, seed=seed, w=1.0, teacher_solver="ab2"
     )
     first = ladder.stages()[0]
-    ladder_passes = sum(st.iters * st.substeps * b for st in ladder.stages())
     return {
         "ladder": ladder,
-        "single": ladder.replace(
-            ladder=(TOP, 1), iters=args.iters, targets="pool", pool_size=max(b, ladder_passes // TOP)
-        ),
+        "single": ladder.single_stage(),
         "progressive": fs.ProgressiveConfig(start_steps=TOP, end_steps=1, iters=args.iters // 4, **common),
         "consistency": fs.ConsistencyConfig(N=TOP, iters=args.iters, **common),
         "reflow": fs.ReflowConfig(

@@ -484,34 +484,13 @@ def main(argv=None) -> int:
         trained = sum(s.seconds for s in res.stages)
         return res, trained, time.perf_counter() - t
 
-    def single_config(cfg, passes: int):
-        # equal budgets: as many student iterations as the whole ladder, and a pool whose teacher
-        # passes (pool_size x ladder[0] substeps x passes per substep) match the ladder's
-        per_sample = (
-            ladder[0]
-            * (2 if base.w not in (0.0, 1.0) else 1)
-            * (2 if base.teacher_solver == "midpoint" else 1)
-        )
-        pool = max(base.batch_size, round(passes / per_sample))
-        lr1 = base.lr if isinstance(base.lr, float) else base.lr[-1]
-        return cfg.replace(
-            ladder=(ladder[0], 1), iters=base.total_iters, lr=lr1, targets="pool", pool_size=pool
-        ), pool
-
-    def ladder_passes(cfg) -> int:
-        evals = 2 if cfg.teacher_solver == "midpoint" else 1
-        first = cfg.batch_size * (2 if cfg.w not in (0.0, 1.0) else 1) * evals
-        return sum(
-            st.iters * st.substeps * (first if st.index == 1 else cfg.batch_size) for st in cfg.stages()
-        )
-
     if args.train_only:  # helper process: train the cached ladders in reverse order, then exit
         jobs = []
         for (fam, s), tdir in teachers.items():
             cfg = base.replace(seed=s)
             jobs.append((tdir, cfg))
             if fam == "kac" and not args.no_single:
-                jobs.append((tdir, single_config(cfg, ladder_passes(cfg))[0]))
+                jobs.append((tdir, cfg.single_stage()))
         for tdir, cfg in reversed(jobs):
             distil(tdir, cfg)
         print("trained", len(jobs), "runs in", round(time.perf_counter() - t_all, 1), "s")
@@ -547,8 +526,9 @@ def main(argv=None) -> int:
                 score(st.student, res.path, st.spec.student_steps, "euler", 1.0, s, fam)
             )
         if fam == "kac" and not args.no_single:  # (iii) the single stage at the ladder's budget
-            assert passes == ladder_passes(cfg), (passes, ladder_passes(cfg))
-            cfg1, pool = single_config(cfg, passes)
+            assert passes == cfg.planned_teacher_passes(), (passes, cfg.planned_teacher_passes())
+            cfg1 = cfg.single_stage(passes)  # the ladder's iterations and teacher passes, one stage
+            pool = cfg1.pool_size
             r1, trained1, wall1 = distil(tdir, cfg1)
             train_info.setdefault("kac_single", []).append(
                 {

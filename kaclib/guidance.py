@@ -24,7 +24,9 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-__all__ = ["GuidedVelocity", "guided_bound", "passes_per_call", "check_guidance_weight"]
+from .solvers import passes_per_call  # the protocol a velocity reports its cost by (re-exported)
+
+__all__ = ["GuidedVelocity", "guided_bound", "guided_passes", "passes_per_call", "check_guidance_weight"]
 
 Weight = Union[float, Callable[[torch.Tensor], Union[float, torch.Tensor]]]
 
@@ -59,21 +61,12 @@ def guided_bound(w: float, c: float) -> float:
     return (abs(1.0 - w) + abs(w)) * c
 
 
-def _weight_passes(w: torch.Tensor | float) -> int:
-    """1 when every weight is 0 or 1 (one field suffices), else 2."""
+def guided_passes(w: torch.Tensor | float) -> int:
+    """Network passes per sample of one guided evaluation with weight(s) ``w``: 1 when every weight
+    is 0 or 1 (one field suffices), else 2 (conditional and unconditional)."""
     if isinstance(w, torch.Tensor):
         return 1 if bool((w == 0).all()) or bool((w == 1).all()) else 2
     return 1 if w in (0.0, 1.0) else 2
-
-
-def passes_per_call(velocity, t: torch.Tensor | None = None) -> int:
-    """Network forward passes per sample that one call of ``velocity`` costs.
-
-    ``velocity.passes_per_call(t)`` when the object defines it (:class:`GuidedVelocity` does),
-    otherwise 1 (a bare model or a plain function).
-    """
-    fn = getattr(velocity, "passes_per_call", None)
-    return int(fn(t)) if callable(fn) else 1
 
 
 class GuidedVelocity(nn.Module):
@@ -125,8 +118,8 @@ class GuidedVelocity(nn.Module):
         if callable(self.w):
             if t is None:
                 raise ValueError("t is needed to count the passes of a time-dependent w")
-            return _weight_passes(self.weight(t))
-        return _weight_passes(self.w)
+            return guided_passes(self.weight(t))
+        return guided_passes(self.w)
 
     # ------------------------------------------------------------------ forward
     def _null(self, t: torch.Tensor) -> torch.Tensor:
@@ -141,7 +134,7 @@ class GuidedVelocity(nn.Module):
         if y.shape != (x.shape[0],):
             raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
         w = self.weight(t)
-        passes = _weight_passes(w)
+        passes = guided_passes(w)
         if passes == 1:
             w0 = float(w.reshape(-1)[0]) if isinstance(w, torch.Tensor) else w
             return self.model(x, t, null if w0 == 0.0 else y)

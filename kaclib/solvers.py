@@ -23,9 +23,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .accel import velocity_fn
-from .guidance import passes_per_call
 
-__all__ = ["SOLVERS", "NFE_PER_STEP", "SampleResult", "sample", "time_grid", "grid_times", "nfe_for"]
+__all__ = [
+    "SOLVERS",
+    "NFE_PER_STEP",
+    "SampleResult",
+    "grid_times",
+    "nfe_for",
+    "passes_per_call",
+    "sample",
+    "step",
+    "time_grid",
+]
 
 SOLVERS = ("euler", "midpoint", "ab2")
 NFE_PER_STEP = {"euler": 1, "midpoint": 2, "ab2": 1}
@@ -82,6 +91,31 @@ def grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tensor
     return (T * (steps - index.to(torch.float64)) / steps).to(dtype)
 
 
+def passes_per_call(velocity, t: torch.Tensor | None = None) -> int:
+    """Network forward passes per sample that one call of ``velocity`` costs: what the velocity
+    reports itself (``velocity.passes_per_call(t)``, e.g. a guided field's 2), else 1 (a bare model
+    or a plain function).  The solver counts passes this way and knows nothing else of guidance."""
+    fn = getattr(velocity, "passes_per_call", None)
+    return int(fn(t)) if callable(fn) else 1
+
+
+def step(velocity, x: torch.Tensor, t: torch.Tensor, h: float, y, method: str, u_prev=None, t_mid=None):
+    """One step of ``method`` from time ``t`` down to ``t - h``: the step rules every integration
+    of the library uses (:func:`sample` and the teacher's segments of :mod:`kaclib.distill`).
+
+    ``t`` (and, for midpoint, ``t_mid``, the half-step time) are ``(B,)`` tensors computed by the
+    caller on its own grid.  AB-2 takes ``u_prev``, the velocity of the previous step (``None``:
+    an Euler start).  Returns ``(x_next, u)``, ``u`` the velocity at ``(x, t)`` for AB-2's next step
+    (``None`` for the other methods)."""
+    if method == "euler":
+        return x - h * velocity(x, t, y), None
+    if method == "midpoint":
+        x_mid = x - (0.5 * h) * velocity(x, t, y)
+        return x - h * velocity(x_mid, t_mid, y), None
+    u = velocity(x, t, y)
+    return (x - h * u if u_prev is None else x - h * (1.5 * u - 0.5 * u_prev)), u
+
+
 @torch.no_grad()
 def sample(
     velocity: Velocity,
@@ -123,26 +157,21 @@ def sample(
     counters = {"nfe": 0, "passes": 0}
     field = velocity_fn(velocity, accel, x_T.device)
 
-    def u(x: torch.Tensor, t: float) -> torch.Tensor:
-        tt = torch.full((B,), t, dtype=x.dtype, device=x.device)
+    def u(x: torch.Tensor, tt: torch.Tensor, y) -> torch.Tensor:
         counters["nfe"] += 1
         counters["passes"] += passes_per_call(velocity, tt)
         return field(x, tt, y)
+
+    def full(t: float) -> torch.Tensor:
+        return torch.full((B,), t, dtype=x_T.dtype, device=x_T.device)
 
     x = x_T
     traj = [x_T] if return_trajectory else None
     u_prev = None
     for k in tqdm(range(steps), disable=not progress, desc=f"{method} sampling", leave=False):
         t_k = float(times[k])
-        if method == "euler":
-            x = x - h * u(x, t_k)
-        elif method == "midpoint":
-            x_mid = x - (0.5 * h) * u(x, t_k)
-            x = x - h * u(x_mid, t_k - 0.5 * h)
-        else:  # ab2
-            u_k = u(x, t_k)
-            x = x - h * u_k if u_prev is None else x - h * (1.5 * u_k - 0.5 * u_prev)
-            u_prev = u_k
+        t_mid = full(t_k - 0.5 * h) if method == "midpoint" else None
+        x, u_prev = step(u, x, full(t_k), h, y, method, u_prev, t_mid)
         if traj is not None:
             traj.append(x)
     return SampleResult(

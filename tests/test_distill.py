@@ -395,6 +395,7 @@ def test_run_ladder_writes_loadable_stage_directories(teachers, tmp_path):
         assert (d / "result.json").is_file()
     # guided first stage: 2 passes x 2 substeps per sample; later stages 1 pass x 2 substeps
     assert res.stages[0].teacher_passes == 4 * 8 * 2 * 2 and res.stages[1].teacher_passes == 3 * 8 * 2
+    assert cfg.planned_teacher_passes() == sum(s.teacher_passes for s in res.stages)  # planned = spent
     assert set(load_ladder(tmp_path / "ladder")) == {4, 2, 1}
     with pytest.raises(FileExistsError, match="resume=True"):
         run_ladder(teachers["kac"], tmp_path / "ladder", cfg, progress=False)
@@ -474,3 +475,19 @@ def test_endpoint_loss_known_answer():
             return (xx - target) / 0.25
 
     assert float(EndpointLoss(4)(Exact(), x, k, None, target)) == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize(
+    "solver,w,per_substep", [("euler", 1.0, 1), ("midpoint", 1.0, 2), ("ab2", 1.5, 2), ("midpoint", 2.0, 4)]
+)
+def test_single_stage_matches_the_ladders_iterations_and_teacher_passes(solver, w, per_substep):
+    cfg = DistillConfig(ladder=(16, 4, 2, 1), iters=(30, 20, 10), lr=(1e-3, 5e-4, 2e-4), batch_size=8, w=w,
+                        teacher_solver=solver)  # fmt: skip
+    assert cfg.flow_passes_per_substep() == per_substep
+    planned = cfg.planned_teacher_passes()
+    assert planned == 30 * 4 * 8 * per_substep + 20 * 2 * 8 + 10 * 2 * 8
+    one = cfg.single_stage()
+    assert one.ladder == (16, 1) and one.iters == 60 and one.lr == 2e-4 and one.targets == "pool"
+    # the pool's end points cost what the ladder's teachers cost (up to rounding to whole targets)
+    assert abs(one.pool_size * 16 * per_substep - planned) <= 8 * per_substep
+    assert cfg.single_stage(10**6).pool_size == round(10**6 / (16 * per_substep))

@@ -37,9 +37,9 @@ from typing import Sequence
 
 from .. import accel as _accel
 from ..accel import AccelConfig
-from ..guidance import check_guidance_weight
+from ..guidance import check_guidance_weight, guided_passes
 from ..kac import check_finite_param
-from ..solvers import SOLVERS
+from ..solvers import NFE_PER_STEP, SOLVERS
 
 STATES = ("forward", "rollout")
 TARGETS = ("online", "pool")
@@ -272,6 +272,35 @@ class DistillConfig:
 
     def replace(self, **changes) -> "DistillConfig":
         return dataclasses.replace(self, **changes)
+
+    def flow_passes_per_substep(self) -> int:
+        """Network passes per sample of one substep of the flow teacher: the solver's evaluations
+        per step times the guided field's passes per evaluation (2 for ``w`` not in {0, 1})."""
+        return NFE_PER_STEP[self.teacher_solver] * guided_passes(self.w)
+
+    def planned_teacher_passes(self) -> int:
+        """Teacher passes x samples the ladder spends with online targets and no gate extension:
+        ``iters x substeps x batch_size`` per stage, times :meth:`flow_passes_per_substep` in the
+        first stage (later teachers are distilled students: one pass per substep)."""
+        first = self.flow_passes_per_substep()
+        return sum(
+            st.iters * st.substeps * self.batch_size * (first if st.index == 1 else 1) for st in self.stages()
+        )
+
+    def single_stage(self, teacher_passes: int | None = None) -> "DistillConfig":
+        """DistillKac's single stage at this ladder's budget: ``ladder[0] -> 1`` with as many student
+        iterations as the whole ladder (learning rate: the last stage's) and a pool of teacher end
+        points whose teacher passes match ``teacher_passes`` (default
+        :meth:`planned_teacher_passes`): ``pool_size = passes / (ladder[0] x passes per substep)``."""
+        passes = self.planned_teacher_passes() if teacher_passes is None else int(teacher_passes)
+        per_target = self.ladder[0] * self.flow_passes_per_substep()
+        return self.replace(
+            ladder=(self.ladder[0], 1),
+            iters=self.total_iters,
+            lr=self.lr if isinstance(self.lr, float) else self.lr[-1],
+            targets="pool",
+            pool_size=max(self.batch_size, round(passes / per_target)),
+        )
 
 
 def config_for_profile(profile=None, **changes) -> DistillConfig:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..solvers import SOLVERS, grid_times
+from ..solvers import NFE_PER_STEP, SOLVERS, grid_times, step
 
 
 @torch.no_grad()
@@ -53,16 +53,10 @@ def segment_endpoint(
     states = [x] if return_path else None
     for j in range(substeps):
         t = grid_times(i0 + j, S, T, x.dtype)
-        if method == "euler":
-            x = x - h * velocity(x, t, y)
-        elif method == "midpoint":
-            x_mid = x - (0.5 * h) * velocity(x, t, y)
+        t_mid = None
+        if method == "midpoint":
             t_mid = (T * (S - (i0 + j).to(torch.float64) - 0.5) / S).to(x.dtype)
-            x = x - h * velocity(x_mid, t_mid, y)
-        else:
-            u = velocity(x, t, y)
-            x = x - h * u if u_prev is None else x - h * (1.5 * u - 0.5 * u_prev)
-            u_prev = u
+        x, u_prev = step(velocity, x, t, h, y, method, u_prev, t_mid)
         if states is not None:
             states.append(x)
     return (x, torch.stack(states)) if return_path else x
@@ -97,4 +91,4 @@ class EndpointLoss:
 
 
 def _evals_per_substep(method: str) -> int:
-    return 2 if method == "midpoint" else 1
+    return NFE_PER_STEP[method]

@@ -42,7 +42,7 @@ from ..distill import (
     hand_off,
     train_stage,
 )
-from ..solvers import grid_times
+from ..solvers import NFE_PER_STEP, grid_times
 
 __all__ = [
     "FewStepResult",
@@ -125,7 +125,7 @@ class TrainFields:
 
 def teacher_evals_per_step(teacher: TeacherField) -> int:
     """Network passes per sample of ONE solver step of ``teacher`` (evaluations x passes per evaluation)."""
-    return (2 if teacher.solver == "midpoint" else 1) * teacher.passes_per_eval()
+    return NFE_PER_STEP[teacher.solver] * teacher.passes_per_eval()
 
 
 def check_int(name: str, v, minimum: int) -> int:
