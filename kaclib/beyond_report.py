@@ -398,6 +398,31 @@ def known_answer_maps_figure(exact_map, maps: dict, budget: int | None = None, m
     )
 
 
+STRESS_NAMES = {
+    "kac": "Kac",
+    "gaussian": "Gaussian peer",
+    "diffusion": "diffusion path",
+    "kac_bounded": "Kac, bounded head",
+}
+
+
+def stress_findings(res: dict | None) -> str:
+    """Section 3's verdicts per family Kac is compared with: ``"against the Gaussian peer: FID 0
+    holds, 2 fails, 18 inconclusive; range ..."``; ``"not yet run"`` without results."""
+    comps = (res or {}).get("comparisons", [])
+    if not comps:
+        return "not yet run"
+    parts = []
+    for other in dict.fromkeys(c["b"] for c in comps):
+        mine = [c for c in comps if c["b"] == other]
+        by_metric = [
+            f"{'FID' if m == 'fid' else 'range'} " + verdict_counts([c for c in mine if c["metric"] == m])
+            for m in ("fid", "frac_out_of_range")
+        ]
+        parts.append(f"against the {STRESS_NAMES.get(other, other)}: " + "; ".join(by_metric))
+    return ". ".join(parts)
+
+
 def stress_figure(res: dict, w: float, quantity: str = "fid"):
     """One guidance weight ``w`` of the committed ``guidance_stress`` benchmark: ``quantity`` (``"fid"``
     or a :class:`kaclib.guidance_stress.StressResult` field such as ``"frac_out_of_range"``) against
@@ -407,7 +432,7 @@ def stress_figure(res: dict, w: float, quantity: str = "fid"):
     from .plots import style
 
     fig = go.Figure()
-    for k, fam in enumerate(("kac", "gaussian")):
+    for k, fam in enumerate(res["settings"].get("families", ("kac", "gaussian"))):
         per_seed = [rows for name, rows in res["rows"].items() if name.startswith(fam + "-")]
         steps = [r["steps"] for r in per_seed[0] if r["w"] == float(w)]
         cis = []
@@ -427,7 +452,7 @@ def stress_figure(res: dict, w: float, quantity: str = "fid"):
                 y=[c.mean for c in cis],
                 error_y=dict(type="data", array=[c.hi - c.mean for c in cis], visible=True),
                 mode="lines+markers",
-                name={"kac": "Kac", "gaussian": "Gaussian peer"}[fam],
+                name=STRESS_NAMES.get(fam, fam),
                 line=dict(color=_PALETTE[k % len(_PALETTE)]),
             )
         )

@@ -167,3 +167,17 @@ def test_method_findings_names_the_best_method_and_tallies_fid_verdicts():
     assert f["best"] == "kac teacher, 1 step: ladder (10.00)"  # the teacher row is not a method
     assert f["tally"] == "reflow: 0 holds, 1 fails, 0 inconclusive" and f["n"] == 1
     assert br.method_findings(None) == {"best": "not yet run", "tally": "not yet run", "n": 0}
+
+
+def test_stress_findings_counts_verdicts_per_family_and_metric():
+    from kaclib.stats import compare
+
+    def c(metric, other, a, b):
+        return compare("c", metric, "kac", a, other, b).to_dict()
+
+    res = {"comparisons": [c("fid", "gaussian", [1, 2, 3], [5, 6, 7.5]), c("fid", "diffusion", [1, 2, 3], [1, 2.5, 2.5]),
+                           c("frac_out_of_range", "gaussian", [1, 2, 3], [1, 2.5, 2.5])]}  # fmt: skip
+    text = br.stress_findings(res)
+    assert text.startswith("against the Gaussian peer: FID 1 holds, 0 fails, 0 inconclusive; range 0 holds")
+    assert "against the diffusion path: FID 0 holds, 0 fails, 1 inconclusive; range none" in text
+    assert br.stress_findings(None) == "not yet run"
