@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from common import markdown_table, throwaway_cache, write_results  # noqa: E402
 
 from kaclib import fewstep as fs  # noqa: E402
-from kaclib.artifacts import cache_root, config_hash  # noqa: E402
+from kaclib.artifacts import derived_run_dir  # noqa: E402
 from kaclib.data import load_dataset  # noqa: E402
 from kaclib.distill import DistillConfig, TeacherField, ladder_cache_dir, run_ladder  # noqa: E402
 from kaclib.evaluation import (  # noqa: E402
@@ -130,7 +130,7 @@ def train_method(method: str, cfg, tdir: Path, teacher: TeacherField, path, data
         budget = {"student_iters": sum(st.iters for st in res.stages), "teacher_passes": passes}
         return {k: models[k] for k in STEPS if k in models}, {**budget, "flow_teacher_passes": flow}
     run = {"progressive": fs.run_progressive, "consistency": fs.run_consistency, "reflow": fs.run_reflow}
-    run_dir = cache_root() / f"fewstep-{method}-{config_hash({'teacher': tdir.name, 'cfg': cfg.to_dict()})}"
+    run_dir = derived_run_dir(f"fewstep-{method}", tdir, cfg=cfg.to_dict())
     res = run[method](teacher, path, data.images, data.labels, cfg, run_dir=run_dir, resume=True)
     if method == "progressive":
         models = {st.spec.student_steps: (st.student, "euler") for st in res.stages}

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["cache_root", "config_hash", "load_or_compute", "ARTIFACT_MANIFEST"]
+__all__ = ["cache_root", "config_hash", "derived_run_dir", "load_or_compute", "ARTIFACT_MANIFEST"]
 
 
 def cache_root() -> Path:
@@ -48,6 +48,16 @@ def config_hash(config: dict, length: int = 12) -> str:
         {"config": config, "cache_version": CACHE_VERSION}, sort_keys=True, default=str
     ).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def derived_run_dir(prefix: str, teacher_dir, root=None, **parts) -> Path:
+    """Where a run derived from a cached teacher is cached: ``<root>/<prefix>-<hash>``, the hash of
+    the teacher directory's NAME (teacher runs are named by their config hash, so a moved cache
+    still matches) and ``parts`` (JSON-ready configs, e.g. ``distill=config.to_dict()``).  The one
+    naming rule of ladders (:func:`kaclib.distill.ladder_cache_dir`) and of the few-step methods'
+    runs; ``root`` defaults to :func:`cache_root`."""
+    root = Path(root) if root is not None else cache_root()
+    return root / f"{prefix}-{config_hash({'teacher': Path(teacher_dir).name, **parts})}"
 
 
 def _file_hashes(folder: Path) -> dict[str, str]:

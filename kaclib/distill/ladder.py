@@ -344,9 +344,8 @@ def ladder_cache_dir(teacher_dir: str | os.PathLike, config: DistillConfig, root
     ``teacher_dir``: ``<root>/ladder-<hash>``, the hash of the teacher directory's NAME (teacher
     runs are named by their config hash, so a moved cache still matches) and ``config.to_dict()``.
     ``root`` defaults to :func:`kaclib.artifacts.cache_root`."""
-    from ..artifacts import cache_root, config_hash
+    from ..artifacts import derived_run_dir
 
     if not isinstance(config, DistillConfig):
         raise ValueError(f"config must be a DistillConfig, got {type(config).__name__}")
-    root = Path(root) if root is not None else cache_root()
-    return root / f"ladder-{config_hash({'teacher': Path(teacher_dir).name, 'distill': config.to_dict()})}"
+    return derived_run_dir("ladder", teacher_dir, root, distill=config.to_dict())
