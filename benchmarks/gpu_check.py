@@ -412,13 +412,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    import tempfile
+def _error(message: str) -> int:
+    print(f"gpu_check: error: {message}", file=sys.stderr)
+    return 2
 
-    args = parse_args(argv)
-    if args.prepare_mnist:
-        print(f"wrote {prepare_mnist(args.prepare_mnist)}")
-        return 0
+
+def configure(args) -> tuple | int:
+    """``(plan, device, out_path, parts)`` of a run (setting the environment it needs), or the exit
+    status 2 after an error message."""
     plan = PLANS[args.profile]
     if args.budget_s is not None:
         plan = replace(plan, budget_s=args.budget_s)
@@ -426,30 +427,87 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.mnist:
         if not Path(args.mnist).is_file():
-            print(
-                f"gpu_check: error: --mnist {args.mnist} is not a file (make it with --prepare-mnist)",
-                file=sys.stderr,
-            )
-            return 2
+            return _error(f"--mnist {args.mnist} is not a file (make it with --prepare-mnist)")
         os.environ["KACLIB_MNIST5K_NPZ"] = str(Path(args.mnist).resolve())
     if plan.compile_backend and "KACLIB_COMPILE_BACKEND" not in os.environ:
         os.environ["KACLIB_COMPILE_BACKEND"] = plan.compile_backend
     device = torch.device(args.device or plan.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print(
-            "gpu_check: error: CUDA is not available here (use --profile smoke on the CPU)", file=sys.stderr
-        )
-        return 2
+        return _error("CUDA is not available here (use --profile smoke on the CPU)")
     out_path = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "gpu_check.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     parts = [s.strip() for s in args.parts.split(",") if s.strip()]
     bad = sorted(set(parts) - {"throughput", "teacher", "compile"})
     if bad or not parts:
-        print(
-            f"gpu_check: error: --parts takes throughput, teacher, compile; got {args.parts!r}",
-            file=sys.stderr,
+        return _error(f"--parts takes throughput, teacher, compile; got {args.parts!r}")
+    return plan, device, out_path, parts
+
+
+class Recorder:
+    """The run's result, rewritten to ``out_path`` after every part (a device run must leave what it
+    has), and the runner of the parts within the plan's time budget."""
+
+    def __init__(self, result: dict, out_path: Path, device: torch.device, plan: Plan, t_start: float):
+        self.result, self.out_path, self.device, self.plan, self.t_start = (
+            result,
+            out_path,
+            device,
+            plan,
+            t_start,
         )
-        return 2
+
+    def write(self) -> None:
+        result = self.result
+        result["wall_s"] = time.perf_counter() - self.t_start
+        parts = {k: v for k, v in result.items() if k != "peak_memory"}
+        b = max([0] + _part_peaks(parts))
+        result["peak_memory"] = (
+            peak_memory(self.device)
+            if self.device.type != "cuda"
+            else {
+                "kind": "torch.cuda.max_memory_allocated (largest of the parts)",
+                "bytes": b,
+                "gib": round(b / 2**30, 3),
+            }
+        )
+        self.out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+    def record(self, key, value) -> None:
+        self.result[key] = value
+        self.write()
+
+    def run(self, name: str, fn) -> None:
+        elapsed = time.perf_counter() - self.t_start
+        if elapsed > self.plan.budget_s:
+            self.result["skipped"][name] = f"not started: past the {self.plan.budget_s:.0f} s budget"
+            self.write()
+            return
+        print(f"[gpu_check] {name} ({elapsed:.0f} s)", flush=True)
+        try:
+            fn()
+        except Exception as exc:  # record and go on: a device run must return what it has
+            self.result["errors"][name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
+            print(f"[gpu_check] {name} FAILED: {exc}", file=sys.stderr, flush=True)
+        self.write()
+
+    def mode(self, name: str):
+        def fn():
+            self.result["modes"][name] = train_throughput(self.plan, name, self.device)
+
+        return fn
+
+
+def main(argv=None) -> int:
+    import tempfile
+
+    args = parse_args(argv)
+    if args.prepare_mnist:
+        print(f"wrote {prepare_mnist(args.prepare_mnist)}")
+        return 0
+    conf = configure(args)
+    if isinstance(conf, int):
+        return conf
+    plan, device, out_path, parts = conf
     t_start = time.perf_counter()
     command = "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {
@@ -464,55 +522,17 @@ def main(argv=None) -> int:
     }
     if args.merge:
         _merge(result, json.loads(Path(args.merge).read_text()), parts)
-
-    def write():
-        result["wall_s"] = time.perf_counter() - t_start
-        parts = {k: v for k, v in result.items() if k != "peak_memory"}
-        b = max([0] + _part_peaks(parts))
-        result["peak_memory"] = (
-            peak_memory(device)
-            if device.type != "cuda"
-            else {
-                "kind": "torch.cuda.max_memory_allocated (largest of the parts)",
-                "bytes": b,
-                "gib": round(b / 2**30, 3),
-            }
-        )
-        out_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-
-    def record(key, value):
-        result[key] = value
-        write()
-
-    def run(name, fn):
-        if time.perf_counter() - t_start > plan.budget_s:
-            result["skipped"][name] = f"not started: past the {plan.budget_s:.0f} s budget"
-            write()
-            return
-        print(f"[gpu_check] {name} ({time.perf_counter() - t_start:.0f} s)", flush=True)
-        try:
-            fn()
-        except Exception as exc:  # record and go on: a device run must return what it has
-            result["errors"][name] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}"
-            print(f"[gpu_check] {name} FAILED: {exc}", file=sys.stderr, flush=True)
-        write()
-
-    def mode(name):
-        def fn():
-            result["modes"][name] = train_throughput(plan, name, device)
-
-        return fn
-
+    rec = Recorder(result, out_path, device, plan, t_start)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         if "throughput" in parts:
             for name in ("fp32", "bf16", "channels_last"):
-                run(name, mode(name))
+                rec.run(name, rec.mode(name))
         if "teacher" in parts:
-            run("teacher", lambda: teacher_and_stage(plan, device, work, record))
+            rec.run("teacher", lambda: teacher_and_stage(plan, device, work, rec.record))
         if "compile" in parts:
-            run("compile", mode("compile"))
-    write()
+            rec.run("compile", rec.mode("compile"))
+    rec.write()
     print(json.dumps({k: {"images_per_s": round(v["images_per_s"], 1)} for k, v in result["modes"].items()}))
     print(
         f"[gpu_check] wrote {out_path} ({result['wall_s']:.0f} s); errors: {sorted(result['errors']) or 'none'}"

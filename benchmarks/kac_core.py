@@ -197,21 +197,16 @@ def student_timing(n: int, repeats: int) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, a correctness run (writes nothing)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    a, c = 9.0, 3.0
-    proc = KacProcess(a, c)
-    M = 1000 if args.quick else 10_000
-    n_ks = 20_000 if args.quick else 100_000
-    repeats = 3 if args.quick else 9
-    n_images = 200 if args.quick else 1000
+    return ap.parse_args(argv)
 
-    # ---- set-up: ours has none; the table is built once per (a, c)
+
+def setup_cost(proc, M: int) -> tuple:
+    """``(table, build seconds, setup record)``: ours has no set-up; the table is built once per (a, c)."""
     rss0 = max_rss_mb()
     t0 = time.perf_counter()
     table = TableSampler(proc, M=M)
@@ -230,9 +225,11 @@ def main(argv=None) -> dict:
             "peak_rss_increase_mb": max_rss_mb() - rss0,
         },
     }
+    return table, build_s, setup
 
-    # ---- throughput at the two training shapes, t ~ U[0, 1] per image
-    gen = torch.Generator().manual_seed(0)
+
+def throughput(proc, table, repeats: int, gen) -> dict:
+    """Values per second at the two training shapes, t ~ U[0, 1] per image."""
     shapes = {"cifar10 128x3x32x32": (128, 3, 32, 32), "digits 256x1x8x8": (256, 1, 8, 8)}
     speed = {}
     for label, shape in shapes.items():
@@ -247,8 +244,11 @@ def main(argv=None) -> dict:
         row["sample_speedup"] = row["ours_sample"] / row["table_sample"]
         row["velocity_speedup"] = row["ours_velocity"] / row["table_velocity"]
         speed[label] = row
+    return speed
 
-    # ---- accuracy: KS distance to the exact CDF at the test times
+
+def accuracy(proc, table, n_ks: int, gen) -> dict:
+    """KS distance to the exact CDF at the test times."""
     ks = {}
     for s in [2.0**-10, 2.0**-6, 2.0**-3, 1.0]:
         st = torch.full((n_ks,), s)
@@ -258,14 +258,12 @@ def main(argv=None) -> dict:
             "table": ks_distance(table.sample(st, generator=gen), ref),
             "bound_99": ks_bound_99(n_ks),
         }
+    return ks
 
-    # ---- latents and 1-step students, end to end
-    latent_repeats = 20 if args.quick else 100
-    latents = latent_timing(1000, latent_repeats)
-    students = student_timing(n_images, repeats)
 
+def core_targets(speed, ks, latents, students, setup) -> dict:
     cifar = speed["cifar10 128x3x32x32"]
-    targets = {
+    return {
         "sample_speedup_cifar_ge_1": cifar["sample_speedup"] >= 1,
         "sample_speedup_cifar_ge_2 (stretch)": cifar["sample_speedup"] >= 2,
         "velocity_speedup_ge_2": all(r["velocity_speedup"] >= 2 for r in speed.values()),
@@ -275,6 +273,25 @@ def main(argv=None) -> dict:
         "setup_under_1s_64mb": setup["ours"]["build_seconds"] <= 1 and setup["ours"]["bytes"] <= 64 * 2**20,
     }
 
+
+def latent_rows(latents) -> list:
+    return [
+        ["torch.randn", latents["randn_s"] * 1e3, 1.0],
+        ["Gaussian path (counter-based)", latents["gaussian_s"] * 1e3, latents["gaussian_over_randn"]],
+        [
+            f"Kac path {latents['kac_path']} (counter-based)",
+            latents["kac_s"] * 1e3,
+            latents["kac_over_randn"],
+        ],
+        [
+            "Kac path, former per-image generators",
+            latents["kac_legacy_loop_s"] * 1e3,
+            latents["kac_legacy_loop_s"] / latents["randn_s"],
+        ],
+    ]
+
+
+def print_report(a, c, repeats, speed, ks, latents, students, n_images, M, table, build_s, targets) -> None:
     print(
         f"Kac process (a, c) = ({a:g}, {c:g}); {torch.get_num_threads()} threads; values per second (best of {repeats})"
     )
@@ -303,21 +320,7 @@ def main(argv=None) -> dict:
         )
     )
     print()
-    lat_rows = [
-        ["torch.randn", latents["randn_s"] * 1e3, 1.0],
-        ["Gaussian path (counter-based)", latents["gaussian_s"] * 1e3, latents["gaussian_over_randn"]],
-        [
-            f"Kac path {latents['kac_path']} (counter-based)",
-            latents["kac_s"] * 1e3,
-            latents["kac_over_randn"],
-        ],
-        [
-            "Kac path, former per-image generators",
-            latents["kac_legacy_loop_s"] * 1e3,
-            latents["kac_legacy_loop_s"] / latents["randn_s"],
-        ],
-    ]
-    print(format_table([f"latents of {latents['n']} digits", "ms", "x randn"], lat_rows))
+    print(format_table([f"latents of {latents['n']} digits", "ms", "x randn"], latent_rows(latents)))
     print()
     stu_rows = [
         [k, students[k]["total_s"], students[k]["latent_s"], students[k]["network_s"]]
@@ -327,7 +330,13 @@ def main(argv=None) -> dict:
     print()
     print(f"set-up: ours none; table {M} x {table.Q} built in {build_s:.1f} s, {table.nbytes / 2**20:.0f} MB")
     print("targets:", targets)
-    summary = "\n\n".join(
+
+
+def summary_markdown(
+    a, c, repeats, speed, ks, n_ks, latents, latent_repeats, students, n_images, M, table, build_s, targets
+) -> str:
+    """The Markdown summary stored in the JSON (``summary_markdown``)."""
+    return "\n\n".join(
         [
             f"Kac process `(a, c) = ({a:g}, {c:g})`, values per second (best of {repeats}), {torch.get_num_threads()} thread(s), "
             "one time per image drawn from U[0, 1]:",
@@ -362,7 +371,8 @@ def main(argv=None) -> dict:
             f"Latents of {latents['n']:,} digits (1x8x8), one seed per image (`kaclib.evaluation.image_latents`, best of "
             f"{latent_repeats}, interleaved):",
             markdown_table(
-                ["latents", "ms", "x torch.randn"], [[r[0], round(r[1], 3), round(r[2], 1)] for r in lat_rows]
+                ["latents", "ms", "x torch.randn"],
+                [[r[0], round(r[1], 3), round(r[2], 1)] for r in latent_rows(latents)],
             ),
             f"1-step students, {n_images:,} digits end to end (latents + one pass of the `{students['preset']}` UNet, "
             f"untrained weights, best of {repeats}): Kac {students['kac']['total_s']:.3f} s "
@@ -373,6 +383,44 @@ def main(argv=None) -> dict:
             + ", ".join(f"{k}: {'met' if v else 'missed'}" for k, v in targets.items())
             + ".",
         ]
+    )
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    a, c = 9.0, 3.0
+    proc = KacProcess(a, c)
+    M = 1000 if args.quick else 10_000
+    n_ks = 20_000 if args.quick else 100_000
+    repeats = 3 if args.quick else 9
+    n_images = 200 if args.quick else 1000
+
+    table, build_s, setup = setup_cost(proc, M)
+    gen = torch.Generator().manual_seed(0)  # one stream: throughput, then the KS draws
+    speed = throughput(proc, table, repeats, gen)
+    ks = accuracy(proc, table, n_ks, gen)
+    latent_repeats = 20 if args.quick else 100  # latents and 1-step students, end to end
+    latents = latent_timing(1000, latent_repeats)
+    students = student_timing(n_images, repeats)
+    targets = core_targets(speed, ks, latents, students, setup)
+
+    print_report(a, c, repeats, speed, ks, latents, students, n_images, M, table, build_s, targets)
+    summary = summary_markdown(
+        a,
+        c,
+        repeats,
+        speed,
+        ks,
+        n_ks,
+        latents,
+        latent_repeats,
+        students,
+        n_images,
+        M,
+        table,
+        build_s,
+        targets,
     )
     payload = {
         "a": a,

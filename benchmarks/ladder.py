@@ -39,12 +39,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import format_table, write_results  # noqa: E402
+from common import write_results  # noqa: E402
+from ladder_report import (  # noqa: E402, F401  (ladder_comparisons, ladder_table: re-exported)
+    aggregate_rows,
+    floor_summary,
+    ladder_comparisons,
+    ladder_table,
+    ladder_targets,
+    print_report,
+)
 
-from kaclib.paper import LADDER_FID, ladder_fid, ladder_ratio  # noqa: E402
+from kaclib.paper import LADDER_FID  # noqa: E402
 from kaclib.runs import RunBusyError  # noqa: E402
 from kaclib.sample_quality import paired_rmse  # noqa: E402
-from kaclib.stats import compare, mean_ci  # noqa: E402
+from kaclib.stats import mean_ci  # noqa: E402
 
 
 @torch.no_grad()
@@ -173,144 +181,10 @@ def timing_study(results: dict, n: int, repeats: int) -> dict:
     return out
 
 
-def _cmp(agg, claim, metric, a, b, floor=None, direction="<") -> dict:
-    av = agg[a[0]][a[1]][metric]["values"]
-    bv = floor["values"][metric] if b == "floor" else agg[b[0]][b[1]][metric]["values"]
-    name = lambda r: "unseen real (floor)" if r == "floor" else f"{r[0]} @ {r[1]} steps"  # noqa: E731
-    return compare(claim, metric, name(a), av, name(b), bv, direction=direction).to_dict()
+RESULTS_FILE = Path(__file__).resolve().parent / "results" / "ladder.json"
 
 
-def ladder_comparisons(agg, floor, ladder) -> list[dict]:
-    """The paired A-versus-B claims of the ladder table (FID and KID each), verdicts from the CIs."""
-    top, out = ladder[0], []
-    pairs = [
-        (
-            "the distilled 1-step student beats the undistilled teacher at 1 step",
-            ("kac_ladder", 1),
-            ("kac_teacher", 1),
-            "<",
-        ),
-        (
-            f"the {top}-step teacher beats the distilled 1-step student",
-            ("kac_teacher", top),
-            ("kac_ladder", 1),
-            "<",
-        ),
-        (
-            f"the {top}-step teacher is still worse than unseen real images",
-            ("kac_teacher", top),
-            "floor",
-            ">",
-        ),
-        (
-            "the ladder beats a single stage at equal budget (1 step)",
-            ("kac_ladder", 1),
-            ("kac_single", 1),
-            "<",
-        ),
-        (
-            "the Kac 1-step student beats the Gaussian-path 1-step student",
-            ("kac_ladder", 1),
-            ("gaussian_ladder", 1),
-            "<",
-        ),
-        (
-            f"the Kac {top}-step teacher beats the Gaussian-path teacher",
-            ("kac_teacher", top),
-            ("gaussian_teacher", top),
-            "<",
-        ),
-    ]
-    pairs += [
-        (
-            f"the {m}-step student beats the undistilled teacher at {m} steps",
-            ("kac_ladder", m),
-            ("kac_teacher", m),
-            "<",
-        )
-        for m in ladder[1:-1]
-    ]
-    pairs.append(
-        (
-            f"the {top}-step teacher beats the undistilled teacher at 1 step",
-            ("kac_teacher", top),
-            ("kac_teacher", 1),
-            "<",
-        )
-    )
-    ones = [r for r in ("kac_ladder", "kac_single") if 1 in agg.get(r, {})]
-    if (
-        len(ones) > 1
-    ):  # the three that must be told apart: 100-step teacher, undistilled 1 step, best 1-step student
-        best = min(ones, key=lambda r: agg[r][1]["fid"]["mean"])
-        pairs += [
-            (
-                f"the {top}-step teacher beats the best 1-step student ({best})",
-                ("kac_teacher", top),
-                (best, 1),
-                "<",
-            ),
-            (
-                f"the best 1-step student ({best}) beats the undistilled teacher at 1 step",
-                (best, 1),
-                ("kac_teacher", 1),
-                "<",
-            ),
-        ]
-    for claim, a, b, direction in pairs:
-        if a[0] not in agg or (b != "floor" and b[0] not in agg):
-            continue
-        for metric in ("fid", "kid"):
-            out.append(_cmp(agg, claim, metric, a, b, floor, direction))
-    return out
-
-
-def ladder_table(agg, floor, ladder) -> tuple[list, list]:
-    """Header and rows of the headline table: mean ± 95% CI half-width of FID and KID per row."""
-
-    def cell(row, steps, m="fid", d=3):
-        r = agg.get(row, {}).get(steps)
-        return "-" if r is None else f"{r[m]['mean']:.{d}f} ± {r[m]['half_width']:.{d}f}"
-
-    header = [
-        "steps",
-        "paper CIFAR-10 (ratio)",
-        "Kac ladder",
-        "Kac teacher (AB-2)",
-        f"single {ladder[0]}->1",
-        "Gaussian ladder",
-        "Gaussian teacher",
-        "KID Kac ladder",
-        "RMSE to teacher",
-        "passes ladder / teacher",
-    ]
-    rows = []
-    for steps in ladder:
-        key = "teacher" if steps == ladder[0] else steps
-        paper, paper_ratio = ladder_fid("cifar10", key), ladder_ratio("cifar10", key)
-        lad = None if steps == ladder[0] else "kac_ladder"
-        rows.append(
-            [
-                steps,
-                f"{paper} ({paper_ratio:.2f})" if paper else "-",
-                cell(lad, steps) if lad else "(teacher)",
-                cell("kac_teacher", steps),
-                cell("kac_single", steps),
-                cell("gaussian_ladder", steps) if lad else "(teacher)",
-                cell("gaussian_teacher", steps),
-                cell(lad or "kac_teacher", steps, "kid"),
-                cell(lad, steps, "paired_rmse_to_teacher") if lad else "0",
-                f"{agg[lad][steps]['network_passes'] if lad else '-'} / "
-                f"{agg['kac_teacher'][steps]['network_passes']}",
-            ]
-        )
-    rows.append(
-        ["real", "-", "-", f"floor {floor['fid']:.3f}", "-", "-", "-", f"{floor['kid']:.3f}", "-", "-"]
-    )
-    return header, rows
-
-
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -371,40 +245,39 @@ def main(argv=None) -> int:
     ap.add_argument("--no-gaussian", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
 
-    from kaclib.distill import config_for_profile, ladder_cache_dir, run_ladder
-    from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config
-    from kaclib.profiles import get_profile
-    from kaclib.train import load_run
 
-    t_all = time.perf_counter()
-    prof = get_profile(args.profile)
-    progress = not args.quiet
-    results_file = Path(__file__).resolve().parent / "results" / "ladder.json"
-    if args.timing:
+def run_timing(args, results_file: Path) -> int:
+    """``--timing``: the back-to-back sampling times, merged into the results as ``timing``."""
+    res = json.loads(results_file.read_text())
+    timing = timing_study(res, args.n_eval or 500, 2)
+    timing["command"] = "python " + " ".join(sys.argv)
+    print(json.dumps(timing, indent=1))
+    if not args.no_write:
         res = json.loads(results_file.read_text())
-        timing = timing_study(res, args.n_eval or 500, 2)
-        timing["command"] = "python " + " ".join(sys.argv)
-        print(json.dumps(timing, indent=1))
-        if not args.no_write:
-            res = json.loads(results_file.read_text())
-            res["timing"] = timing
-            results_file.write_text(json.dumps(res, indent=2) + "\n")
-        return 0
-    if args.ema_study:
-        study = ema_study(prof, args.n_eval or 500, progress, args.study_only)
-        study["seconds"] = time.perf_counter() - t_all
-        study["command"] = "python " + " ".join(sys.argv)
-        if not args.no_write and not args.study_only:
-            payload = (
-                json.loads(results_file.read_text()) if results_file.is_file() else {"benchmark": "ladder"}
-            )
-            payload["ema_study"] = study
-            results_file.write_text(json.dumps(payload, indent=2) + "\n")
-            print(f"merged ema_study into {results_file}")
-        return 0
+        res["timing"] = timing
+        results_file.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+def run_ema_study(args, prof, progress: bool, results_file: Path, t_all: float) -> int:
+    """``--ema-study``: the g = t^2 EMA study, merged into the results as ``ema_study``."""
+    study = ema_study(prof, args.n_eval or 500, progress, args.study_only)
+    study["seconds"] = time.perf_counter() - t_all
+    study["command"] = "python " + " ".join(sys.argv)
+    if not args.no_write and not args.study_only:
+        payload = json.loads(results_file.read_text()) if results_file.is_file() else {"benchmark": "ladder"}
+        payload["ema_study"] = study
+        results_file.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"merged ema_study into {results_file}")
+    return 0
+
+
+def ladder_setup(args, prof) -> tuple:
+    """``(seeds, gaussian seeds, n_eval, base DistillConfig, teachers' model config)`` of a run."""
+    from kaclib.distill import config_for_profile
+
     seeds = args.seeds if args.seeds is not None else list(prof.seeds) if len(prof.seeds) > 1 else [0, 1]
     gseeds = args.gaussian_seeds if args.gaussian_seeds is not None else seeds
     n_eval = args.n_eval or prof.n_eval
@@ -412,46 +285,58 @@ def main(argv=None) -> int:
     if args.iters:
         changes["iters"] = tuple(int(s) for s in args.iters.split(","))
     base = config_for_profile(prof, **changes)
-    ladder = base.ladder
     if any(seeds.count(x) > 1 for x in seeds):
         raise ValueError("seeds must be distinct")
     model_over = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.teacher_model)}
     model_cfg = {"preset": prof.model_preset, "head": prof.head, **model_over}
-    timings = {}
+    return seeds, gseeds, n_eval, base, model_cfg
 
-    # ------------------------------------------------------------------ teachers and the metric
-    # seed s: teachers trained with seed s, ladders and single stage distilled with seed s, and every
-    # row of seed s sampled from the same latents (seed 1000 + s): paired differences across rows
-    t0 = time.perf_counter()
-    families = ["kac"] + ([] if args.no_gaussian else ["gaussian"])
+
+def train_teachers(prof, seeds, gseeds, model_cfg: dict, no_gaussian: bool, progress: bool) -> dict:
+    """``{(family, seed): teacher run dir}``: seed s has teachers trained with seed s, ladders and
+    single stage distilled with seed s, and every row of seed s sampled from the same latents
+    (seed 1000 + s): paired differences across rows."""
+    from kaclib.evaluation import get_teacher, teacher_config
+
+    families = ["kac"] + ([] if no_gaussian else ["gaussian"])
 
     def teacher_cfg(fam, s):
         if fam == "kac":
             return teacher_config(prof, seed=s, model=model_cfg)
         return teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"})
 
-    teachers = {
+    return {
         (fam, s): get_teacher(teacher_cfg(fam, s), progress=progress)
         for s in seeds
         for fam in families
         if fam == "kac" or s in gseeds
     }
-    timings["teachers_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ev = Evaluator(prof.dataset)
-    n_eval = min(n_eval, ev.max_n)
-    floors = [ev.floor(n_eval, seed=s) for s in seeds]
-    timings["evaluator_s"] = time.perf_counter() - t0
-    num_classes = load_run(teachers[("kac", seeds[0])]).model.cfg.num_classes
-    conditioning = {f"{fam}-seed{s}": conditioning_check(load_run(d)) for (fam, s), d in teachers.items()}
-    reference = {}  # (family, seed) -> the teacher's images at ladder[0] steps: the paired-RMSE reference
 
-    def score(model, path, steps, method, w, seed, fam):
+
+class Scorer:
+    """Scores a generator at ``n_eval`` images on the latents of seed ``1000 + seed``; the first
+    images scored per ``(family, seed)`` (the teacher at ``ladder[0]`` steps) are the paired-RMSE
+    reference of every later row of that family and seed."""
+
+    def __init__(self, ev, n_eval: int, num_classes: int):
+        self.ev, self.n_eval, self.num_classes = ev, n_eval, num_classes
+        self.reference = {}
+
+    def __call__(self, model, path, steps, method, w, seed, fam) -> dict:
+        from kaclib.evaluation import generate
+
         g = generate(
-            model, path, n_eval, steps, method=method, w=w, num_classes=num_classes, seed=1000 + seed
+            model,
+            path,
+            self.n_eval,
+            steps,
+            method=method,
+            w=w,
+            num_classes=self.num_classes,
+            seed=1000 + seed,
         )
-        sc = ev.score(g.images, g.labels)
-        ref = reference.setdefault((fam, seed), g.images)
+        sc = self.ev.score(g.images, g.labels)
+        ref = self.reference.setdefault((fam, seed), g.images)
         return {
             **{k: v for k, v in sc.to_dict().items() if k not in ("metric_name", "n")},
             "paired_rmse_to_teacher": float(paired_rmse(g.images, ref).mean()),
@@ -461,145 +346,95 @@ def main(argv=None) -> int:
             "latent_s_per_1000": 1000 * g.latent_seconds / g.images.shape[0],
         }
 
-    def ladder_dir(teacher_dir: Path, cfg) -> Path:
-        return ladder_cache_dir(teacher_dir, cfg)
 
-    def distil(teacher_dir: Path, cfg):
-        """Train (or load: resume=True on a finished ladder) one cached ladder; a lock file lets a
-        second process (--train-only) share the work without two writers on one directory."""
-        t = time.perf_counter()
-        d = ladder_dir(teacher_dir, cfg)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        with open(str(d) + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                while True:
-                    try:
-                        res = run_ladder(teacher_dir, d, cfg, resume=True, progress=progress)
-                        break
-                    except RunBusyError:  # another writer (the book build) holds this ladder: wait for it
-                        time.sleep(30)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        trained = sum(s.seconds for s in res.stages)
-        return res, trained, time.perf_counter() - t
+def distil(teacher_dir: Path, cfg, progress: bool):
+    """Train (or load: resume=True on a finished ladder) one cached ladder; a lock file lets a
+    second process (--train-only) share the work without two writers on one directory."""
+    from kaclib.distill import ladder_cache_dir, run_ladder
 
-    if args.train_only:  # helper process: train the cached ladders in reverse order, then exit
-        jobs = []
-        for (fam, s), tdir in teachers.items():
-            cfg = base.replace(seed=s)
-            jobs.append((tdir, cfg))
-            if fam == "kac" and not args.no_single:
-                jobs.append((tdir, cfg.single_stage()))
-        for tdir, cfg in reversed(jobs):
-            distil(tdir, cfg)
-        print("trained", len(jobs), "runs in", round(time.perf_counter() - t_all, 1), "s")
-        return 0
+    t = time.perf_counter()
+    d = ladder_cache_dir(teacher_dir, cfg)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(d) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            while True:
+                try:
+                    res = run_ladder(teacher_dir, d, cfg, resume=True, progress=progress)
+                    break
+                except RunBusyError:  # another writer (the book build) holds this ladder: wait for it
+                    time.sleep(30)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    trained = sum(s.seconds for s in res.stages)
+    return res, trained, time.perf_counter() - t
 
-    # ------------------------------------------------------------------ rows, seed by seed
-    rows = {}  # (row, steps) -> per-seed score dicts, in the order of ``seeds``
-    train_info, budget = {}, {}
+
+def train_only(teachers: dict, base, no_single: bool, progress: bool, t_all: float) -> int:
+    """``--train-only`` (a helper process): train the cached ladders in reverse order, then exit."""
+    jobs = []
+    for (fam, s), tdir in teachers.items():
+        cfg = base.replace(seed=s)
+        jobs.append((tdir, cfg))
+        if fam == "kac" and not no_single:
+            jobs.append((tdir, cfg.single_stage()))
+    for tdir, cfg in reversed(jobs):
+        distil(tdir, cfg, progress)
+    print("trained", len(jobs), "runs in", round(time.perf_counter() - t_all, 1), "s")
+    return 0
+
+
+def _train_record(seed, res, trained_s, wall_s, **extra) -> dict:
+    return {
+        "seed": seed,
+        "train_s": trained_s,
+        "wall_s": wall_s,
+        "teacher_passes": sum(st.teacher_passes for st in res.stages),
+        "iters": [st.iters for st in res.stages],
+        **extra,
+        "run_dir": str(res.run_dir),
+    }
+
+
+def evaluate_rows(teachers: dict, base, score: Scorer, no_single: bool, progress: bool, timings: dict):
+    """``(rows, training records, budget)``: per teacher (ii) the undistilled teacher at every step
+    count (``ladder[0]`` first: the RMSE reference), (i) + (iv) its ladder, and for Kac (iii) the
+    single stage at the ladder's budget.  ``rows``: ``(row, steps) -> [score per seed]``."""
+    from kaclib.train import load_run
+
+    rows, train_info, budget = {}, {}, {}
     for (fam, s), tdir in teachers.items():
         run = load_run(tdir)
         t0 = time.perf_counter()
-        for steps in ladder:  # (ii) the teacher without distillation; ladder[0] first: the RMSE reference
+        for steps in base.ladder:
             rows.setdefault((f"{fam}_teacher", steps), []).append(
                 score(run.model, run.path, steps, "ab2", base.w, s, fam)
             )
         timings["teacher_eval_s"] = timings.get("teacher_eval_s", 0) + time.perf_counter() - t0
         cfg = base.replace(seed=s)
-        res, trained_s, wall_s = distil(tdir, cfg)  # (i) + (iv) the ladders
+        res, trained_s, wall_s = distil(tdir, cfg, progress)
         passes = sum(st.teacher_passes for st in res.stages)
-        train_info.setdefault(f"{fam}_ladder", []).append(
-            {
-                "seed": s,
-                "train_s": trained_s,
-                "wall_s": wall_s,
-                "teacher_passes": passes,
-                "iters": [st.iters for st in res.stages],
-                "run_dir": str(res.run_dir),
-            }
-        )
+        train_info.setdefault(f"{fam}_ladder", []).append(_train_record(s, res, trained_s, wall_s))
         budget[fam] = {"iters": sum(st.iters for st in res.stages), "teacher_passes": passes}
         for st in res.stages:
             rows.setdefault((f"{fam}_ladder", st.spec.student_steps), []).append(
                 score(st.student, res.path, st.spec.student_steps, "euler", 1.0, s, fam)
             )
-        if fam == "kac" and not args.no_single:  # (iii) the single stage at the ladder's budget
+        if fam == "kac" and not no_single:
             assert passes == cfg.planned_teacher_passes(), (passes, cfg.planned_teacher_passes())
             cfg1 = cfg.single_stage(passes)  # the ladder's iterations and teacher passes, one stage
-            pool = cfg1.pool_size
-            r1, trained1, wall1 = distil(tdir, cfg1)
-            train_info.setdefault("kac_single", []).append(
-                {
-                    "seed": s,
-                    "train_s": trained1,
-                    "wall_s": wall1,
-                    "teacher_passes": r1.stages[0].teacher_passes,
-                    "iters": [r1.stages[0].iters],
-                    "pool_size": pool,
-                    "run_dir": str(r1.run_dir),
-                }
-            )
+            r1, trained1, wall1 = distil(tdir, cfg1, progress)
+            record = _train_record(s, r1, trained1, wall1, pool_size=cfg1.pool_size)
+            train_info.setdefault("kac_single", []).append(record)
             rows.setdefault(("kac_single", 1), []).append(score(r1.student, r1.path, 1, "euler", 1.0, s, fam))
-    timings["total_s"] = time.perf_counter() - t_all
+    return rows, train_info, budget
 
-    # ------------------------------------------------------------------ summaries, comparisons, tables
-    metrics = (
-        "fid",
-        "kid",
-        "precision",
-        "recall",
-        "accuracy",
-        "memorisation_ratio",
-        "paired_rmse_to_teacher",
-        "n_nonfinite",
-        "out_of_range",
-    )
-    agg = {}
-    for (row, steps), lst in rows.items():
-        agg.setdefault(row, {})[steps] = {
-            **{m: {"values": [r[m] for r in lst], **mean_ci([r[m] for r in lst]).to_dict()} for m in metrics},
-            "nfe": lst[0]["nfe"],
-            "network_passes": lst[0]["network_passes"],
-            "sample_s_per_1000": min(r["sample_s_per_1000"] for r in lst),
-            "latent_s_per_1000": min(r["latent_s_per_1000"] for r in lst),
-        }
-    floor = {
-        "fid": mean_ci([f.fid for f in floors]).mean,
-        "kid": mean_ci([f.kid for f in floors]).mean,
-        "values": {
-            m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")
-        },
-        "n": n_eval,
-        "what": f"unseen real {prof.dataset} ('test' split), class-balanced, n = {n_eval}, one subset per seed",
-    }
-    comparisons = ladder_comparisons(agg, floor, ladder)
-    header, table = ladder_table(agg, floor, ladder)
-    best1 = agg.get("kac_ladder", {}).get(1)
-    kt = agg["kac_teacher"][ladder[0]]["fid"]["mean"]
-    targets = {}
-    if best1:
-        targets["best_1step_fid_over_teacher100"] = (
-            min(x["fid"]["mean"] for x in (best1, agg.get("kac_single", {}).get(1)) if x) / kt
-        )
-        targets["best_1step_within_1.5x"] = targets["best_1step_fid_over_teacher100"] <= 1.5
-    targets["benchmark_minutes"] = timings["total_s"] / 60
 
-    print(
-        f"\n{ev.metric_name} on {prof.dataset}, n = {n_eval} per estimate, seeds {seeds} (mean ± 95% CI half-width)"
-    )
-    print(format_table(header, table))
-    print("\npaired comparisons (a - b, 95% CI, verdict):")
-    for c in comparisons:
-        print(
-            f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
-            f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
-        )
-    print("\ntargets:", targets)
-    print("timings:", {k: round(v, 1) for k, v in timings.items()})
-
-    payload = {
+def build_payload(prof, ev, n_eval, seeds, gseeds, base, teachers, model_cfg, conditioning, report) -> dict:
+    """The JSON of ``results/ladder.json`` (``report``: floor, comparisons, agg, training, budget,
+    targets, timings, header, table)."""
+    r = report
+    return {
         "profile": prof.name,
         "dataset": prof.dataset,
         "metric": ev.metric_name,
@@ -609,28 +444,88 @@ def main(argv=None) -> int:
         "protocol": "generators learn from 'train'; the feature net from 'feature'; statistics from 'ref'; the floor "
         "is unseen real 'test' images at the same n and class balance; seed s = teachers, "
         "distillation and latents (1000 + s) of that seed; '±' = 95% CI half-width over seeds",
-        "floor": floor,
-        "comparisons": comparisons,
+        "floor": r["floor"],
+        "comparisons": r["comparisons"],
         "distill_config": base.to_dict(),
         "teachers": {f"{fam}-seed{s}": str(v) for (fam, s), v in teachers.items()},
         "teacher_model": model_cfg,
         "teacher_conditioning": conditioning,
         "paper_cifar10": {str(k): v for k, v in LADDER_FID["cifar10"].items()},
-        "results": {fam: {str(k): v for k, v in d.items()} for fam, d in agg.items()},
-        "training": train_info,
-        "budget": budget,
-        "targets": targets,
-        "timings": timings,
-        "table": {"header": header, "rows": table},
+        "results": {fam: {str(k): v for k, v in d.items()} for fam, d in r["agg"].items()},
+        "training": r["training"],
+        "budget": r["budget"],
+        "targets": r["targets"],
+        "timings": r["timings"],
+        "table": {"header": r["header"], "rows": r["table"]},
     }
-    if results_file.is_file():  # keep a separately computed EMA study
+
+
+def write_payload(payload: dict, results_file: Path, no_write: bool) -> None:
+    """Keep a separately computed EMA study of an earlier ``results_file``; write unless ``no_write``."""
+    if results_file.is_file():
         previous = json.loads(results_file.read_text())
         for key in ("ema_study",):
             if key in previous:
                 payload[key] = previous[key]
-    if not args.no_write:
+    if not no_write:
         out = write_results("ladder", payload)
         print(f"\nwrote {out}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from kaclib.evaluation import Evaluator
+    from kaclib.profiles import get_profile
+    from kaclib.train import load_run
+
+    t_all = time.perf_counter()
+    prof = get_profile(args.profile)
+    progress = not args.quiet
+    if args.timing:
+        return run_timing(args, RESULTS_FILE)
+    if args.ema_study:
+        return run_ema_study(args, prof, progress, RESULTS_FILE, t_all)
+    seeds, gseeds, n_eval, base, model_cfg = ladder_setup(args, prof)
+    ladder, timings = base.ladder, {}
+
+    t0 = time.perf_counter()
+    teachers = train_teachers(prof, seeds, gseeds, model_cfg, args.no_gaussian, progress)
+    timings["teachers_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev = Evaluator(prof.dataset)
+    n_eval = min(n_eval, ev.max_n)
+    floors = [ev.floor(n_eval, seed=s) for s in seeds]
+    timings["evaluator_s"] = time.perf_counter() - t0
+    num_classes = load_run(teachers[("kac", seeds[0])]).model.cfg.num_classes
+    conditioning = {f"{fam}-seed{s}": conditioning_check(load_run(d)) for (fam, s), d in teachers.items()}
+    if args.train_only:
+        return train_only(teachers, base, args.no_single, progress, t_all)
+
+    score = Scorer(ev, n_eval, num_classes)
+    rows, train_info, budget = evaluate_rows(teachers, base, score, args.no_single, progress, timings)
+    timings["total_s"] = time.perf_counter() - t_all
+
+    agg = aggregate_rows(rows)
+    floor = floor_summary(floors, n_eval, prof.dataset)
+    comparisons = ladder_comparisons(agg, floor, ladder)
+    header, table = ladder_table(agg, floor, ladder)
+    targets = ladder_targets(agg, ladder, timings["total_s"])
+    print_report(ev.metric_name, prof.dataset, n_eval, seeds, header, table, comparisons, targets, timings)
+    report = {
+        "floor": floor,
+        "comparisons": comparisons,
+        "agg": agg,
+        "training": train_info,
+        "budget": budget,
+        "targets": targets,
+        "timings": timings,
+        "header": header,
+        "table": table,
+    }
+    payload = build_payload(prof, ev, n_eval, seeds, gseeds, base, teachers, model_cfg, conditioning, report)
+    write_payload(payload, RESULTS_FILE, args.no_write)
     return 0
 
 

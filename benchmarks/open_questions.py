@@ -55,43 +55,35 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, format_table, throwaway_cache, write_results  # noqa: E402
+from common import RESULTS, throwaway_cache, write_results  # noqa: E402
+from open_questions_core import (  # noqa: E402, F401  (re-exported: open_questions_students.py)
+    Settings,
+    measure,
+    summarise,
+    tables,
+    teacher_dir,
+    train_and_measure,
+    train_teacher,
+)
 
-from kaclib.data import DATASETS, load_dataset  # noqa: E402
-from kaclib.diffusion_limit import few_step_error, kac_family, law_distance, straightness  # noqa: E402
-from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config  # noqa: E402
+from kaclib.data import load_dataset  # noqa: E402
+from kaclib.diffusion_limit import kac_family, law_distance  # noqa: E402
+from kaclib.evaluation import Evaluator  # noqa: E402
 from kaclib.flights import RandomFlight  # noqa: E402
 from kaclib.paths import build_path  # noqa: E402
 from kaclib.profiles import get_profile  # noqa: E402
 from kaclib.rules import apply_rules  # noqa: E402
 from kaclib.stats import compare, fmt_ci, mean_ci  # noqa: E402
-from kaclib.tables import markdown_table  # noqa: E402
-from kaclib.train import load_run  # noqa: E402
 
 GRID_AC = ((9.0, 3.0), (25.0, 2.0))  # benchmarks/teacher_search.py's grid
 GRID_GS = ("t", "t2")
 METRICS = ("fid", "kid", "accuracy", "straightness")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every teacher of a run shares."""
-
-    profile: object
-    seeds: tuple
-    n: int
-    n_traj: int
-    few_steps: tuple
-    train_steps: int | None
-    ema_decay: float | None
-    feature_cache: str | None
-    progress: bool
 
 
 def parse_args(argv=None):
@@ -138,97 +130,6 @@ def parse_args(argv=None):
     if smoke:
         args.few_steps, args.n_traj = [1, 4], min(args.n_traj, 16)
     return args
-
-
-# ----------------------------------------------------------------------------- teachers
-
-
-def _model_for(prof, dataset: str, path_cfg: dict) -> dict | None:
-    """The profile's network at the data set's resolution (``None``: the profile's own data set)."""
-    if dataset == prof.dataset:
-        return None
-    c, h, _ = DATASETS[dataset].image_shape
-    head = prof.head if path_cfg["kind"] == "kac" else "free"
-    return {"preset": prof.model_preset, "head": head, "image_size": h, "in_channels": c}
-
-
-def train_teacher(st: Settings, path_cfg: dict, seed: int, dataset: str | None = None):
-    """A trained (cached) teacher of ``path_cfg`` on ``dataset`` (default: the profile's), loaded."""
-    return load_run(teacher_dir(st, path_cfg, seed, dataset))
-
-
-def teacher_dir(st: Settings, path_cfg: dict, seed: int, dataset: str | None = None) -> Path:
-    """The run directory of the (cached) teacher of ``path_cfg``; trained on first use."""
-    prof = st.profile
-    dataset = dataset or prof.dataset
-    changes = {"dataset": dataset}
-    model = _model_for(prof, dataset, path_cfg)
-    if model is not None:
-        changes["model"] = model
-    if st.train_steps is not None:
-        changes["steps"] = st.train_steps
-    if st.ema_decay is not None:
-        changes["ema_decay"] = st.ema_decay
-    cfg = teacher_config(prof, path=path_cfg, seed=seed, **changes)
-    return get_teacher(cfg, device="cpu", progress=st.progress)
-
-
-def measure(run, ev: Evaluator, st: Settings, seed: int, few: bool = True) -> dict:
-    """Quality at ``teacher_steps`` AB-2 steps; with ``few``: straightness, few-step RMSE and FID."""
-    prof, model, path = st.profile, run.model, run.path
-    shape, kw = ev.image_shape, {"w": prof.guidance_w, "seed": 1000 + seed}
-    ref = generate(model, path, st.n, prof.teacher_steps, method="ab2", image_shape=shape, **kw)
-    sc = ev.score(ref.images, ref.labels)
-    out = {"fid": sc.fid, "kid": sc.kid, "accuracy": sc.accuracy}
-    if not few:
-        return out
-    traj = generate(
-        model,
-        path,
-        st.n_traj,
-        prof.teacher_steps,
-        method="ab2",
-        image_shape=shape,
-        return_trajectory=True,
-        **kw,
-    ).trajectory
-    out["straightness"] = float(straightness(traj).mean())
-    for S in st.few_steps:
-        err = few_step_error(
-            model,
-            path,
-            S,
-            prof.teacher_steps,
-            n=st.n,
-            method="euler",
-            reference_method="ab2",
-            image_shape=shape,
-            reference=ref.images,
-            **kw,
-        )
-        coarse = generate(model, path, st.n, S, method="euler", image_shape=shape, **kw)
-        out[f"rmse_{S}"] = err.mean
-        out[f"fid_{S}"] = ev.score(coarse.images, coarse.labels).fid
-    return out
-
-
-def summarise(per_seed: list[dict]) -> dict:
-    """``{metric: mean, metric_values: [...], metric_half_width: h}`` over seeds."""
-    row = {}
-    for key in per_seed[0]:
-        vals = [p[key] for p in per_seed]
-        if any(v is None for v in vals):
-            continue
-        ci = mean_ci(vals)
-        row[key], row[f"{key}_values"], row[f"{key}_half_width"] = ci.mean, vals, ci.half_width
-    return row
-
-
-def train_and_measure(
-    st: Settings, path_cfg: dict, ev: Evaluator, dataset: str | None = None, few: bool = True
-) -> dict:
-    per_seed = [measure(train_teacher(st, path_cfg, s, dataset), ev, st, s, few) for s in st.seeds]
-    return {"path": path_cfg, "seeds": list(st.seeds), **summarise(per_seed)}
 
 
 # ----------------------------------------------------------------------------- section 2
@@ -322,11 +223,6 @@ def run_limit(st: Settings, xis) -> dict:
         "comparisons": limit_comparisons(rows, st.few_steps),
         **limit_table(rows, laws, st.few_steps),
     }
-
-
-def tables(headers, body) -> dict:
-    """``{"table": fixed-width text, "table_markdown": Markdown}`` of the same rows."""
-    return {"table": format_table(headers, body), "table_markdown": markdown_table(headers, body)}
 
 
 def limit_table(rows: dict, laws: dict, few_steps) -> dict:

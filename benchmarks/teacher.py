@@ -125,7 +125,7 @@ def comparisons(bench: Bench, steps: int) -> list[dict]:
     return out
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--profile", default="cpu")
@@ -141,55 +141,45 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="smoke profile, one seed, no JSON")
     ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    prof = get_profile("smoke" if args.quick else args.profile)
-    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    ev = Evaluator(prof.dataset)
-    n = min(args.n_eval or prof.n_eval, ev.max_n)
+    return ap.parse_args(argv)
+
+
+def run_seed(bench: Bench, prof, s: int, under: int, n: int, progress: bool) -> tuple[dict, dict]:
+    """Seed ``s``: 1. guidance, 2. solvers at equal NFE, 3. finite speed along the trajectories.
+    Returns ``(training run dirs, velocity statistics)`` of the seed."""
     S = prof.teacher_steps
-    under = min(args.under_steps, prof.train_steps)
-    bench = Bench(ev, n, seeds, args.progress)
-    floors = [ev.floor(n, seed=s) for s in seeds]
-    velocity, training = {}, {}
+    dirs = {
+        name: get_teacher(cfg, progress=progress)
+        for name, cfg in {
+            "kac": teacher_config(prof, seed=s),
+            "gaussian": teacher_config(prof, path="gaussian", seed=s),
+            "under": teacher_config(prof, seed=s, steps=under),
+        }.items()
+    }
+    training = {k: str(d) for k, d in dirs.items()}
+    runs_ = {k: load_run(d) for k, d in dirs.items()}
+    kac = runs_["kac"]
+    for w in WS:  # 1. guidance
+        bench.run(f"kac/w={w:g}/{S}", s, kac, S, "ab2", w)
+        bench.run(f"kac/w={w:g}/4", s, kac, 4, "ab2", w)
+        bench.run(f"kac/w={w:g}/{S}/under-trained", s, runs_["under"], S, "ab2", w, train_steps=under)
+    for w in (0.0, 1.0):
+        bench.run(f"gaussian/w={w:g}/{S}", s, runs_["gaussian"], S, "ab2", w)
+    ref = generate(kac.model, kac.path, n, 10 * S, method="ab2", w=1.0, seed=1000 + s).images  # 2. solvers
+    for nfe in NFES:
+        for method, per in SOLVER_STEPS.items():
+            bench.run(f"solver/{method}/nfe={nfe}", s, kac, nfe // per, method, 1.0, reference=ref)
+    velocity = {}  # 3. finite speed along the trajectories
+    for w in (1.0, 2.0):
+        g = generate(kac.model, kac.path, n, S, method="ab2", w=w, seed=1000 + s, return_trajectory=True)
+        field = kac.model if w == 1.0 else GuidedVelocity(kac.model, w, kac.model.cfg.num_classes)
+        velocity[f"w={w:g}"] = trajectory_bound_stats(
+            field, kac.path, g.trajectory, time_grid(S), labels=g.labels
+        ).to_dict()
+    return training, velocity
 
-    for s in seeds:
-        dirs = {
-            name: get_teacher(cfg, progress=args.progress)
-            for name, cfg in {
-                "kac": teacher_config(prof, seed=s),
-                "gaussian": teacher_config(prof, path="gaussian", seed=s),
-                "under": teacher_config(prof, seed=s, steps=under),
-            }.items()
-        }
-        training[s] = {k: str(d) for k, d in dirs.items()}
-        runs_ = {k: load_run(d) for k, d in dirs.items()}
-        kac = runs_["kac"]
-        for w in WS:  # 1. guidance
-            bench.run(f"kac/w={w:g}/{S}", s, kac, S, "ab2", w)
-            bench.run(f"kac/w={w:g}/4", s, kac, 4, "ab2", w)
-            bench.run(f"kac/w={w:g}/{S}/under-trained", s, runs_["under"], S, "ab2", w, train_steps=under)
-        for w in (0.0, 1.0):
-            bench.run(f"gaussian/w={w:g}/{S}", s, runs_["gaussian"], S, "ab2", w)
-        ref = generate(
-            kac.model, kac.path, n, 10 * S, method="ab2", w=1.0, seed=1000 + s
-        ).images  # 2. solvers
-        for nfe in NFES:
-            for method, per in SOLVER_STEPS.items():
-                bench.run(f"solver/{method}/nfe={nfe}", s, kac, nfe // per, method, 1.0, reference=ref)
-        velocity[s] = {}  # 3. finite speed along the trajectories
-        for w in (1.0, 2.0):
-            g = generate(kac.model, kac.path, n, S, method="ab2", w=w, seed=1000 + s, return_trajectory=True)
-            field = kac.model if w == 1.0 else GuidedVelocity(kac.model, w, kac.model.cfg.num_classes)
-            velocity[s][f"w={w:g}"] = trajectory_bound_stats(
-                field, kac.path, g.trajectory, time_grid(S), labels=g.labels
-            ).to_dict()
-        print(f"seed {s} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
-    metric = ev.metric_name
-    floor = {m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")}
-    comps = comparisons(bench, S)
+def guidance_table(bench: Bench, metric: str, S: int, under: int) -> str:
     w_rows = [
         [
             f"{w:g}",
@@ -204,7 +194,7 @@ def main(argv=None) -> int:
         ]
         for w in WS
     ]
-    t_w = format_table(
+    return format_table(
         [
             "w",
             "w' = w - 1",
@@ -218,15 +208,21 @@ def main(argv=None) -> int:
         ],
         w_rows,
     )
+
+
+def solver_table(bench: Bench, metric: str) -> str:
     s_rows = [
         [nfe]
         + [bench.cell(f"solver/{m}/nfe={nfe}", "paired_rmse_to_reference", 4) for m in SOLVER_STEPS]
         + [bench.cell(f"solver/{m}/nfe={nfe}") for m in SOLVER_STEPS]
         for nfe in NFES
     ]
-    t_s = format_table(
+    return format_table(
         ["NFE"] + [f"RMSE {m}" for m in SOLVER_STEPS] + [f"{metric} {m}" for m in SOLVER_STEPS], s_rows
     )
+
+
+def velocity_table(velocity: dict, seeds, S: int) -> str:
     v_rows = []
     for k, t in enumerate(velocity[seeds[0]]["w=1"]["times"]):
         if k % max(1, S // 10) and k != len(velocity[seeds[0]]["w=1"]["times"]) - 1:
@@ -239,10 +235,12 @@ def main(argv=None) -> int:
                 for w in ("w=1", "w=2")
             ]
         )
-    t_v = format_table(
+    return format_table(
         ["t", "|f'|+g'c", "w = 1: max ratio / violating", "w = 2: max ratio / violating"], v_rows
     )
-    mc = {m: mean_ci(v) for m, v in floor.items()}
+
+
+def print_report(metric, n, seeds, mc, t_w, t_s, t_v, comps) -> None:
     print(
         f"\n{metric}, n = {n}, seeds {seeds}, mean ± 95% CI half-width; floor (unseen real) "
         f"{mc['fid'].mean:.3f} ± {mc['fid'].half_width:.3f}, KID {mc['kid'].mean:.3f}"
@@ -259,38 +257,66 @@ def main(argv=None) -> int:
             f"  {c['verdict']:12s} {c['claim']} [{c['metric']}]: {c['diff_mean']:+.4g} "
             f"[{c['ci95'][0]:+.4g}, {c['ci95'][1]:+.4g}]"
         )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    prof = get_profile("smoke" if args.quick else args.profile)
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    ev = Evaluator(prof.dataset)
+    n = min(args.n_eval or prof.n_eval, ev.max_n)
+    S = prof.teacher_steps
+    under = min(args.under_steps, prof.train_steps)
+    bench = Bench(ev, n, seeds, args.progress)
+    floors = [ev.floor(n, seed=s) for s in seeds]
+    velocity, training = {}, {}
+    for s in seeds:
+        training[s], velocity[s] = run_seed(bench, prof, s, under, n, args.progress)
+        print(f"seed {s} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    metric = ev.metric_name
+    floor = {m: [getattr(f, m) for f in floors] for m in ("fid", "kid", "precision", "recall", "accuracy")}
+    comps = comparisons(bench, S)
+    t_w, t_s = guidance_table(bench, metric, S, under), solver_table(bench, metric)
+    t_v = velocity_table(velocity, seeds, S)
+    mc = {m: mean_ci(v) for m, v in floor.items()}
+    print_report(metric, n, seeds, mc, t_w, t_s, t_v, comps)
     total = time.perf_counter() - t_start
     print(f"total {total:.0f} s")
-    if not args.quick:
-        out = write_results(
-            "teacher",
-            {
-                "settings": {
-                    "profile": prof.name,
-                    "seeds": seeds,
-                    "n_eval": n,
-                    "teacher_steps": S,
-                    "train_steps": prof.train_steps,
-                    "under_trained_steps": under,
-                    "threads": args.threads,
-                    "ws": list(WS),
-                    "nfes": list(NFES),
-                    "reference": f"AB-2, {10 * S} steps, w = 1",
-                },
-                "protocol": "generators learn from 'train'; feature net from 'feature'; statistics from 'ref'; floor = "
-                "unseen real 'test' images at the same n and class balance; latents 1000 + seed shared "
-                "by every row of a seed; '±' = 95% CI half-width over seeds",
-                "metric_name": metric,
-                "floor": {"fid": mc["fid"].mean, "kid": mc["kid"].mean, "values": floor, "n": n},
-                "results": bench.summary(),
-                "comparisons": comps,
-                "velocity_along_trajectories": velocity,
-                "tables": {"guidance": t_w, "solvers": t_s, "velocity": t_v},
-                "training": training,
-                "total_seconds": total,
-            },
-        )
-        print(f"wrote {out}")
+    if args.quick:
+        return 0
+    settings = {
+        "profile": prof.name,
+        "seeds": seeds,
+        "n_eval": n,
+        "teacher_steps": S,
+        "train_steps": prof.train_steps,
+        "under_trained_steps": under,
+        "threads": args.threads,
+        "ws": list(WS),
+        "nfes": list(NFES),
+        "reference": f"AB-2, {10 * S} steps, w = 1",
+    }
+    out = write_results(
+        "teacher",
+        {
+            "settings": settings,
+            "protocol": "generators learn from 'train'; feature net from 'feature'; statistics from 'ref'; floor = "
+            "unseen real 'test' images at the same n and class balance; latents 1000 + seed shared "
+            "by every row of a seed; '±' = 95% CI half-width over seeds",
+            "metric_name": metric,
+            "floor": {"fid": mc["fid"].mean, "kid": mc["kid"].mean, "values": floor, "n": n},
+            "results": bench.summary(),
+            "comparisons": comps,
+            "velocity_along_trajectories": velocity,
+            "tables": {"guidance": t_w, "solvers": t_s, "velocity": t_v},
+            "training": training,
+            "total_seconds": total,
+        },
+    )
+    print(f"wrote {out}")
     return 0
 
 

@@ -91,7 +91,7 @@ def _name(r: dict) -> str:
     return f"a={r['a']:g} c={r['c']:g} g={r['g']} head={r['head']}"
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--train-steps", type=int, default=500, help="training steps per config")
@@ -107,75 +107,53 @@ def main(argv=None) -> int:
         "--no-save", action="store_true", help="do not write benchmarks/results/teacher_search.json"
     )
     ap.add_argument("--progress", action="store_true")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
+    return ap.parse_args(argv)
 
-    seeds = [int(x) for x in args.seeds]
-    evaluator = Evaluator("digits")
-    n = min(args.n_eval, evaluator.max_n)
-    floor = evaluator.floor(n)
-    rows = []
-    configs = list(itertools.product(AC, GS, HEADS))
-    for i, ((a, c), g, head) in enumerate(configs):
-        per_seed = []
-        for seed in seeds:
-            cfg = search_config(a, c, g, head, args.train_steps, seed, args.ema_decay)
-            run_dir = get_teacher(cfg, device="cpu", progress=args.progress)
-            run = load_run(run_dir)
-            r100 = evaluate_run(run, 100, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
-            r4 = evaluate_run(run, 4, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
-            gen = generate(
-                run.model, run.path, 64, 100, method="ab2", w=1.0, seed=1000 + seed, return_trajectory=True
-            )
-            tb = trajectory_bound_stats(
-                run.model, run.path, gen.trajectory, time_grid(100), labels=gen.labels
-            )
-            per_seed.append(
-                {
-                    "fid_100": r100["fid"],
-                    "kid_100": r100["kid"],
-                    "acc_100": r100["accuracy"],
-                    "fid_4": r4["fid"],
-                    "kid_4": r4["kid"],
-                    "acc_4": r4["accuracy"],
-                    "coord_ratio_max": max(tb.ratio_max),
-                    "violation_fraction_max": max(tb.violation_fraction),
-                    "train_seconds": train_seconds(run_dir),
-                    "run_dir": str(run_dir),
-                }
-            )
-        row = {"a": a, "c": c, "g": g, "head": head, "seeds": seeds}
-        for key in (
-            "fid_100",
-            "kid_100",
-            "acc_100",
-            "fid_4",
-            "kid_4",
-            "acc_4",
-            "coord_ratio_max",
-            "train_seconds",
-        ):
-            vals = [p[key] for p in per_seed]
-            ci = mean_ci(vals)
-            row[key], row[f"{key}_values"], row[f"{key}_half_width"] = ci.mean, vals, ci.half_width
-        row["violation_fraction_max"] = max(p["violation_fraction_max"] for p in per_seed)
-        row["run_dirs"] = [p["run_dir"] for p in per_seed]
-        rows.append(row)
-        print(
-            f"[{i + 1}/{len(configs)}] {_name(row)}: FID100 {fmt_ci(row['fid_100_values'])} "
-            f"FID4 {fmt_ci(row['fid_4_values'])} ratio {row['coord_ratio_max']:.2f} "
-            f"({time.perf_counter() - t_start:.0f} s so far)",
-            flush=True,
-        )
-        if not args.no_save:  # partial results after every config
-            write_results(
-                "teacher_search", {"status": "partial", "rows": rows}, command="python " + " ".join(sys.argv)
-            )
 
-    chosen, comps = choose(rows)
+ROW_KEYS = ("fid_100", "kid_100", "acc_100", "fid_4", "kid_4", "acc_4", "coord_ratio_max", "train_seconds")
+
+
+def measure_seed(args, a, c, g, head, seed: int, n: int, evaluator) -> dict:
+    """One trained (cached) config of one seed: FID at 100 and 4 AB-2 steps, and the finite-speed
+    check along 64 trajectories."""
+    cfg = search_config(a, c, g, head, args.train_steps, seed, args.ema_decay)
+    run_dir = get_teacher(cfg, device="cpu", progress=args.progress)
+    run = load_run(run_dir)
+    r100 = evaluate_run(run, 100, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
+    r4 = evaluate_run(run, 4, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
+    gen = generate(
+        run.model, run.path, 64, 100, method="ab2", w=1.0, seed=1000 + seed, return_trajectory=True
+    )
+    tb = trajectory_bound_stats(run.model, run.path, gen.trajectory, time_grid(100), labels=gen.labels)
+    return {
+        "fid_100": r100["fid"],
+        "kid_100": r100["kid"],
+        "acc_100": r100["accuracy"],
+        "fid_4": r4["fid"],
+        "kid_4": r4["kid"],
+        "acc_4": r4["accuracy"],
+        "coord_ratio_max": max(tb.ratio_max),
+        "violation_fraction_max": max(tb.violation_fraction),
+        "train_seconds": train_seconds(run_dir),
+        "run_dir": str(run_dir),
+    }
+
+
+def config_row(a, c, g, head, seeds, per_seed: list[dict]) -> dict:
+    """A config's row: mean, values and 95% CI half-width over seeds of every measure."""
+    row = {"a": a, "c": c, "g": g, "head": head, "seeds": seeds}
+    for key in ROW_KEYS:
+        vals = [p[key] for p in per_seed]
+        ci = mean_ci(vals)
+        row[key], row[f"{key}_values"], row[f"{key}_half_width"] = ci.mean, vals, ci.half_width
+    row["violation_fraction_max"] = max(p["violation_fraction_max"] for p in per_seed)
+    row["run_dirs"] = [p["run_dir"] for p in per_seed]
+    return row
+
+
+def search_table(rows: list[dict]) -> str:
     headers = ["a", "c", "g", "head", "FID-digits 100", "FID-digits 4", "acc 100", "max |u|/bound", "train s"]
-    table = format_table(
+    return format_table(
         headers,
         [
             [
@@ -192,6 +170,36 @@ def main(argv=None) -> int:
             for r in rows
         ],
     )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    seeds = [int(x) for x in args.seeds]
+    evaluator = Evaluator("digits")
+    n = min(args.n_eval, evaluator.max_n)
+    floor = evaluator.floor(n)
+    rows = []
+    configs = list(itertools.product(AC, GS, HEADS))
+    for i, ((a, c), g, head) in enumerate(configs):
+        per_seed = [measure_seed(args, a, c, g, head, seed, n, evaluator) for seed in seeds]
+        row = config_row(a, c, g, head, seeds, per_seed)
+        rows.append(row)
+        print(
+            f"[{i + 1}/{len(configs)}] {_name(row)}: FID100 {fmt_ci(row['fid_100_values'])} "
+            f"FID4 {fmt_ci(row['fid_4_values'])} ratio {row['coord_ratio_max']:.2f} "
+            f"({time.perf_counter() - t_start:.0f} s so far)",
+            flush=True,
+        )
+        if not args.no_save:  # partial results after every config
+            write_results(
+                "teacher_search", {"status": "partial", "rows": rows}, command="python " + " ".join(sys.argv)
+            )
+
+    chosen, comps = choose(rows)
+    table = search_table(rows)
     print(table)
     print(
         f"floor (unseen real, n = {floor.n}): {floor.metric_name} {floor.fid:.3f}, accuracy {floor.accuracy:.3f}"
