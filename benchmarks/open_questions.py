@@ -17,7 +17,7 @@ Gaussian noise) train alike (the profile's network, budget and seeds) and are me
 
 Paired comparisons over seeds (:func:`kaclib.stats.compare`): each Kac path against the diffusion
 path, and the profile's Kac path against its twin (finite speed against the noise schedule).
-(The 1-step students of the issue's item (ii) are not trained here.)
+(The 1-step students of item (ii): ``benchmarks/open_questions_students.py``, on these same teachers.)
 
 ``--rules``: **choosing c and xi by a rule.**  On each of ``--datasets`` (``digits`` and
 ``mnist5k-14``, MNIST-5k 2x2-pooled to 14x14), the rules of :mod:`kaclib.rules`, computed from
