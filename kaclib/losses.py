@@ -3,7 +3,8 @@
 :class:`FlowMatchingLoss` is the teacher's objective; the distillation losses live beside their
 stage loop (:class:`kaclib.distill.EndpointLoss`, and the few-step methods' losses in
 :mod:`kaclib.fewstep`).  A loss owns every random draw of its step from the generator it is given,
-so a training step replays bit for bit from its seed.
+so a training step replays bit for bit from its seed; the loops that call them (teacher training,
+distillation stages) share their step, seeding, logging and checkpoints in :mod:`kaclib.loop`.
 """
 
 from __future__ import annotations

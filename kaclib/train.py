@@ -11,6 +11,9 @@ optimised with Adam, gradient-norm clipping and an exponential moving average of
 
 * :func:`fit` is the core loop: any velocity module, any tensor data (images or 2D points), an
   optional run directory.  :func:`train` runs a :class:`TrainConfig` (data set + UNet + path).
+  The step, seeding, log window and checkpoint helpers are those of :mod:`kaclib.loop`, shared
+  with the distillation stages (:mod:`kaclib.distill.stage`); the loss is
+  :class:`kaclib.losses.FlowMatchingLoss`.
 * Determinism: every random draw of step ``k`` on rank ``r`` comes from generators seeded with
   ``splitmix64(seed, r, k)`` (noise, times, label dropout, the global RNG that dropout layers use),
   and the data order is a fixed sequence of seeded epoch permutations indexed by ``k``.  A step is
@@ -21,7 +24,10 @@ optimised with Adam, gradient-norm clipping and an exponential moving average of
   across ranks (each rank reads a different slice of the data order and its own noise stream),
   gradients are averaged, and only rank 0 writes checkpoints and logs.
 
-Command line::
+Command line: use ``python -m kaclib train`` (:mod:`kaclib.cli`), the package's training command.
+``python -m kaclib.train`` (:func:`main`) is kept as a thin entry for scripts and ``torchrun``: it
+builds a :class:`TrainConfig` from ``--config`` (default ``TrainConfig()``) and ``--set`` overrides
+and calls :func:`train`::
 
     python -m kaclib.train --config cfg.json --run-dir runs/x [--resume] [--set steps=2000 ...]
     torchrun --nproc_per_node=4 -m kaclib.train --config cfg.json --run-dir runs/x
@@ -33,12 +39,12 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -51,6 +57,20 @@ from . import accel as _accel
 from . import runs
 from .accel import AccelConfig
 from .kac import check_finite_param
+from .loop import (
+    EpochOrder,
+    FiniteGuard,
+    LogWindow,
+    _dist_info,
+    batch_indices,
+    init_distributed,
+    load_checkpoint_into,
+    optimizer_step,
+    rng_devices,
+    save_checkpoint,
+    seed_step,
+    step_seed,
+)
 from .losses import FlowMatchingLoss
 from .paths import build_path
 
@@ -231,86 +251,8 @@ def _check_model_matches_dataset(model: dict, dataset: str) -> None:
 
 # =============================================================================== randomness
 
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def step_seed(*keys: int) -> int:
-    """A 63-bit seed mixing integer keys (``seed, rank, step, stream``) with splitmix64."""
-    h = 0
-    for k in keys:
-        h = _splitmix64(h ^ (int(k) & _MASK64))
-    return h >> 1
-
-
-class _EpochOrder:
-    """An endless data order: epoch ``e`` is ``randperm(N)`` seeded by ``step_seed(seed, -1, e)``."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._cache = n, seed, {}
-
-    def perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            if len(self._cache) > 2:
-                self._cache.pop(min(self._cache))
-            g = torch.Generator().manual_seed(step_seed(self.seed, _MASK64, epoch))
-            self._cache[epoch] = torch.randperm(self.n, generator=g)
-        return self._cache[epoch]
-
-    def __getitem__(self, positions: torch.Tensor) -> torch.Tensor:
-        epochs, offsets = positions // self.n, positions % self.n
-        out = torch.empty_like(positions)
-        for e in epochs.unique().tolist():
-            sel = epochs == e
-            out[sel] = self.perm(e)[offsets[sel]]
-        return out
-
-
-def batch_indices(
-    order: _EpochOrder, step: int, batch_size: int, rank: int = 0, world_size: int = 1
-) -> torch.Tensor:
-    """Data indices of rank ``rank`` at step ``step`` (0-based): its slice of global positions
-    ``[step * B, (step + 1) * B)`` of the epoch sequence (``B`` = global batch)."""
-    per_rank = batch_size // world_size
-    start = step * batch_size + rank * per_rank
-    return order[torch.arange(start, start + per_rank)]
-
-
-# =============================================================================== distributed
-
-
-def init_distributed(device=None) -> tuple[int, int, torch.device]:
-    """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1), if not done yet.
-
-    Backend NCCL on CUDA, gloo on CPU; on CUDA each process uses ``cuda:LOCAL_RANK``.
-    Returns ``(rank, world_size, device)``.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if want_cuda:
-            local = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
-    if device is None:
-        device = "cuda" if want_cuda else "cpu"
-    return 0, 1, torch.device(device)
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+_EpochOrder = EpochOrder  # the name before kaclib.loop (kaclib.distill and the tests import it)
+_FiniteGuard = FiniteGuard
 
 
 # =============================================================================== the loop
@@ -352,42 +294,75 @@ def _validate_data(data, labels, num_classes, batch_size, world):
         raise ValueError(f"batch_size {batch_size} must be divisible by the world size {world}")
 
 
-def _fit_config(
-    path,
-    steps,
-    batch_size,
-    lr,
-    p_uncond,
-    grad_clip,
-    ema_decay,
-    seed,
-    checkpoint_every,
-    log_every,
-    num_classes,
-):
-    return {
-        "fit": {
-            "batch_size": batch_size,
-            "lr": lr,
-            "p_uncond": p_uncond,
-            "grad_clip": grad_clip,
-            "ema_decay": ema_decay,
-            "seed": seed,
-            "num_classes": num_classes,
-            "steps": steps,
-            "checkpoint_every": checkpoint_every,
-            "log_every": log_every,
-        },
+def _check_fit_args(hp: dict) -> SimpleNamespace:
+    """The hyper-parameters of :func:`fit` checked (numbers normalised), as attributes."""
+    _check_int("steps", hp["steps"], 0, MAX_STEPS)
+    hp["lr"] = check_finite_param("lr", hp["lr"], positive=True)
+    hp["p_uncond"] = _check_prob("p_uncond", hp["p_uncond"])
+    hp["grad_clip"] = _check_clip(hp["grad_clip"])
+    hp["ema_decay"] = _check_prob("ema_decay", hp["ema_decay"], upper_open=True)
+    _check_int("seed", hp["seed"], 0)
+    _check_int("checkpoint_every", hp["checkpoint_every"], 0)
+    _check_int("log_every", hp["log_every"], 1)
+    return SimpleNamespace(**hp)
+
+
+def _fit_config(path, hp: SimpleNamespace, acc) -> dict:
+    """The default ``config.json`` of :func:`fit`: its hyper-parameters, the path's config and the
+    accelerator switches unless plain fp32."""
+    keys = ("batch_size", "lr", "p_uncond", "grad_clip", "ema_decay", "seed", "num_classes", "steps")
+    config = {
+        "fit": {k: getattr(hp, k) for k in keys + ("checkpoint_every", "log_every")},
         "path": path.config(),
     }
+    if acc != _accel.OFF:
+        config["accel"] = acc.to_dict()
+    return config
 
 
-def _rng_devices(device: torch.device) -> list:
-    return (
-        [device.index if device.index is not None else torch.cuda.current_device()]
-        if device.type == "cuda"
-        else []
-    )
+_rng_devices = rng_devices  # the name this module used before kaclib.loop
+
+
+def _open_run_dir(run_dir, config, acc, resume, model, ema, optimizer, lock, is_main, world):
+    """Check / write ``run_dir`` for :func:`fit` (rank 0 takes its lock on ``lock``) and load its
+    checkpoint when resuming.  Returns ``(config, start, last_good)``."""
+    saved = runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
+    config = _accel.resume_config(saved, config, acc, run_dir)  # the recorded arithmetic stays
+    mutable = [k for k in MUTABLE_FIELDS] + [f"fit.{k}" for k in MUTABLE_FIELDS]
+    config = json.loads(json.dumps(config))
+    start, last_good = 0, None  # last_good: step of the last checkpoint (never a non-finite one)
+    try:
+        if is_main:
+            lock.enter_context(runs.writer(run_dir))
+        exists = runs.prepare_run_dir(run_dir, config, resume=resume, mutable=mutable, write=is_main)
+        if world > 1:
+            dist.barrier()  # rank 0 has recovered / written the directory
+            exists = runs.has_checkpoint(run_dir)
+        ckpt = load_checkpoint_into(run_dir, model, ema, optimizer)[0] if exists else None
+        if ckpt is not None:
+            start = last_good = ckpt.step
+        if is_main:
+            runs.rewind_metrics(run_dir, ckpt)  # checked against the checkpoint, cut back to it
+    except BaseException:
+        lock.__exit__(*sys.exc_info())
+        raise
+    return config, start, last_good
+
+
+def _wrap_model(model, labels, world, device, acc):
+    """The module the steps call: ``model`` wrapped in DDP on several ranks, compiled on request."""
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=labels is None,
+        )
+    if acc.compile:
+        net = _accel.compile_model(net, device)
+    return net
 
 
 def fit(
@@ -427,148 +402,122 @@ def fit(
     (:class:`kaclib.accel.AccelConfig`, resolved on ``device``; ``None`` is plain fp32,
     :data:`kaclib.accel.OFF`); recorded in the default ``config`` unless plain fp32, and a resumed
     run must keep the arithmetic its ``config.json`` records (:func:`kaclib.accel.resume_config`).
+    The steps are those of :mod:`kaclib.loop` with :class:`kaclib.losses.FlowMatchingLoss`.
     """
-    _check_int("steps", steps, 0, MAX_STEPS)
-    lr = check_finite_param("lr", lr, positive=True)
-    p_uncond = _check_prob("p_uncond", p_uncond)
-    grad_clip = _check_clip(grad_clip)
-    ema_decay = _check_prob("ema_decay", ema_decay, upper_open=True)
-    _check_int("seed", seed, 0)
-    _check_int("checkpoint_every", checkpoint_every, 0)
-    _check_int("log_every", log_every, 1)
+    hp = _check_fit_args(dict(
+        batch_size=batch_size, lr=lr, p_uncond=p_uncond, grad_clip=grad_clip, ema_decay=ema_decay,
+        seed=seed, num_classes=num_classes, steps=steps, checkpoint_every=checkpoint_every,
+        log_every=log_every,
+    ))  # fmt: skip
     rank, world = _dist_info()
     _validate_data(data, labels, num_classes, batch_size, world)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    is_main = rank == 0
-
     acc = AccelConfig.from_dict(accel if accel is not None else _accel.OFF).resolve(device)
     model = _accel.prepare_model(model.to(device), dataclasses.replace(acc, compile=False), device)
     data = _accel.to_device(data, device)
     labels = _accel.to_device(labels, device) if labels is not None else None
-    optimizer = _accel.make_optimizer(model.parameters(), lr, acc, device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
-    start = 0
-
-    last_good = None  # step of the last checkpoint (never a non-finite one)
+    optimizer = _accel.make_optimizer(model.parameters(), hp.lr, acc, device)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay))
+    start, last_good = 0, None
     lock = contextlib.ExitStack()  # rank 0 holds the run directory's lock while it trains
     if run_dir is not None:
         run_dir = runs.check_run_path(run_dir)
-        if config is None:
-            config = _fit_config(
-                path,
-                steps,
-                batch_size,
-                lr,
-                p_uncond,
-                grad_clip,
-                ema_decay,
-                seed,
-                checkpoint_every,
-                log_every,
-                num_classes,
-            )
-            if acc != _accel.OFF:
-                config["accel"] = acc.to_dict()
-        saved = runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
-        config = _accel.resume_config(saved, config, acc, run_dir)  # the recorded arithmetic stays
-        mutable = [k for k in MUTABLE_FIELDS] + [f"fit.{k}" for k in MUTABLE_FIELDS]
-        config = json.loads(json.dumps(config))
-        try:
-            if is_main:
-                lock.enter_context(runs.writer(run_dir))
-            exists = runs.prepare_run_dir(run_dir, config, resume=resume, mutable=mutable, write=is_main)
-            if world > 1:
-                dist.barrier()  # rank 0 has recovered / written the directory
-                exists = runs.has_checkpoint(run_dir)
-            ckpt = load_checkpoint_into(run_dir, model, ema, optimizer)[0] if exists else None
-            if ckpt is not None:
-                start = last_good = ckpt.step
-            if is_main:
-                runs.rewind_metrics(run_dir, ckpt)  # checked against the checkpoint, cut back to it
-        except BaseException:
-            lock.__exit__(*sys.exc_info())
-            raise
-    guard = _FiniteGuard(run_dir, start, last_good)
-
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=labels is None,
+        config = _fit_config(path, hp, acc) if config is None else config
+        config, start, last_good = _open_run_dir(
+            run_dir, config, acc, resume, model, ema, optimizer, lock, rank == 0, world
         )
-    if acc.compile:
-        net = _accel.compile_model(net, device)
-
-    order = _EpochOrder(data.shape[0], seed)
-    loss_fn = FlowMatchingLoss(path, p_uncond, num_classes)
-    losses = torch.zeros(max(steps - start, 0), device=device)
-    window = torch.zeros((), device=device)
-    window_n, t0 = 0, time.perf_counter()
-    last_log_t, last_log_step = t0, start
-    bar = tqdm(
-        total=steps, initial=start, disable=not (progress and is_main), desc="train", dynamic_ncols=True
-    )
-    model.train()
-    with lock, torch.random.fork_rng(devices=_rng_devices(device)), bar, _accel.tf32_policy(device, acc):
-        for k in range(start, steps):
-            loss, grad_norm = _train_step(
-                net, model, optimizer, ema, loss_fn, data, labels, order, k, batch_size, rank, world, seed,
-                grad_clip, device, acc,
-            )  # fmt: skip
-            losses[k - start] = loss.detach()
-            window += loss.detach()
-            window_n += 1
-            step = k + 1
-            bar.update(1)
-            if step % log_every == 0 or step == steps:
-                guard.check_losses(losses, step)
-                mean = window / window_n
-                if world > 1:
-                    dist.all_reduce(mean)
-                    mean /= world
-                now = time.perf_counter()
-                record = {
-                    "step": step,
-                    "loss": float(mean),
-                    "grad_norm": float(grad_norm),
-                    "lr": lr,
-                    "elapsed_s": now - t0,
-                    "sec_per_step": (now - last_log_t) / (step - last_log_step),
-                }
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if is_main and run_dir is not None:
-                    runs.append_jsonl(run_dir / runs.METRICS_FILE, record)
-                window.zero_()
-                window_n, last_log_t, last_log_step = 0, now, step
-            if (
-                run_dir is not None
-                and is_main
-                and ((checkpoint_every and step % checkpoint_every == 0) or step == steps)
-            ):
-                guard.check_losses(losses, step)
-                guard.check_weights(step, model, ema.module)
-                _save_checkpoint(run_dir, model, ema, optimizer, step, seed, world, config)
-                guard.last_good = step
-            if callback is not None:
-                callback(step, {"loss": loss.detach(), "grad_norm": grad_norm})
-    if steps > start:
-        guard.check_losses(losses, steps)
-        guard.check_weights(steps, model, ema.module)
-    elapsed = time.perf_counter() - t0
-    ema_module = ema.module.eval()
-    model.eval()
+    loop = _FitLoop(
+        net=_wrap_model(model, labels, world, device, acc), model=model, optimizer=optimizer, ema=ema,
+        loss_fn=FlowMatchingLoss(path, hp.p_uncond, num_classes), data=data, labels=labels,
+        order=EpochOrder(data.shape[0], seed), hp=hp, rank=rank, world=world, device=device, acc=acc,
+        run_dir=run_dir, config=config, guard=FiniteGuard(run_dir, start, last_good),
+    )  # fmt: skip
+    with lock:
+        losses = loop.run(start, progress and rank == 0, callback)
     return FitResult(
-        model=model,
-        ema=ema_module,
+        model=model.eval(),
+        ema=ema.module.eval(),
         step=max(steps, start),
         start_step=start,
         losses=losses.cpu(),
-        seconds_per_step=elapsed / max(steps - start, 1),
+        seconds_per_step=loop.elapsed / max(steps - start, 1),
         run_dir=run_dir,
     )
+
+
+@dataclass
+class _FitLoop:
+    """The steps of :func:`fit` on this rank: :func:`_train_step`, the log window, checkpoints
+    (rank 0) and the finite guard."""
+
+    net: nn.Module
+    model: nn.Module
+    optimizer: object
+    ema: AveragedModel
+    loss_fn: Callable
+    data: torch.Tensor
+    labels: torch.Tensor | None
+    order: EpochOrder
+    hp: SimpleNamespace
+    rank: int
+    world: int
+    device: torch.device
+    acc: AccelConfig
+    run_dir: Path | None
+    config: dict | None
+    guard: FiniteGuard
+    elapsed: float = 0.0
+
+    def run(self, start: int, progress: bool, callback) -> torch.Tensor:
+        """Steps ``start .. hp.steps``; returns their losses (on the device)."""
+        hp, device = self.hp, self.device
+        losses = torch.zeros(max(hp.steps - start, 0), device=device)
+        window = LogWindow(start, zero=torch.zeros((), device=device))
+        bar = tqdm(total=hp.steps, initial=start, disable=not progress, desc="train", dynamic_ncols=True)
+        self.model.train()
+        with torch.random.fork_rng(devices=rng_devices(device)), bar, _accel.tf32_policy(device, self.acc):
+            for k in range(start, hp.steps):
+                loss, grad_norm = _train_step(
+                    self.net, self.model, self.optimizer, self.ema, self.loss_fn, self.data, self.labels,
+                    self.order, k, hp.batch_size, self.rank, self.world, hp.seed, hp.grad_clip, device,
+                    self.acc,
+                )  # fmt: skip
+                losses[k - start] = loss.detach()
+                window.add(loss.detach())
+                step = k + 1
+                bar.update(1)
+                if step % hp.log_every == 0 or step == hp.steps:
+                    self.log(step, losses, window, grad_norm, bar)
+                if self.run_dir is not None and self.rank == 0:
+                    if (hp.checkpoint_every and step % hp.checkpoint_every == 0) or step == hp.steps:
+                        self.checkpoint(step, losses)
+                if callback is not None:
+                    callback(step, {"loss": loss.detach(), "grad_norm": grad_norm})
+        if hp.steps > start:
+            self.guard.check_losses(losses, hp.steps)
+            self.guard.check_weights(hp.steps, self.model, self.ema.module)
+        self.elapsed = time.perf_counter() - window.t0
+        return losses
+
+    def log(self, step: int, losses, window: LogWindow, grad_norm, bar) -> None:
+        self.guard.check_losses(losses, step)
+        mean = window.mean()
+        if self.world > 1:
+            dist.all_reduce(mean)
+            mean /= self.world
+        record = window.record(step, mean, grad_norm, self.hp.lr, "sec_per_step")
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if self.rank == 0 and self.run_dir is not None:
+            runs.append_jsonl(self.run_dir / runs.METRICS_FILE, record)
+
+    def checkpoint(self, step: int, losses) -> None:
+        self.guard.check_losses(losses, step)
+        self.guard.check_weights(step, self.model, self.ema.module)
+        hp = self.hp
+        _save_checkpoint(
+            self.run_dir, self.model, self.ema, self.optimizer, step, hp.seed, self.world, self.config
+        )
+        self.guard.last_good = step
 
 
 def _train_step(
@@ -590,60 +539,12 @@ def _train_step(
     acc=None,
 ):
     """One optimisation step of ``loss_fn`` (:class:`kaclib.losses.FlowMatchingLoss`); every random
-    draw comes from ``step_seed(seed, rank, k, ...)``."""
-    s_global = step_seed(seed, rank, k, 1)  # dropout and other users of the global RNG
-    torch.default_generator.manual_seed(s_global)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(s_global)
-    g = torch.Generator(device=device).manual_seed(step_seed(seed, rank, k, 0))
+    draw comes from ``step_seed(seed, rank, k, ...)``: stream 1 seeds the global RNG (dropout), stream
+    0 the step's generator."""
+    g = seed_step(device, step_seed(seed, rank, k, 1), step_seed(seed, rank, k, 0))
     idx = batch_indices(order, k, batch_size, rank, world).to(device)
     loss = loss_fn(net, data[idx], None if labels is None else labels[idx], g, acc)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    clip = grad_clip if grad_clip is not None else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    optimizer.step()
-    ema.update_parameters(model)
-    with torch.no_grad():  # buffers are copied, not averaged (integer buffers cannot be)
-        for b_ema, b_model in zip(ema.module.buffers(), model.buffers()):
-            b_ema.copy_(b_model)
-    return loss, grad_norm.detach()
-
-
-class _FiniteGuard:
-    """Stops training at the first non-finite loss (checked at every log step, before every
-    checkpoint and at the end: no extra GPU synchronisation) or non-finite weights (before every
-    checkpoint and at the end), naming the step and the last good checkpoint, which is kept: a
-    NaN is never saved."""
-
-    def __init__(self, run_dir, start: int, last_good: int | None):
-        self.run_dir, self.start, self.checked, self.last_good = run_dir, start, start, last_good
-
-    def _stop(self, what: str, step: int):
-        if self.run_dir is None:
-            kept = "nothing was saved"
-        elif self.last_good is None:
-            kept = f"no checkpoint was written to {self.run_dir}"
-        else:
-            kept = f"the last good checkpoint (step {self.last_good}) in {self.run_dir} is kept"
-        raise runs.NonFiniteError(
-            f"{what} at step {step}: training stopped; {kept} "
-            "(a learning rate, path parameter or guidance weight too large?)"
-        )
-
-    def check_losses(self, losses: torch.Tensor, step: int) -> None:
-        seg = losses[self.checked - self.start : step - self.start]
-        bad = ~torch.isfinite(seg)
-        if bool(bad.any()):
-            self._stop("non-finite loss (NaN or inf)", self.checked + int(bad.nonzero()[0, 0]) + 1)
-        self.checked = max(self.checked, step)
-
-    def check_weights(self, step: int, *modules) -> None:
-        for m in modules:
-            try:
-                runs.check_finite(m, "the model")
-            except runs.NonFiniteError:
-                self._stop("non-finite weights (NaN or inf)", step)
+    return loss, optimizer_step(model, ema, optimizer, loss, grad_clip)
 
 
 # =============================================================================== checkpoints
@@ -652,47 +553,12 @@ class _FiniteGuard:
 def _save_checkpoint(
     run_dir: Path, model, ema, optimizer, step: int, seed: int, world: int, config: dict
 ) -> None:
-    meta = {"step": str(step)}
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "ema_n_averaged": int(ema.n_averaged),
+    extra = {
         "seed": seed,
         "world_size": world,
         "rng": "per-step: torch.Generator seeded with step_seed(seed, rank, step, stream)",
     }
-    runs.save_checkpoint(
-        run_dir,
-        {
-            runs.MODEL_FILE: runs.weights_bytes(model, meta),
-            runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
-            runs.STATE_FILE: runs.save_torch_bytes(state),
-        },
-        config=config,
-        step=step,
-    )
-
-
-def load_checkpoint_into(run_dir: Path, model, ema, optimizer) -> tuple["runs.Checkpoint", dict]:
-    """Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` (an ``AveragedModel``) and
-    ``optimizer``; returns the checkpoint and its ``state.pt`` dict (for a loop's own fields).  Used
-    by teacher training and by every distillation stage."""
-    ckpt = runs.read_checkpoint(run_dir)
-    state = ckpt.state("cpu")
-    ckpt.load_into(model, runs.MODEL_FILE)
-    ckpt.load_into(ema.module, runs.EMA_FILE)
-    try:
-        ema.n_averaged.fill_(state["ema_n_averaged"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise runs.RunDirError(
-            f"{run_dir / runs.STATE_FILE}: the optimizer state does not fit this run ({e})"
-        ) from None
-    if state["step"] != ckpt.step:
-        raise runs.RunDirError(
-            f"{run_dir / runs.STATE_FILE}: step {state['step']}, but {runs.MANIFEST_FILE} says {ckpt.step}"
-        )
-    return ckpt, state
+    save_checkpoint(run_dir, model, ema, optimizer, step, extra, config)
 
 
 # =============================================================================== configs -> runs
@@ -831,7 +697,14 @@ def load_run(run_dir: str | os.PathLike, ema: bool = True, device="cpu") -> Load
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kaclib.train", description="Train a velocity model.")
+    """``python -m kaclib.train``: the thin entry for scripts and ``torchrun`` (users: ``python -m
+    kaclib train``).  ``--config`` (a :class:`TrainConfig` JSON file; default ``TrainConfig()``) with
+    ``--set key=value`` overrides (dotted keys) -> :func:`train` into ``--run-dir``; rank 0 prints
+    ``{"run_dir", "step", "seconds_per_step"}`` as JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kaclib.train",
+        description="Train a velocity model from a TrainConfig JSON (the CLI is `python -m kaclib train`).",
+    )
     parser.add_argument("--config", help="TrainConfig JSON file (default: TrainConfig())")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument(

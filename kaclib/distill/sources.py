@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import runs
+from ..loop import EpochOrder, batch_indices, step_seed
 from ..solvers import grid_times
-from ..train import _EpochOrder, batch_indices, step_seed
 from .config import StageSpec
 from .endpoint import _evals_per_substep, segment_endpoint
 from .teacher import TeacherField
@@ -69,7 +69,7 @@ class _HookSource(_Source):
 class _ForwardOnline(_Source):
     def __init__(self, ctx):
         self.ctx = ctx
-        self.order = _EpochOrder(ctx.data.shape[0], step_seed(ctx.seed, ctx.spec.index, _S_ORDER))
+        self.order = EpochOrder(ctx.data.shape[0], step_seed(ctx.seed, ctx.spec.index, _S_ORDER))
 
     def batch(self, it, g):
         c = self.ctx
@@ -169,7 +169,7 @@ class _Pool(_Source):
         c = self.ctx
         M, P = c.spec.student_steps, c.pool_size
         xs, ks, ys, ts = [], [], [], []
-        order = _EpochOrder(c.data.shape[0], step_seed(c.seed, c.spec.index, _POOL_ITER, _S_ORDER))
+        order = EpochOrder(c.data.shape[0], step_seed(c.seed, c.spec.index, _POOL_ITER, _S_ORDER))
         n_chunks = math.ceil(P / chunk)
         for i in tqdm(
             range(n_chunks), desc=f"stage {c.spec.index} pool", disable=not c.progress, leave=False
@@ -226,7 +226,7 @@ class _Pool(_Source):
                 data = save({k: v.cpu() for k, v in self.pool.items()})
                 runs.atomic_write_bytes(f, data)
                 self.sha256 = hashlib.sha256(data).hexdigest()
-        self.order = _EpochOrder(self.pool["x"].shape[0], step_seed(c.seed, c.spec.index, _S_ORDER))
+        self.order = EpochOrder(self.pool["x"].shape[0], step_seed(c.seed, c.spec.index, _S_ORDER))
 
     def batch(self, it, g):
         self._ensure()

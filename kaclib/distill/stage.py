@@ -31,7 +31,15 @@ from tqdm.auto import tqdm
 
 from .. import accel as _accel
 from .. import runs
-from ..train import load_checkpoint_into, step_seed
+from ..loop import (
+    LogWindow,
+    load_checkpoint_into,
+    optimizer_step,
+    rng_devices,
+    save_checkpoint,
+    seed_step,
+    step_seed,
+)
 from .config import DistillConfig, StageSpec
 from .endpoint import EndpointLoss
 from .sources import _S_BATCH, _S_GLOBAL, _Ctx, make_source
@@ -63,28 +71,6 @@ class StageResult:
 
 def _lr_at(it: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, (it + 1) / warmup) if warmup > 0 else lr
-
-
-def _save_stage_checkpoint(
-    run_dir: Path, student, ema, optimizer, step, extra: dict, config: dict | None = None
-) -> None:
-    meta = {"step": str(step)}
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "ema_n_averaged": int(ema.n_averaged),
-        **extra,
-    }
-    runs.save_checkpoint(
-        run_dir,
-        {
-            runs.MODEL_FILE: runs.weights_bytes(student, meta),
-            runs.EMA_FILE: runs.weights_bytes(ema.module, meta),
-            runs.STATE_FILE: runs.save_torch_bytes(state),
-        },
-        config=config,
-        step=step,
-    )
 
 
 def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num_classes, device, progress):
@@ -205,7 +191,7 @@ def train_stage(
         losses=torch.tensor(loop.losses),
         teacher_passes=ctx.counter[0],
         gate=loop.gate_log,
-        seconds=time.perf_counter() - loop.t0,
+        seconds=time.perf_counter() - loop.window.t0,
         run_dir=run_dir,
         resumed_from=loop.start,
     )
@@ -221,7 +207,6 @@ class _StageLoop:
         self.ctx, self.source = ctx, source
         self.start, self.target_iters, self.gate_log, self.last_good = 0, spec.iters, [], None
         self.losses = []
-        self.window, self.window_n = 0.0, 0
 
     def restore(self, resume: bool) -> None:
         """Continue from the stage directory's checkpoint (``resume=True``), or start afresh."""
@@ -282,20 +267,20 @@ class _StageLoop:
                 "seed": self.config.seed,
                 **self.source.state(),
             }
-            _save_stage_checkpoint(
+            save_checkpoint(
                 self.run_dir, self.student, self.ema, self.optimizer, step, extra, self.run_config
             )
             self.last_good = step
 
-    def step(self, it: int, loss_fn, clip: float, acc):
+    def step(self, it: int, loss_fn, acc):
         """Iteration ``it`` (0-based): seed, batch, loss, optimizer and EMA update.  Returns
         ``(loss, grad_norm, lr)``."""
         config, spec, device, student = self.config, self.spec, self.device, self.student
-        s_global = step_seed(config.seed, spec.index, it, _S_GLOBAL)
-        torch.default_generator.manual_seed(s_global)
-        if device.type == "cuda":
-            torch.cuda.manual_seed(s_global)
-        g = torch.Generator(device=device).manual_seed(step_seed(config.seed, spec.index, it, _S_BATCH))
+        g = seed_step(
+            device,
+            step_seed(config.seed, spec.index, it, _S_GLOBAL),
+            step_seed(config.seed, spec.index, it, _S_BATCH),
+        )
         student.train()
         with _accel.autocast(device, acc):  # bf16 passes; states, targets and loss stay fp32
             x, k, y, target = self.source.batch(it, g)
@@ -303,14 +288,7 @@ class _StageLoop:
         lr = _lr_at(it, spec.lr, config.warmup_iters)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
-        self.optimizer.step()
-        self.ema.update_parameters(student)
-        with torch.no_grad():
-            for b_ema, b_model in zip(self.ema.module.buffers(), student.buffers()):
-                b_ema.copy_(b_model)
+        grad_norm = optimizer_step(student, self.ema, self.optimizer, loss, config.grad_clip)
         lv = float(loss.detach())
         if not math.isfinite(lv):
             self.stop("non-finite loss (NaN or inf)", it + 1)
@@ -318,20 +296,11 @@ class _StageLoop:
 
     def log(self, it: int, grad_norm, lr: float, bar) -> None:
         """One ``metrics.jsonl`` record: the mean loss since the last one."""
-        now = time.perf_counter()
-        rec = {
-            "step": it,
-            "loss": self.window / self.window_n,
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "teacher_passes": self.ctx.counter[0],
-            "elapsed_s": now - self.t0,
-            "sec_per_iter": (now - self.last_t) / max(it - self.last_step, 1),
-        }
+        w = self.window
+        rec = w.record(it, w.mean(), grad_norm, lr, "sec_per_iter", teacher_passes=self.ctx.counter[0])
         bar.set_postfix(loss=f"{rec['loss']:.4g}")
         if self.run_dir is not None:
             runs.append_jsonl(self.run_dir / runs.METRICS_FILE, rec)
-        self.window, self.window_n, self.last_t, self.last_step = 0.0, 0, now, it
 
     def ask_gate(self, it: int, gate_fn, teacher) -> bool:
         """Ask the gate once per step count reached; ``True`` when it passes."""
@@ -346,9 +315,7 @@ class _StageLoop:
     def run(self, teacher, loss_fn, acc, progress, callback, gate_fn) -> int:
         """Train to the budget (extended while the gate fails); returns the iterations done."""
         config, spec, device = self.config, self.spec, self.device
-        clip = config.grad_clip if config.grad_clip is not None else math.inf
-        self.t0 = time.perf_counter()
-        self.last_t, self.last_step = self.t0, self.start
+        self.window = LogWindow(self.start)  # the stage's clock (t0) and its log window
         cap = spec.iters + (config.gate_max_extra if gate_fn is not None else 0)
         bar = tqdm(
             total=self.target_iters,
@@ -357,15 +324,13 @@ class _StageLoop:
             disable=not progress,
             dynamic_ncols=True,
         )
-        rng_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices), bar, _accel.tf32_policy(device, acc):
+        with torch.random.fork_rng(devices=rng_devices(device)), bar, _accel.tf32_policy(device, acc):
             it = self.start
             while True:
                 while it < self.target_iters:
-                    lv, grad_norm, lr = self.step(it, loss_fn, clip, acc)
+                    lv, grad_norm, lr = self.step(it, loss_fn, acc)
                     self.losses.append(lv)
-                    self.window += lv
-                    self.window_n += 1
+                    self.window.add(lv)
                     it += 1
                     bar.update(1)
                     if it % config.log_every == 0 or it == self.target_iters:
