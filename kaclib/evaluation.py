@@ -198,6 +198,42 @@ def generate(
 
     The model is put in ``eval()`` mode for the call and restored.  Returns :class:`Generated`.
     """
+    w, num_classes = _check_generate_args(model, steps, method, w, num_classes, seed, batch_size)
+    labels, n = _resolve_labels(labels, num_classes)
+    image_shape = _resolve_image_shape(model, image_shape)
+    device = _resolve_device(model, device)
+    from .accel import AccelConfig
+
+    acc = AccelConfig.from_dict(accel).resolve(device)
+
+    velocity, conditional = _velocity_for(model, w, num_classes)
+    was_training = model.training
+    model.eval()
+    try:
+        plan = _SamplingPlan(n, image_shape, steps, method, seed, batch_size, return_trajectory)
+        bar = tqdm(total=n, disable=not progress, desc=f"{method} {steps} steps, w={w}", leave=False)
+        run = _sample_batches(velocity, path, labels if conditional else None, plan, device, acc, bar)
+    finally:
+        model.train(was_training)
+    return Generated(
+        images=torch.cat(run.images),
+        labels=labels if conditional else None,
+        steps=steps,
+        nfe=run.nfe,
+        network_passes=run.passes,
+        seconds=run.solve_s,
+        seconds_per_image=run.solve_s / n,
+        method=method,
+        w=(w if conditional else None),
+        seed=seed,
+        latent_seconds=run.latent_s,
+        trajectory=torch.cat(run.trajs, dim=1) if return_trajectory else None,
+    )
+
+
+def _check_generate_args(model, steps, method, w, num_classes, seed, batch_size):
+    """Check the scalar arguments of :func:`generate`; returns the checked guidance weight and the
+    number of classes (default: read from the model)."""
     _check_int("steps", steps, 1)
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
@@ -209,88 +245,107 @@ def generate(
         num_classes = model_num_classes(model)
     else:
         _check_int("num_classes", num_classes, 0)
+    return w, num_classes
+
+
+def _resolve_labels(labels, num_classes: int) -> tuple[torch.Tensor | None, int]:
+    """The labels of :func:`generate` (an ``(N,)`` CPU long tensor, or ``None`` for an
+    unconditional count) and their number ``N``, from a count or a label tensor."""
     if isinstance(labels, int) and not isinstance(labels, bool):
         n = _check_int("labels (a count)", labels, 1)
-        labels = balanced_labels(n, num_classes) if num_classes > 0 else None
-    elif labels is None:
+        return (balanced_labels(n, num_classes) if num_classes > 0 else None), n
+    if labels is None:
         raise ValueError("labels must be an (N,) tensor of class labels or an int count N")
-    else:
-        labels = torch.as_tensor(labels)
-        if labels.ndim != 1 or labels.shape[0] < 1 or labels.is_floating_point() or labels.is_complex():
-            raise ValueError(
-                f"labels must be a non-empty 1-D integer tensor, got shape {tuple(labels.shape)}"
-            )
-        labels = labels.long().cpu()
-        if num_classes > 0 and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
-        n = labels.shape[0]
+    labels = torch.as_tensor(labels)
+    if labels.ndim != 1 or labels.shape[0] < 1 or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be a non-empty 1-D integer tensor, got shape {tuple(labels.shape)}")
+    labels = labels.long().cpu()
+    if num_classes > 0 and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, num_classes) = [0, {num_classes})")
+    return labels, labels.shape[0]
+
+
+def _resolve_image_shape(model: nn.Module, image_shape) -> tuple[int, ...]:
+    """``image_shape`` as a tuple of ints, by default ``(C, H, W)`` from a UNet's config."""
     if image_shape is None:
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(cfg, "image_size"):
             raise ValueError("image_shape is needed for a model without a UNet config")
         image_shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    image_shape = tuple(int(s) for s in image_shape)
+    return tuple(int(s) for s in image_shape)
+
+
+def _resolve_device(model: nn.Module, device) -> torch.device:
+    """``device``, by default the device of the model's first parameter (the CPU without any)."""
     if device is None:
         params = list(model.parameters())
         device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
-    from .accel import AccelConfig, tf32_policy
+    return torch.device(device)
 
-    acc = AccelConfig.from_dict(accel).resolve(device)
 
-    velocity, conditional = _velocity_for(model, w, num_classes)
-    was_training = model.training
-    model.eval()
-    images, trajs = [], []
-    nfe = passes = 0
-    solve_s = latent_s = 0.0
-    try:
-        bar = tqdm(total=n, disable=not progress, desc=f"{method} {steps} steps, w={w}", leave=False)
-        with bar:
-            for start in range(0, n, batch_size):
-                b = min(batch_size, n - start)
-                t0 = time.perf_counter()
-                x_T = image_latents(path, b, image_shape, seed=seed, start=start).to(device)
-                latent_s += time.perf_counter() - t0
-                y = labels[start : start + b].to(device) if conditional else None
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
-                with tf32_policy(device, acc):
-                    res = sample(
-                        velocity,
-                        x_T,
-                        steps,
-                        method,
-                        T=float(path.T),
-                        y=y,
-                        return_trajectory=return_trajectory,
-                        accel=acc,
-                    )
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                solve_s += time.perf_counter() - t0
-                images.append(res.x.float().cpu())
-                if return_trajectory:
-                    trajs.append(res.trajectory.float().cpu())
-                nfe, passes = res.nfe, res.network_passes
-                bar.update(b)
-    finally:
-        model.train(was_training)
-    return Generated(
-        images=torch.cat(images),
-        labels=labels if conditional else None,
-        steps=steps,
-        nfe=nfe,
-        network_passes=passes,
-        seconds=solve_s,
-        seconds_per_image=solve_s / n,
-        method=method,
-        w=(w if conditional else None),
-        seed=seed,
-        latent_seconds=latent_s,
-        trajectory=torch.cat(trajs, dim=1) if return_trajectory else None,
-    )
+@dataclass
+class _BatchRun:
+    """What :func:`_sample_batches` collects: the images (and trajectories) per batch on the CPU,
+    the last batch's NFE and network passes, and the solver and latent seconds."""
+
+    images: list
+    trajs: list
+    nfe: int = 0
+    passes: int = 0
+    solve_s: float = 0.0
+    latent_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _SamplingPlan:
+    """What :func:`_sample_batches` draws: ``n`` images of ``image_shape`` with ``steps`` steps of
+    ``method`` from the latents of ``seed``, ``batch_size`` at a time (and their trajectories)."""
+
+    n: int
+    image_shape: tuple
+    steps: int
+    method: str
+    seed: int
+    batch_size: int
+    return_trajectory: bool
+
+
+def _sample_batches(velocity, path, labels, plan: _SamplingPlan, device, acc, bar) -> _BatchRun:
+    """Solve the images of ``plan`` batch by batch (labels ``None``: unconditional), timing the
+    latents and the solver apart; ``bar`` counts images."""
+    from .accel import tf32_policy
+
+    run = _BatchRun([], [])
+    with bar:
+        for start in range(0, plan.n, plan.batch_size):
+            b = min(plan.batch_size, plan.n - start)
+            t0 = time.perf_counter()
+            x_T = image_latents(path, b, plan.image_shape, seed=plan.seed, start=start).to(device)
+            run.latent_s += time.perf_counter() - t0
+            y = labels[start : start + b].to(device) if labels is not None else None
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            with tf32_policy(device, acc):
+                res = sample(
+                    velocity,
+                    x_T,
+                    plan.steps,
+                    plan.method,
+                    T=float(path.T),
+                    y=y,
+                    return_trajectory=plan.return_trajectory,
+                    accel=acc,
+                )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            run.solve_s += time.perf_counter() - t0
+            run.images.append(res.x.float().cpu())
+            if plan.return_trajectory:
+                run.trajs.append(res.trajectory.float().cpu())
+            run.nfe, run.passes = res.nfe, res.network_passes
+            bar.update(b)
+    return run
 
 
 # =============================================================================== scoring

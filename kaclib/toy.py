@@ -196,11 +196,31 @@ def train_toy(
     """
     from . import runs
     from .artifacts import load_or_compute
-    from .models import MLPVelocity
-    from .train import fit
 
+    config = _toy_config(path, steps, batch_size, hidden, depth, lr, seed, n_data, head)
+
+    def compute(tmp: Path):
+        _fit_toy(tmp, path, config, progress)
+
+    folder = load_or_compute("toy-velocity", config, compute)
+    model = _toy_mlp(path, config["model"])
+    runs.load_weights(model, folder / "ema.safetensors")
+    model.eval()
+    info = json.loads((folder / "train.json").read_text())
+    return ToyModel(
+        model=model,
+        path=path,
+        folder=folder,
+        losses=info["losses"],
+        seconds_per_step=info["seconds_per_step"],
+        config=config,
+    )
+
+
+def _toy_config(path, steps, batch_size, hidden, depth, lr, seed, n_data, head) -> dict:
+    """The artifact key of :func:`train_toy`: the model, its training, the path and the data."""
     model_cfg = {"dim": 2, "hidden": hidden, "depth": depth, "head": head}
-    config = {
+    return {
         "kind": "toy-mlp",
         "version": 1,
         "path": path.config(),
@@ -216,48 +236,49 @@ def train_toy(
         "data": {**MIXTURE, "n": n_data, "seed": 10_000 + seed},
     }
 
-    def build():
-        return MLPVelocity(
-            dim=2, hidden=hidden, depth=depth, head=head, path=path if head == "bounded" else None
-        )
 
-    def compute(tmp: Path):
-        d = config["data"]
-        g = torch.Generator().manual_seed(d["seed"])
-        data, _ = sample_mixture(n_data, generator=g, grid=d["grid"], spacing=d["spacing"], std=d["std"])
-        torch.manual_seed(seed)
-        res = fit(
-            build(),
-            path,
-            data,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            ema_decay=0.999,
-            grad_clip=1.0,
-            progress=progress,
-        )
-        (tmp / "ema.safetensors").write_bytes(runs.weights_bytes(res.ema))
-        (tmp / "train.json").write_text(
-            json.dumps(
-                {
-                    "losses": [round(float(v), 6) for v in res.losses],
-                    "seconds_per_step": res.seconds_per_step,
-                }
-            )
-        )
+def _toy_mlp(path, model_cfg: dict):
+    """A fresh :class:`~kaclib.models.MLPVelocity` of ``model_cfg`` (the bounded head on ``path``)."""
+    from .models import MLPVelocity
 
-    folder = load_or_compute("toy-velocity", config, compute)
-    model = build()
-    runs.load_weights(model, folder / "ema.safetensors")
-    model.eval()
-    info = json.loads((folder / "train.json").read_text())
-    return ToyModel(
-        model=model,
-        path=path,
-        folder=folder,
-        losses=info["losses"],
-        seconds_per_step=info["seconds_per_step"],
-        config=config,
+    head = model_cfg["head"]
+    return MLPVelocity(
+        dim=2,
+        hidden=model_cfg["hidden"],
+        depth=model_cfg["depth"],
+        head=head,
+        path=path if head == "bounded" else None,
+    )
+
+
+def _fit_toy(tmp: Path, path, config: dict, progress: bool) -> None:
+    """Train the model of ``config`` on its mixture data and write its EMA weights
+    (``ema.safetensors``) and losses (``train.json``) into ``tmp``."""
+    from . import runs
+    from .train import fit
+
+    d, f = config["data"], config["fit"]
+    g = torch.Generator().manual_seed(d["seed"])
+    data, _ = sample_mixture(d["n"], generator=g, grid=d["grid"], spacing=d["spacing"], std=d["std"])
+    torch.manual_seed(f["seed"])
+    res = fit(
+        _toy_mlp(path, config["model"]),
+        path,
+        data,
+        steps=f["steps"],
+        batch_size=f["batch_size"],
+        lr=f["lr"],
+        seed=f["seed"],
+        ema_decay=0.999,
+        grad_clip=1.0,
+        progress=progress,
+    )
+    (tmp / "ema.safetensors").write_bytes(runs.weights_bytes(res.ema))
+    (tmp / "train.json").write_text(
+        json.dumps(
+            {
+                "losses": [round(float(v), 6) for v in res.losses],
+                "seconds_per_step": res.seconds_per_step,
+            }
+        )
     )

@@ -298,25 +298,10 @@ def run_reflow(
     )
     stages = [res]
     if config.distill_iters > 0:
-        ho2 = student_handoff(res.student, res.student, config, device)
-        tf2 = TeacherField(ho2.teacher, guided=False, num_classes=teacher.num_classes, solver="euler")
-        res2 = run_stage(
-            "stage-2-1steps",
-            tf2,
-            ho2,
-            path,
-            final,
-            config,
-            data,
-            labels,
-            num_classes,
-            run_dir=run_dir,
-            scfg=stage_config(METHOD, config, final, path, info, 1, w),
-            device=device,
-            progress=progress,
-            callback=callback,
+        run = dict(run_dir=run_dir, device=device, progress=progress, callback=callback)
+        stages.append(
+            _distill_to_one_step(res, teacher, path, final, config, data, labels, num_classes, info, w, run)
         )
-        stages.append(res2)
     return FewStepResult(
         method=METHOD,
         config=config,
@@ -329,4 +314,28 @@ def run_reflow(
         seconds=time.perf_counter() - t0,
         run_dir=run_dir,
         extra={"coupling_passes": coupling_passes, "couplings": couplings},
+    )
+
+
+def _distill_to_one_step(res, teacher, path, final, config, data, labels, num_classes, info, w, run: dict):
+    """The optional last stage of :func:`run_reflow`: the reflowed student ``res.student`` as an
+    unguided Euler teacher, distilled into a 1-step student (``run``: ``run_dir``, ``device``,
+    ``progress``, ``callback`` of :func:`~kaclib.fewstep.common.run_stage`)."""
+    ho2 = student_handoff(res.student, res.student, config, run["device"])
+    tf2 = TeacherField(ho2.teacher, guided=False, num_classes=teacher.num_classes, solver="euler")
+    return run_stage(
+        "stage-2-1steps",
+        tf2,
+        ho2,
+        path,
+        final,
+        config,
+        data,
+        labels,
+        num_classes,
+        run_dir=run["run_dir"],
+        scfg=stage_config(METHOD, config, final, path, info, 1, w),
+        device=run["device"],
+        progress=run["progress"],
+        callback=run["callback"],
     )

@@ -189,47 +189,78 @@ def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim:
     steps = next(iter(trajs.values())).shape[0] - 1
     idx = sorted(set(np.linspace(0, steps, min(n_frames, steps + 1)).round().astype(int).tolist()))
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
-    n_bg = 0
-    if data is not None:
-        for col in range(1, len(names) + 1):
-            fig.add_trace(
-                go.Scattergl(
-                    x=to_float32(data[:, 0]),
-                    y=to_float32(data[:, 1]),
-                    mode="markers",
-                    showlegend=col == 1,
-                    marker=dict(size=3, color=COLORS["data"]),
-                    name="data",
-                    hoverinfo="skip",
-                ),
-                row=1,
-                col=col,
-            )
-            n_bg += 1
-
-    def frame_traces(k):
-        out = []
-        for col, name in enumerate(names, start=1):
-            x = trajs[name][k]
-            out.append(
-                go.Scatter(
-                    x=to_float32(x[:, 0]),
-                    y=to_float32(x[:, 1]),
-                    mode="markers",
-                    showlegend=False,
-                    marker=dict(size=4, color=series_color(name, COLORS["kac"])),
-                    name=name,
-                    xaxis=f"x{'' if col == 1 else col}",
-                    yaxis=f"y{'' if col == 1 else col}",
-                )
-            )
-        return out
-
-    for col, tr in enumerate(frame_traces(idx[0]), start=1):
+    n_bg = _add_data_panels(fig, data, len(names))
+    for col, tr in enumerate(_particle_traces(trajs, names, idx[0]), start=1):
         fig.add_trace(tr, row=1, col=col)
     trace_ids = list(range(n_bg, n_bg + len(names)))
-    fig.frames = [go.Frame(data=frame_traces(k), name=str(k), traces=trace_ids) for k in idx]
-    t = np.asarray(times, dtype=np.float64)
+    fig.frames = [
+        go.Frame(data=_particle_traces(trajs, names, k), name=str(k), traces=trace_ids) for k in idx
+    ]
+    _add_play_controls(fig, idx, np.asarray(times, dtype=np.float64))
+    for col in range(1, len(names) + 1):
+        fig.update_xaxes(range=[-lim, lim], row=1, col=col, title_text="x1")
+        fig.update_yaxes(
+            range=[-lim, lim], row=1, col=col, scaleanchor=f"x{'' if col == 1 else col}", scaleratio=1
+        )
+    fig.update_yaxes(title_text="x2", row=1, col=1)
+    return style(
+        fig,
+        "Sampling trajectories from noise (t = 1) to data (t = 0), Euler steps",
+        None,
+        None,
+        height=500,
+        legend="none",
+    )
+
+
+def _add_data_panels(fig, data, n_panels: int) -> int:
+    """The data points behind the particles of each of ``n_panels`` panels (legend once); returns
+    the number of traces added (0 without ``data``)."""
+    import plotly.graph_objects as go
+
+    if data is None:
+        return 0
+    for col in range(1, n_panels + 1):
+        fig.add_trace(
+            go.Scattergl(
+                x=to_float32(data[:, 0]),
+                y=to_float32(data[:, 1]),
+                mode="markers",
+                showlegend=col == 1,
+                marker=dict(size=3, color=COLORS["data"]),
+                name="data",
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
+        )
+    return n_panels
+
+
+def _particle_traces(trajs: dict, names: list, k: int) -> list:
+    """The particles of every model at solver step ``k``, one trace per panel."""
+    import plotly.graph_objects as go
+
+    out = []
+    for col, name in enumerate(names, start=1):
+        x = trajs[name][k]
+        out.append(
+            go.Scatter(
+                x=to_float32(x[:, 0]),
+                y=to_float32(x[:, 1]),
+                mode="markers",
+                showlegend=False,
+                marker=dict(size=4, color=series_color(name, COLORS["kac"])),
+                name=name,
+                xaxis=f"x{'' if col == 1 else col}",
+                yaxis=f"y{'' if col == 1 else col}",
+            )
+        )
+    return out
+
+
+def _add_play_controls(fig, idx: list, t: np.ndarray) -> None:
+    """A time slider over the frames ``idx`` (labelled with ``t``) and play / pause buttons."""
     anim = dict(mode="immediate", frame=dict(duration=180, redraw=False), transition=dict(duration=0))
     steps_ = [
         dict(
@@ -256,20 +287,6 @@ def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim:
                 ],
             )
         ],
-    )
-    for col in range(1, len(names) + 1):
-        fig.update_xaxes(range=[-lim, lim], row=1, col=col, title_text="x1")
-        fig.update_yaxes(
-            range=[-lim, lim], row=1, col=col, scaleanchor=f"x{'' if col == 1 else col}", scaleratio=1
-        )
-    fig.update_yaxes(title_text="x2", row=1, col=1)
-    return style(
-        fig,
-        "Sampling trajectories from noise (t = 1) to data (t = 0), Euler steps",
-        None,
-        None,
-        height=500,
-        legend="none",
     )
 
 

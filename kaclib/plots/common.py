@@ -176,13 +176,24 @@ def style(
         hoverlabel=dict(font_size=13),
         showlegend=bool(rows),
     )
-    if legend == "top" and rows:
+    if rows:
+        _place_legend(fig, legend, plot_h, axis_h)
+    if has_slider:
+        _place_sliders(fig, -(axis_h + (legend_h if legend == "bottom" else 0)) / plot_h)
+    _label_axes(fig, x, y)
+    return fig
+
+
+def _place_legend(fig, legend: str, plot_h: int, axis_h: int) -> None:
+    """A horizontal legend just above the plot (``"top"``) or below the x-axis title (``"bottom"``);
+    positions in plot heights, from pixels."""
+    if legend == "top":
         fig.update_layout(
             legend=dict(
                 orientation="h", x=0, xanchor="left", y=1 + 6 / plot_h, yanchor="bottom", font=dict(size=13)
             )
         )
-    elif legend == "bottom" and rows:
+    elif legend == "bottom":
         fig.update_layout(
             legend=dict(
                 orientation="h",
@@ -193,12 +204,18 @@ def style(
                 font=dict(size=13),
             )
         )
-    if has_slider:
-        slider_y = -(axis_h + (legend_h if legend == "bottom" else 0)) / plot_h
-        for slider in fig.layout.sliders:
-            slider.y, slider.yanchor, slider.pad = slider_y, "top", dict(t=34, b=0)
-        for menu in fig.layout.updatemenus or ():
-            menu.y, menu.yanchor, menu.pad = slider_y, "top", dict(t=40, r=10)
+
+
+def _place_sliders(fig, slider_y: float) -> None:
+    """Every slider and button menu anchored at ``slider_y`` (in plot heights, below the axis)."""
+    for slider in fig.layout.sliders:
+        slider.y, slider.yanchor, slider.pad = slider_y, "top", dict(t=34, b=0)
+    for menu in fig.layout.updatemenus or ():
+        menu.y, menu.yanchor, menu.pad = slider_y, "top", dict(t=40, r=10)
+
+
+def _label_axes(fig, x: str | None, y: str | None) -> None:
+    """Axis titles (``y`` on the primary axis only with a secondary one) and the shared axis lines."""
     if x is not None:
         fig.update_xaxes(title_text=x)
     if y is not None:
@@ -208,7 +225,6 @@ def style(
             fig.update_yaxes(title_text=y)
     fig.update_xaxes(showline=True, linecolor="#888", mirror=False, ticks="outside", zeroline=False)
     fig.update_yaxes(showline=True, linecolor="#888", ticks="outside", zeroline=False)
-    return fig
 
 
 def _has_secondary(fig) -> bool:
@@ -341,47 +357,21 @@ def two_slider_figure(
     plain plotly, e.g. JupyterLab, moves one parameter at a time); in the book a small script
     (:data:`_GRID_SCRIPT`) re-applies the visibility of the combined position after every move.
     """
-    import plotly.graph_objects as go
-
     n1, n2 = shape
-    if len(cells) != n1 * n2 or len(labels1) != n1 or len(labels2) != n2 or len(titles) != n1 * n2:
-        raise ValueError("cells, labels and titles must match the grid shape")
-    traces_per_cell = len(cells[0])
-    if any(len(c) != traces_per_cell for c in cells):
-        raise ValueError("every cell needs the same number of traces")
-    fig = go.Figure()
-    for tr in static_traces:
-        fig.add_trace(tr)
+    traces_per_cell = _check_grid(cells, shape, labels1, labels2, titles)
     n_static = len(static_traces)
     a1, a2 = active
-    for k, cell in enumerate(cells):
-        for tr in cell:
-            tr.visible = k == a1 * n2 + a2
-            fig.add_trace(tr)
-
+    fig = _grid_figure(cells, static_traces, a1 * n2 + a2)
     layouts = [
         dict((cell_layouts or [{}] * len(cells))[k], **{"title.text": titles[k]}) for k in range(len(cells))
     ]
 
-    def visibility(cell):
-        return [True] * n_static + [k // traces_per_cell == cell for k in range(n1 * n2 * traces_per_cell)]
+    def step(label, cell):
+        visible = [True] * n_static + [k // traces_per_cell == cell for k in range(n1 * n2 * traces_per_cell)]
+        return dict(method="update", label=label, args=[{"visible": visible}, layouts[cell]])
 
-    steps1 = [
-        dict(
-            method="update",
-            label=labels1[i],
-            args=[{"visible": visibility(i * n2 + a2)}, layouts[i * n2 + a2]],
-        )
-        for i in range(n1)
-    ]
-    steps2 = [
-        dict(
-            method="update",
-            label=labels2[j],
-            args=[{"visible": visibility(a1 * n2 + j)}, layouts[a1 * n2 + j]],
-        )
-        for j in range(n2)
-    ]
+    steps1 = [step(labels1[i], i * n2 + a2) for i in range(n1)]
+    steps2 = [step(labels2[j], a1 * n2 + j) for j in range(n2)]
     fig.update_layout(
         sliders=[
             slider_spec(steps1, prefix1, a1, x=0.0, length=0.47),
@@ -401,6 +391,32 @@ def two_slider_figure(
     for key, value in layouts[a1 * n2 + a2].items():
         if key != "title.text":
             fig.update_layout(**{key.replace(".", "_"): value})
+    return fig
+
+
+def _check_grid(cells: list[list], shape: tuple[int, int], labels1, labels2, titles) -> int:
+    """Check that the cells, labels and titles of :func:`two_slider_figure` match the grid
+    ``shape`` and that every cell has as many traces; returns that number."""
+    n1, n2 = shape
+    if len(cells) != n1 * n2 or len(labels1) != n1 or len(labels2) != n2 or len(titles) != n1 * n2:
+        raise ValueError("cells, labels and titles must match the grid shape")
+    traces_per_cell = len(cells[0])
+    if any(len(c) != traces_per_cell for c in cells):
+        raise ValueError("every cell needs the same number of traces")
+    return traces_per_cell
+
+
+def _grid_figure(cells: list[list], static_traces, visible_cell: int):
+    """A figure with the static traces, then every cell's traces (only ``visible_cell``'s shown)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for tr in static_traces:
+        fig.add_trace(tr)
+    for k, cell in enumerate(cells):
+        for tr in cell:
+            tr.visible = k == visible_cell
+            fig.add_trace(tr)
     return fig
 
 

@@ -145,6 +145,30 @@ def metric_vs_w_figure(
                 line=dict(color="#777", dash="dash"),
             )
         )
+    _mark_weights(fig, paper_w, best_w)
+    fig.update_layout(
+        yaxis2=dict(
+            overlaying="y",
+            side="right",
+            range=[0, 105],
+            title="class accuracy (%)",
+            showgrid=False,
+            tickmode="auto",
+            type="linear",
+        )
+    )
+    fig.update_layout(yaxis=dict(type="log"))
+    return style(
+        fig,
+        f"Guidance weight: {metric} and class accuracy",
+        "guidance weight w",
+        f"{metric} (log scale)",
+        legend_below=True,
+    )
+
+
+def _mark_weights(fig, paper_w: float | None, best_w: float | None) -> None:
+    """Dotted vertical lines, annotated, at the paper's optimal weight and at the best one here."""
     if paper_w is not None:
         fig.add_vline(x=paper_w, line=dict(color=COLORS["bound"], dash="dot"))
         fig.add_annotation(
@@ -168,22 +192,3 @@ def metric_vs_w_figure(
             xanchor="left",
             font=dict(color=COLORS["kac"]),
         )
-    fig.update_layout(
-        yaxis2=dict(
-            overlaying="y",
-            side="right",
-            range=[0, 105],
-            title="class accuracy (%)",
-            showgrid=False,
-            tickmode="auto",
-            type="linear",
-        )
-    )
-    fig.update_layout(yaxis=dict(type="log"))
-    return style(
-        fig,
-        f"Guidance weight: {metric} and class accuracy",
-        "guidance weight w",
-        f"{metric} (log scale)",
-        legend_below=True,
-    )
