@@ -42,7 +42,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -73,6 +73,16 @@ from .loop import (
 )
 from .losses import FlowMatchingLoss
 from .paths import build_path
+from .train_config import (
+    MAX_BATCH,
+    MAX_STEPS,
+    MUTABLE_FIELDS,
+    TrainConfig,
+    _check_clip,
+    _check_int,
+    _check_prob,
+    resolve_model_config,
+)
 
 __all__ = [
     "TrainConfig",
@@ -90,168 +100,9 @@ __all__ = [
     "main",
 ]
 
-MUTABLE_FIELDS = ("steps", "checkpoint_every", "log_every") + tuple(
-    f"accel.{k}" for k in _accel.MUTABLE_ON_RESUME
-)
-"""Config fields that may change when a run is resumed (extending ``steps`` continues a run;
-channels-last and compile change only layout and kernels, see :mod:`kaclib.accel`)."""
+# the run's configuration lives in kaclib.train_config (re-exported here)
 
-MAX_STEPS = 10**9
-"""Largest ``steps`` accepted (a larger count is a typo, and its loss buffer would not fit in memory)."""
-MAX_BATCH = 16384
-"""Largest ``batch_size`` accepted: a batch lives in memory with the network's activations for it
-(about 0.1-1 MB per 8x8-32x32 image for the presets here, so 16384 images already need several GB)."""
-
-
-# =============================================================================== configuration
-
-
-def _default_path() -> dict:
-    return {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(
-            f"{name} must be an int <= {maximum}, got {value!r} (refused: an absurd value that "
-            "would exhaust memory or never finish)"
-        )
-    return value
-
-
-def _check_prob(name: str, value, upper_open: bool = False) -> float:
-    v = check_finite_param(name, value, nonneg=True)
-    if v > 1 or (upper_open and v == 1):
-        raise ValueError(f"{name} must lie in [0, 1{')' if upper_open else ']'}, got {value!r}")
-    return v
-
-
-def _check_clip(value) -> float | None:
-    if value is None:
-        return None
-    return check_finite_param("grad_clip", value, positive=True)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run (JSON-serialisable, saved as ``config.json``).
-
-    ``model``: a full UNet config dict, or ``{"preset": name, **overrides}`` (resolved by
-    :meth:`resolved` to the full :class:`kaclib.models.UNetConfig` dict that is saved).
-    ``path``: ``{"kind": "kac", "a", "c", "f", "g", "T"}``, ``{"kind": "gaussian"}`` or
-    ``{"kind": "diffusion", ...}`` (see :func:`kaclib.paths.build_path`).
-    ``batch_size`` is the global batch (split across ranks).  ``grad_clip=None`` disables clipping.
-    ``seed`` drives initialisation, data order and noise; ``data_seed`` the data set's seeded
-    train/val split (``load_dataset(..., seed=data_seed)``).  ``checkpoint_every=0`` checkpoints only
-    at the end.  ``accel``: the accelerator switches (:class:`kaclib.accel.AccelConfig`; the
-    default is bf16 + channels-last + fused Adam on CUDA, plain fp32 on the CPU); :func:`train`
-    records them resolved for its device unless that is plain fp32 (a ``config.json`` without
-    ``accel`` ran in fp32, as every run before the field), and a resumed run keeps its arithmetic
-    (an fp32 run resumes only in fp32).  :meth:`to_dict` leaves the default ``accel`` out, so
-    configs that do not touch it serialise as before the field existed.
-    """
-
-    dataset: str = "digits"
-    model: dict = field(default_factory=lambda: {"preset": "digits-tiny"})
-    path: dict = field(default_factory=_default_path)
-    p_uncond: float = 0.1
-    lr: float = 5e-4
-    batch_size: int = 128
-    steps: int = 4000
-    grad_clip: float | None = 1.0
-    ema_decay: float = 0.999
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 100
-    data_seed: int = 0
-    accel: AccelConfig = field(default_factory=AccelConfig)
-
-    def __post_init__(self):
-        object.__setattr__(self, "accel", AccelConfig.from_dict(self.accel))
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError(f"dataset must be a non-empty string, got {self.dataset!r}")
-        if not isinstance(self.model, dict):
-            raise ValueError(
-                f"model must be a dict (UNet config or {{'preset': name, ...}}), got {self.model!r}"
-            )
-        if not isinstance(self.path, dict) or "kind" not in self.path:
-            raise ValueError(f"path must be a dict with a 'kind', got {self.path!r}")
-        object.__setattr__(self, "p_uncond", _check_prob("p_uncond", self.p_uncond))
-        object.__setattr__(self, "lr", check_finite_param("lr", self.lr, positive=True))
-        _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
-        _check_int("steps", self.steps, 0, MAX_STEPS)
-        object.__setattr__(self, "grad_clip", _check_clip(self.grad_clip))
-        object.__setattr__(self, "ema_decay", _check_prob("ema_decay", self.ema_decay, upper_open=True))
-        _check_int("seed", self.seed, 0)
-        _check_int("checkpoint_every", self.checkpoint_every, 0)
-        _check_int("log_every", self.log_every, 1)
-        _check_int("data_seed", self.data_seed, 0)
-
-    def to_dict(self) -> dict:
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        if self.accel == AccelConfig():
-            d.pop("accel")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    def resolved(self) -> "TrainConfig":
-        """The same config with ``model`` as a full UNet config dict and ``path`` in its full form."""
-        path = build_path(self.path)
-        model = resolve_model_config(self.model, self.dataset)
-        return self.replace(model=model, path=path.config())
-
-
-def resolve_model_config(model: dict, dataset: str | None = None) -> dict:
-    """Full ``UNetConfig`` dict from ``{"preset": name, **overrides}`` or a (partial) config dict.
-
-    When ``dataset`` names an entry of :data:`kaclib.data.DATASETS`, the model's input shape and
-    class count are checked against it.
-    """
-    from .models import UNetConfig, get_preset
-
-    model = dict(model)
-    if "preset" in model:
-        cfg = get_preset(model.pop("preset"), **model)
-    else:
-        cfg = UNetConfig.from_dict(model)
-    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    if dataset is not None:
-        _check_model_matches_dataset(out, dataset)
-    return out
-
-
-def _check_model_matches_dataset(model: dict, dataset: str) -> None:
-    from .data import DATASETS
-
-    info = DATASETS.get(dataset)
-    if info is None:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {sorted(DATASETS)}")
-    c, h, w = info.image_shape
-    checks = {"in_channels": c, "image_size": h, "num_classes": info.num_classes}
-    bad = [
-        f"model.{k} = {model[k]!r} but {dataset} has {v!r}"
-        for k, v in checks.items()
-        if k in model and model[k] != v
-    ]
-    if bad:
-        raise ValueError("model config does not match the data set: " + "; ".join(bad))
-
-
-# =============================================================================== randomness
-
-_EpochOrder = EpochOrder  # the name before kaclib.loop (kaclib.distill and the tests import it)
+_EpochOrder = EpochOrder  # the name before kaclib.loop (the tests import it)
 _FiniteGuard = FiniteGuard
 
 
