@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from . import accel as _accel
 from .accel import AccelConfig
+from .configs import JSONConfig
 from .kac import check_finite_param
 from .paths import build_path
 
@@ -60,7 +61,7 @@ def _check_clip(value) -> float | None:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JSONConfig):
     """Everything that determines a training run (JSON-serialisable, saved as ``config.json``).
 
     ``model``: a full UNet config dict, or ``{"preset": name, **overrides}`` (resolved by
@@ -113,23 +114,6 @@ class TrainConfig:
         _check_int("checkpoint_every", self.checkpoint_every, 0)
         _check_int("log_every", self.log_every, 1)
         _check_int("data_seed", self.data_seed, 0)
-
-    def to_dict(self) -> dict:
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        if self.accel == AccelConfig():
-            d.pop("accel")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
     def resolved(self) -> "TrainConfig":
         """The same config with ``model`` as a full UNet config dict and ``path`` in its full form."""

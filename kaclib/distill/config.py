@@ -31,12 +31,12 @@ caller builds and hands to :func:`kaclib.distill.run_ladder`.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from .. import accel as _accel
 from ..accel import AccelConfig
+from ..configs import JSONConfig
 from ..guidance import check_guidance_weight, guided_passes
 from ..kac import check_finite_param
 from ..solvers import NFE_PER_STEP, SOLVERS
@@ -145,7 +145,7 @@ def _tuple_or_scalar(v):
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(JSONConfig):
     """Everything that determines a distillation ladder (JSON round trip: ``to_dict``/``from_dict``).
 
     ``ladder``/``iters``/``lr``: see :func:`ladder_schedule`.  ``w``: guidance weight of the first
@@ -255,23 +255,6 @@ class DistillConfig:
     def total_iters(self) -> int:
         """Iterations of all stages (before any gate extension)."""
         return sum(s.iters for s in self.stages())
-
-    def to_dict(self) -> dict:
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        if self.accel == AccelConfig():
-            d.pop("accel")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DistillConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DistillConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes) -> "DistillConfig":
-        return dataclasses.replace(self, **changes)
 
     def flow_passes_per_substep(self) -> int:
         """Network passes per sample of one substep of the flow teacher: the solver's evaluations

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from torch import nn
 
 from .. import runs
 from ..accel import AccelConfig
+from ..configs import JSONConfig
 from ..distill import (
     RESULT_FILE,
     DistillConfig,
@@ -58,7 +58,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class TrainFields:
+class TrainFields(JSONConfig):
     """Optimisation fields shared by every few-step config; they mean what they mean in
     :class:`kaclib.distill.DistillConfig` (which validates them).  ``lr`` is one value for every
     stage of a method; ``accel`` (:class:`kaclib.accel.AccelConfig`, left out of :meth:`to_dict`
@@ -96,19 +96,9 @@ class TrainFields:
             accel=self.accel,
         )
 
-    def to_dict(self) -> dict:
-        d = json.loads(json.dumps(dataclasses.asdict(self)))
-        if self.accel == AccelConfig():
-            d.pop("accel")
-        return d
-
     @classmethod
     def from_dict(cls, d: dict):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cls.check_fields(d).items()})
 
     def planned_budget(self, evals_per_step: int = 1) -> dict:
         """The budget a run of this config will spend, before running it (pure function):
@@ -118,9 +108,6 @@ class TrainFields:
         1 pass per step.  Every method implements it; the run's :class:`FewStepResult` reports the
         same numbers."""
         raise NotImplementedError
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
 
 
 def teacher_evals_per_step(teacher: TeacherField) -> int:
