@@ -276,59 +276,20 @@ _PALETTE = ["#1f5fa8", "#e07b00", "#2a9d3f", "#c0392b", "#8e44ad", "#555555"]
 def deviation_scatter_figure(traj: dict, title: str | None = None, max_points: int = 256):
     """The committed scatter (``per_family[...]["scatter"]``: one seed's per-sample largest end-point
     error against largest interior deviation, per stage): one panel per path, one colour per stage,
-    log axes, the diagonal ``interior = end point``."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    log axes, the diagonal ``interior = end point``
+    (:func:`kaclib.trajectory_checks.scatter_panels_figure`)."""
+    from .trajectory_checks import scatter_panels_figure
 
-    from .plots import style
-
-    fams = traj["per_family"]
-    fig = make_subplots(
-        rows=1,
-        cols=len(fams),
-        subplot_titles=[f"{f} (seed {v.get('scatter_seed', '?')})" for f, v in fams.items()],
-        horizontal_spacing=0.1,
-    )
-    steps = sorted({int(s) for v in fams.values() for s in v["scatter"]}, reverse=True)
-    for col, v in enumerate(fams.values(), start=1):
-        lo, hi = np.inf, 0.0
-        for s, pts in sorted(v["scatter"].items(), key=lambda kv: -int(kv[0])):
-            x = np.asarray(pts["sup_endpoint_error"][:max_points], dtype=np.float32)
-            y = np.asarray(pts["sup_interior_deviation"][:max_points], dtype=np.float32)
-            ok = (x > 0) & (y > 0) & np.isfinite(y)
-            lo, hi = min(lo, x[ok].min(), y[ok].min()), max(hi, x[ok].max(), y[ok].max())
-            fig.add_trace(
-                go.Scatter(
-                    x=x[ok],
-                    y=y[ok],
-                    mode="markers",
-                    marker=dict(color=_PALETTE[steps.index(int(s)) % len(_PALETTE)], size=5, opacity=0.55),
-                    legendgroup=s,
-                    showlegend=col == 1,
-                    name=f"{s}-step student (Delta = {pts['delta']:.3g})",
-                    hovertemplate="end point %{x:.3g}<br>interior %{y:.3g}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=[lo, hi],
-                y=[lo, hi],
-                mode="lines",
-                line=dict(color="#111", dash="dot", width=1),
-                name="interior = end point",
-                legendgroup="diag",
-                showlegend=col == 1,
-                hoverinfo="skip",
-            ),
-            row=1,
-            col=col,
-        )
-    fig.update_xaxes(type="log", title_text="largest end-point error")
-    fig.update_yaxes(type="log")
-    fig.update_yaxes(title_text="largest interior deviation", row=1, col=1)
-    return style(fig, title=title or "End points against whole trajectories, per stage", height=480)
+    panels = {
+        f"{f} (seed {v.get('scatter_seed', '?')})": [
+            (int(s), f"{s}-step student (Delta = {pts['delta']:.3g})",
+             np.asarray(pts["sup_endpoint_error"][:max_points], dtype=np.float32),
+             np.asarray(pts["sup_interior_deviation"][:max_points], dtype=np.float32))
+            for s, pts in sorted(v["scatter"].items(), key=lambda kv: -int(kv[0]))
+        ]
+        for f, v in traj["per_family"].items()
+    }  # fmt: skip
+    return scatter_panels_figure(panels, title, "largest end-point error", opacity=0.55)
 
 
 # =============================================================================== section 5
