@@ -43,7 +43,7 @@ from .endpoint import EndpointLoss, segment_endpoint, student_step
 from .gate import GateFactory, GateFn, fid_gate
 from .ladder import LadderResult, ladder_cache_dir, load_ladder, run_ladder
 from .sources import POOL_FILE
-from .stage import RESULT_FILE, StageResult, train_stage
+from .stage import RESULT_FILE, StageResult, load_finished_stage, train_stage, write_stage_result
 from .teacher import Handoff, TeacherField, freeze, hand_off
 
 __all__ = [
@@ -60,6 +60,8 @@ __all__ = [
     "student_step",
     "EndpointLoss",
     "train_stage",
+    "load_finished_stage",
+    "write_stage_result",
     "run_ladder",
     "load_ladder",
     "config_for_profile",

@@ -29,8 +29,8 @@ from torch import nn
 from .. import runs
 from .config import MUTABLE_FIELDS, DistillConfig, StageSpec, stage_dir_name
 from .gate import GateFactory
-from .stage import RESULT_FILE, StageResult, train_stage
-from .teacher import Handoff, TeacherField, hand_off
+from .stage import RESULT_FILE, load_finished_stage, train_stage, write_stage_result
+from .teacher import TeacherField, hand_off
 
 
 @dataclass
@@ -257,7 +257,7 @@ def _run_stages(
         with runs.writer(sdir):
             runs.prepare_run_dir(sdir, scfg, resume=True, mutable=stage_mutable)
         if (sdir / RESULT_FILE).is_file():
-            res = _load_finished_stage(spec, sdir, ho)
+            res = load_finished_stage(spec, sdir, ho)
         else:
             res = train_stage(
                 tf,
@@ -276,53 +276,11 @@ def _run_stages(
                 gate_fn=gate_fn,
                 run_config=scfg,
             )
-            _write_stage_result(res, spec, sdir)
+            write_stage_result(res, spec, sdir)
         results.append(res)
         current = res.student
         teacher_dir = _relative(sdir, run_dir)
     return results, current
-
-
-def _load_finished_stage(spec: StageSpec, sdir: Path, ho: Handoff) -> StageResult:
-    """The :class:`StageResult` of a stage finished before (its weights loaded into ``ho``'s
-    student and EMA; empty ``losses``)."""
-    done = sdir / RESULT_FILE
-    summary = runs.read_json_object(done)
-    ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))
-    ckpt.load_into(ho.student, runs.MODEL_FILE)
-    ckpt.load_into(ho.ema.module, runs.EMA_FILE)
-    try:
-        return StageResult(
-            spec=spec,
-            student=ho.ema.module.eval(),
-            model=ho.student.eval(),
-            teacher=ho.teacher,
-            iters=int(summary["iters"]),
-            losses=torch.zeros(0),
-            teacher_passes=int(summary["teacher_passes"]),
-            gate=list(summary["gate"]),
-            seconds=0.0,
-            run_dir=sdir,
-            resumed_from=int(summary["iters"]),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise runs.RunDirError(f"{done}: not a stage result ({e})") from None
-
-
-def _write_stage_result(res: StageResult, spec: StageSpec, sdir: Path) -> None:
-    """``result.json``: marks the stage finished (a resumed ladder loads it instead of training)."""
-    prev = runs.read_jsonl(sdir / runs.METRICS_FILE)
-    losses = [r["loss"] for r in prev if "loss" in r]
-    runs.atomic_write_json(
-        sdir / RESULT_FILE,
-        {
-            "iters": res.iters,
-            "teacher_passes": res.teacher_passes,
-            "gate": res.gate,
-            "final_loss": losses[-1] if losses else None,
-            "stage": spec.to_dict(),
-        },
-    )
 
 
 def load_ladder(run_dir: str | os.PathLike, device="cpu") -> dict:

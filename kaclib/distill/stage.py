@@ -351,3 +351,45 @@ class _StageLoop:
                 bar.refresh()
             self.checkpoint(it)
         return it
+
+
+def load_finished_stage(spec: StageSpec, sdir: Path, ho: Handoff) -> StageResult:
+    """The :class:`StageResult` of a stage finished before (its weights loaded into ``ho``'s
+    student and EMA; empty ``losses``)."""
+    done = sdir / RESULT_FILE
+    summary = runs.read_json_object(done)
+    ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))
+    ckpt.load_into(ho.student, runs.MODEL_FILE)
+    ckpt.load_into(ho.ema.module, runs.EMA_FILE)
+    try:
+        return StageResult(
+            spec=spec,
+            student=ho.ema.module.eval(),
+            model=ho.student.eval(),
+            teacher=ho.teacher,
+            iters=int(summary["iters"]),
+            losses=torch.zeros(0),
+            teacher_passes=int(summary["teacher_passes"]),
+            gate=list(summary["gate"]),
+            seconds=0.0,
+            run_dir=sdir,
+            resumed_from=int(summary["iters"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise runs.RunDirError(f"{done}: not a stage result ({e})") from None
+
+
+def write_stage_result(res: StageResult, spec: StageSpec, sdir: Path) -> None:
+    """``result.json``: marks the stage finished (a resumed ladder loads it instead of training)."""
+    prev = runs.read_jsonl(sdir / runs.METRICS_FILE)
+    losses = [r["loss"] for r in prev if "loss" in r]
+    runs.atomic_write_json(
+        sdir / RESULT_FILE,
+        {
+            "iters": res.iters,
+            "teacher_passes": res.teacher_passes,
+            "gate": res.gate,
+            "final_loss": losses[-1] if losses else None,
+            "stage": spec.to_dict(),
+        },
+    )

@@ -40,7 +40,9 @@ from ..distill import (
     TeacherField,
     freeze,
     hand_off,
+    load_finished_stage,
     train_stage,
+    write_stage_result,
 )
 from ..solvers import NFE_PER_STEP, grid_times
 
@@ -215,29 +217,6 @@ def open_run_dir(run_dir, top: dict, resume: bool) -> Path:
     return run_dir
 
 
-def _load_finished(sdir: Path, spec: StageSpec, ho) -> StageResult:
-    summary = runs.read_json_object(sdir / RESULT_FILE)
-    ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))
-    ckpt.load_into(ho.student, runs.MODEL_FILE)
-    ckpt.load_into(ho.ema.module, runs.EMA_FILE)
-    try:
-        return StageResult(
-            spec=spec,
-            student=ho.ema.module.eval(),
-            model=ho.student.eval(),
-            teacher=ho.teacher,
-            iters=int(summary["iters"]),
-            losses=torch.zeros(0),
-            teacher_passes=int(summary["teacher_passes"]),
-            gate=[],
-            seconds=0.0,
-            run_dir=sdir,
-            resumed_from=int(summary["iters"]),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise runs.RunDirError(f"{sdir / RESULT_FILE}: not a stage result ({e})") from None
-
-
 def run_stage(
     name: str,
     teacher: TeacherField,
@@ -270,7 +249,7 @@ def run_stage(
     with runs.writer(sdir):
         runs.prepare_run_dir(sdir, scfg, resume=True)
     if (sdir / RESULT_FILE).is_file():
-        return _load_finished(sdir, spec, ho)
+        return load_finished_stage(spec, sdir, ho)
     res = train_stage(
         teacher,
         ho,
@@ -285,17 +264,7 @@ def run_stage(
         run_config=scfg,
         **kw,
     )
-    losses = [r["loss"] for r in runs.read_jsonl(sdir / runs.METRICS_FILE) if "loss" in r]
-    runs.atomic_write_json(
-        sdir / RESULT_FILE,
-        {
-            "iters": res.iters,
-            "teacher_passes": res.teacher_passes,
-            "gate": [],
-            "final_loss": losses[-1] if losses else None,
-            "stage": spec.to_dict(),
-        },
-    )
+    write_stage_result(res, spec, sdir)
     return res
 
 
