@@ -73,6 +73,16 @@ def best_time(fn, repeats: int = 7, warmup: int = 1) -> float:
     return best
 
 
+def verdict_tally(comparisons: list, key) -> dict:
+    """``{key(c): {"holds": k, "fails": k, "inconclusive": k}}`` over paired comparisons (dicts of
+    :meth:`kaclib.stats.Comparison.to_dict`), grouped by ``key``."""
+    out = {}
+    for c in comparisons:
+        d = out.setdefault(key(c), {"holds": 0, "fails": 0, "inconclusive": 0})
+        d[c["verdict"]] += 1
+    return out
+
+
 @contextlib.contextmanager
 def throwaway_cache(active: bool, prefix: str = "kaclib-smoke-"):
     """With ``active``, point ``KACLIB_CACHE_DIR`` at a new temporary folder for the block (so smoke

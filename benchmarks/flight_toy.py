@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import markdown_table, throwaway_cache, write_results  # noqa: E402
+from common import markdown_table, throwaway_cache, verdict_tally, write_results  # noqa: E402
 
 from kaclib.flight_toy import PATHS, FlightToyConfig, held_out, run  # noqa: E402
 from kaclib.stats import compare, fmt_ci  # noqa: E402
@@ -116,14 +116,6 @@ def tables(rows: dict, comps: list, cfg: FlightToyConfig) -> tuple[str, str]:
     return markdown_table(head, body), comp_md
 
 
-def tally(comps: list) -> dict:
-    out = {}
-    for c in comps:
-        d = out.setdefault(f"{c['a']} vs {c['b']}", {"holds": 0, "fails": 0, "inconclusive": 0})
-        d[c["verdict"]] += 1
-    return out
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -162,7 +154,7 @@ def main(argv=None) -> int:
         "floor": {"energy_data_vs_data_values": [r.floor for r in results]},
         "rows": rows,
         "comparisons": comps,
-        "tally": tally(comps),
+        "tally": verdict_tally(comps, lambda c: f"{c['a']} vs {c['b']}"),
         "table_markdown": md,
         "comparisons_markdown": comp_md,
         "figure": figure(first, base),

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from common import markdown_table, throwaway_cache, write_results  # noqa: E402
+from common import markdown_table, throwaway_cache, verdict_tally, write_results  # noqa: E402
 
 from kaclib.evaluation import Evaluator, get_teacher, teacher_config  # noqa: E402
 from kaclib.guidance_stress import STEPS, WEIGHTS, stress_grid  # noqa: E402
@@ -129,11 +129,7 @@ def summarise(res: dict, seeds, families) -> tuple[list, list, str]:
 
 def tally(comparisons: list) -> dict:
     """``{"<metric> vs <family>": {"holds": k, "fails": k, "inconclusive": k}}``."""
-    out = {}
-    for c in comparisons:
-        d = out.setdefault(f"{c['metric']} vs {c['b']}", {"holds": 0, "fails": 0, "inconclusive": 0})
-        d[c["verdict"]] += 1
-    return out
+    return verdict_tally(comparisons, lambda c: f"{c['metric']} vs {c['b']}")
 
 
 def main(argv=None) -> int:
