@@ -82,7 +82,8 @@ def _device(device) -> torch.device:
 @dataclass(frozen=True)
 class AccelConfig:
     """The accelerator switches (module docstring).  ``AccelConfig()`` is the default policy:
-    bf16 + channels-last + fused Adam + TF32 on CUDA, plain fp32 on the CPU, no compile."""
+    bf16 + channels-last + fused Adam + TF32 on CUDA, plain fp32 on the CPU, no compile.
+    """
 
     amp_dtype: str = "auto"
     channels_last: bool | str = "auto"
@@ -163,7 +164,8 @@ def autocast(device, cfg: AccelConfig | None):
 def tf32_policy(device, cfg: AccelConfig | None):
     """Set TF32 for float32 matmuls and cuDNN convolutions to ``cfg.tf32`` on CUDA, restore after.
 
-    A no-op on the CPU (TF32 is a CUDA tensor-core format)."""
+    A no-op on the CPU (TF32 is a CUDA tensor-core format).
+    """
     device = _device(device)
     if device.type != "cuda":
         yield
@@ -182,7 +184,8 @@ def tf32_policy(device, cfg: AccelConfig | None):
 
 def compile_unavailable_reason(device) -> str | None:
     """Why ``torch.compile`` cannot run on ``device`` here, or ``None`` when it can (as far as a
-    static check tells: a C++ compiler for the CPU backend, Triton for CUDA)."""
+    static check tells: a C++ compiler for the CPU backend, Triton for CUDA).
+    """
     if not hasattr(torch, "compile"):
         return f"torch {torch.__version__} has no torch.compile"
     backend = os.environ.get("KACLIB_COMPILE_BACKEND", "inductor")
@@ -200,7 +203,8 @@ def compile_unavailable_reason(device) -> str | None:
 
 def compile_model(model: nn.Module, device) -> nn.Module:
     """``torch.compile(model)`` (backend ``$KACLIB_COMPILE_BACKEND``, default inductor), or
-    ``model`` itself with a warning naming the reason when compiling cannot work here."""
+    ``model`` itself with a warning naming the reason when compiling cannot work here.
+    """
     reason = compile_unavailable_reason(device)
     if reason is not None:
         warnings.warn(f"kaclib: torch.compile skipped: {reason}", RuntimeWarning, stacklevel=2)
@@ -211,7 +215,8 @@ def compile_model(model: nn.Module, device) -> nn.Module:
 def prepare_model(model: nn.Module, cfg: AccelConfig | None, device=None) -> nn.Module:
     """Move ``model`` to ``device`` (default: where it is) and to channels-last when asked, IN
     PLACE; return the module to call: ``torch.compile(model)`` when ``cfg.compile``, else
-    ``model``.  Train, checkpoint and average the bare ``model``; call the returned one."""
+    ``model``.  Train, checkpoint and average the bare ``model``; call the returned one.
+    """
     if device is not None:
         model.to(device)
     params = list(model.parameters())
@@ -231,7 +236,8 @@ def make_optimizer(params, lr: float, cfg: AccelConfig | None, device) -> torch.
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
     """``x`` on ``device``; a CPU tensor bound for CUDA goes through pinned memory (asynchronous
-    copy), anything else is a plain ``.to``."""
+    copy), anything else is a plain ``.to``.
+    """
     device = _device(device)
     if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
@@ -247,7 +253,8 @@ def format_input(x: torch.Tensor, cfg: AccelConfig | None) -> torch.Tensor:
 
 def velocity_fn(velocity, cfg: AccelConfig | None, device):
     """``velocity(x, t, y)`` run under :func:`autocast` with :func:`format_input`, its output cast
-    back to ``x``'s dtype (the ODE state stays float32).  ``cfg=None``: ``velocity`` unchanged."""
+    back to ``x``'s dtype (the ODE state stays float32).  ``cfg=None``: ``velocity`` unchanged.
+    """
     if cfg is None:
         return velocity
     acc = cfg.resolve(device)
@@ -267,7 +274,8 @@ def velocity_fn(velocity, cfg: AccelConfig | None, device):
 def saved_accel(saved_config: Mapping | None) -> AccelConfig | None:
     """The switches a saved run config recorded: ``None`` for no config (a new run), :data:`OFF`
     for a config without ``accel`` (plain fp32: runs that used no switch, and every run written
-    before the field existed)."""
+    before the field existed).
+    """
     if saved_config is None:
         return None
     return AccelConfig.from_dict(saved_config["accel"]) if "accel" in saved_config else OFF
@@ -277,7 +285,8 @@ def check_resume(saved: AccelConfig | None, new: AccelConfig, run_dir) -> None:
     """Refuse to resume a run whose arithmetic (:data:`FIXED_ON_RESUME`) would change.
 
     Raises :class:`kaclib.runs.ConfigMismatchError` listing the fields (an fp32 run resumes only
-    in fp32: pass ``accel.amp_dtype=fp32`` and the saved ``tf32`` / ``fused_adam``)."""
+    in fp32: pass ``accel.amp_dtype=fp32`` and the saved ``tf32`` / ``fused_adam``).
+    """
     from .runs import ConfigMismatchError
 
     if saved is None:

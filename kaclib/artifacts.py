@@ -55,7 +55,8 @@ def derived_run_dir(prefix: str, teacher_dir, root=None, **parts) -> Path:
     the teacher directory's NAME (teacher runs are named by their config hash, so a moved cache
     still matches) and ``parts`` (JSON-ready configs, e.g. ``distill=config.to_dict()``).  The one
     naming rule of ladders (:func:`kaclib.distill.ladder_cache_dir`) and of the few-step methods'
-    runs; ``root`` defaults to :func:`cache_root`."""
+    runs; ``root`` defaults to :func:`cache_root`.
+    """
     root = Path(root) if root is not None else cache_root()
     return root / f"{prefix}-{config_hash({'teacher': Path(teacher_dir).name, **parts})}"
 

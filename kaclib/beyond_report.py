@@ -59,7 +59,8 @@ def committed_or_note(name: str, command: str, require: str | None = None) -> di
 
 def show_committed(res: dict) -> list[dict]:
     """Display a committed benchmark: its ``"table_markdown"`` (else its ``"table"``), the command,
-    machine and commit that produced it, and all its paired comparisons (every metric); returns them."""
+    machine and commit that produced it, and all its paired comparisons (every metric); returns them.
+    """
     from IPython.display import Markdown, display
 
     from .plots import show_table
@@ -90,7 +91,8 @@ def method_findings(res: dict | None, metric: str = "fid") -> dict:
     ``{"best": "kac: ... ; gaussian: ...", "tally": "progressive 0 holds / ...", "n": k}``: per
     teacher and step count the method of lowest mean ``metric``, and per method the verdicts of its
     ``metric`` comparisons with the DistillKac ladder ("holds" = the method beats the ladder);
-    ``{"best": "not yet run", "tally": "not yet run", "n": 0}`` without results."""
+    ``{"best": "not yet run", "tally": "not yet run", "n": 0}`` without results.
+    """
     if not res or not res.get("rows"):
         return {"best": "not yet run", "tally": "not yet run", "n": 0}
     rows, fams = res["rows"], res["settings"]["families"]
@@ -120,7 +122,8 @@ def comparison_claims(
 ) -> list:
     """The claims-table rows of a committed benchmark: one :class:`~kaclib.claims.Claim` per paired
     comparison (verdict from its CI) when there are at most ``limit``, else one row ``claim`` with
-    the counts of verdicts; ``"not yet run: <command>"`` when ``res`` has no comparison."""
+    the counts of verdicts; ``"not yet run: <command>"`` when ``res`` has no comparison.
+    """
     from .claims import Claim
 
     comps = (res or {}).get("comparisons", [])
@@ -144,7 +147,8 @@ def comparison_claims(
 def cached_ladder_dir(profile, path: str = "kac"):
     """The ladder directory that chapter 5 (and ``benchmarks/beyond.py``, seed 0) distils for
     ``profile`` on ``path``, or ``None`` when its teacher or any of its stages is not cached: the
-    chapter then trains nothing."""
+    chapter then trains nothing.
+    """
     from .distill import RESULT_FILE, config_for_profile, ladder_cache_dir, stage_dir_name
     from .evaluation import teacher_config, teacher_dir
 
@@ -158,7 +162,8 @@ def cached_ladder_dir(profile, path: str = "kac"):
 def scatter_agreement(study, traj: dict, family: str) -> float:
     """Largest absolute difference between a live :class:`~kaclib.trajectory_checks.DeviationStudy`
     (latent seed 1000, ``n`` images) and the committed per-image scatter of ``family`` (its first
-    ``n`` images; the committed values are rounded to 6 decimals)."""
+    ``n`` images; the committed values are rounded to 6 decimals).
+    """
     scatter = traj["per_family"][family]["scatter"]
     worst = 0.0
     for st in study.stages:
@@ -202,7 +207,8 @@ def _ci_text(values, digits: int = 3) -> str:
 def stage_rows(traj: dict) -> list[list]:
     """One row per (path, stage): mean over samples of the per-sample largest end-point error and
     interior deviation, their ratio and the per-sample Spearman correlation, each as mean [95% CI]
-    over the seeds (ladders) of the path."""
+    over the seeds (ladders) of the path.
+    """
     rows = []
     for fam, ladders in family_ladders(traj).items():
         for k, st in enumerate(ladders[0]["stages"]):
@@ -277,7 +283,8 @@ def deviation_scatter_figure(traj: dict, title: str | None = None, max_points: i
     """The committed scatter (``per_family[...]["scatter"]``: one seed's per-sample largest end-point
     error against largest interior deviation, per stage): one panel per path, one colour per stage,
     log axes, the diagonal ``interior = end point``
-    (:func:`kaclib.trajectory_checks.scatter_panels_figure`)."""
+    (:func:`kaclib.trajectory_checks.scatter_panels_figure`).
+    """
     from .trajectory_checks import scatter_panels_figure
 
     panels = {
@@ -297,7 +304,8 @@ def deviation_scatter_figure(traj: dict, title: str | None = None, max_points: i
 
 def known_answer_figure(errors: dict, title: str | None = None):
     """Mean distance of each method's 1-step map to the exact flow map against the student-iteration
-    budget (``errors``: ``{method: {budget: error}}``), log-log."""
+    budget (``errors``: ``{method: {budget: error}}``), log-log.
+    """
     import plotly.graph_objects as go
 
     from .plots import style
@@ -327,7 +335,8 @@ def known_answer_figure(errors: dict, title: str | None = None):
 
 def known_answer_maps_figure(exact_map, maps: dict, budget: int | None = None, max_points: int = 400):
     """One panel per method: the exact flow map's end points (grey) and the method's 1-step end points
-    from the same latents (colour); ``maps``: ``{method: (n, 2) tensor}``."""
+    from the same latents (colour); ``maps``: ``{method: (n, 2) tensor}``.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -369,7 +378,8 @@ STRESS_NAMES = {
 
 def stress_findings(res: dict | None) -> str:
     """Section 3's verdicts per family Kac is compared with: ``"against the Gaussian peer: FID 0
-    holds, 2 fails, 18 inconclusive; range ..."``; ``"not yet run"`` without results."""
+    holds, 2 fails, 18 inconclusive; range ..."``; ``"not yet run"`` without results.
+    """
     comps = (res or {}).get("comparisons", [])
     if not comps:
         return "not yet run"
@@ -387,7 +397,8 @@ def stress_findings(res: dict | None) -> str:
 def stress_figure(res: dict, w: float, quantity: str = "fid"):
     """One guidance weight ``w`` of the committed ``guidance_stress`` benchmark: ``quantity`` (``"fid"``
     or a :class:`kaclib.guidance_stress.StressResult` field such as ``"frac_out_of_range"``) against
-    the number of Euler steps, mean and 95% CI over seeds, Kac and the Gaussian peer."""
+    the number of Euler steps, mean and 95% CI over seeds, Kac and the Gaussian peer.
+    """
     import plotly.graph_objects as go
 
     from .plots import style

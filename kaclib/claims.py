@@ -76,7 +76,8 @@ class Claim:
     @classmethod
     def from_comparison(cls, claim: str, comparison, source: str = "", where: str = "") -> "Claim":
         """A claim whose verdict is read from a paired comparison's 95% CI
-        (:func:`kaclib.stats.compare`, or its ``to_dict()`` from a committed benchmark JSON)."""
+        (:func:`kaclib.stats.compare`, or its ``to_dict()`` from a committed benchmark JSON).
+        """
         c = comparison if isinstance(comparison, dict) else comparison.to_dict()
         lo, hi = c["ci95"]
         measured = (
@@ -110,7 +111,8 @@ def claims_dir(profile: str | None = None) -> Path:
 
 def chapter_file(chapter: str, folder: str | os.PathLike | None = None) -> Path | None:
     """The chapter's source: ``<folder>/<chapter>.md`` (else ``.ipynb``), ``folder`` defaulting to
-    the working directory (where Jupyter, nbval and the book run a notebook)."""
+    the working directory (where Jupyter, nbval and the book run a notebook).
+    """
     folder = Path(folder) if folder is not None else Path.cwd()
     for ext in (".md", ".ipynb"):
         p = folder / f"{chapter}{ext}"
@@ -216,7 +218,8 @@ def _is_notebook(path: Path) -> bool:
 
 def run_chapter(chapter: str, folder: str | os.PathLike | None = None, timeout: int = 7200) -> None:
     """Execute a chapter in a fresh kernel in its own folder (its outputs are discarded; what
-    matters is the record it writes)."""
+    matters is the record it writes).
+    """
     import jupytext
     import nbclient
 

@@ -1,7 +1,8 @@
 """What the frozen run configs share (:class:`kaclib.train.TrainConfig`,
 :class:`kaclib.distill.DistillConfig`, the few-step methods' configs): the JSON round trip, with the
 default :class:`kaclib.accel.AccelConfig` left out so that configs serialise as before that field,
-and ``replace``."""
+and ``replace``.
+"""
 
 from __future__ import annotations
 

@@ -135,7 +135,8 @@ def flops_per_image(model: nn.Module, image_shape=None, passes: int = 1) -> int:
 class SamplingCost:
     """Cost of drawing one image: ``steps`` of ``method`` at guidance ``w`` (``None``: unconditional);
     ``nfe`` evaluations, ``passes_per_eval`` (2 for guided ``w`` not in {0, 1}), ``network_passes``,
-    ``flops_per_pass`` (one forward pass, batch 1) and ``flops_per_image`` (all passes)."""
+    ``flops_per_pass`` (one forward pass, batch 1) and ``flops_per_image`` (all passes).
+    """
 
     steps: int
     method: str
@@ -222,7 +223,8 @@ class TrainingCost:
     ``flops_per_pass``: one forward pass of the (shared) architecture at batch 1;
     ``teacher_training_flops``: ``teacher_train_steps x teacher_batch_size x 3 x flops_per_pass``
     (``None`` when the ladder starts from a distilled teacher); ``total_flops`` and ``ratio``: all
-    finished stages together."""
+    finished stages together.
+    """
 
     ladder_dir: str
     flops_per_pass: int
@@ -324,7 +326,8 @@ def distillation_training_cost(ladder_dir: str | os.PathLike) -> TrainingCost:
 class WallClock:
     """Sampling wall time per 1,000 images, end to end (latents + integration): ``seconds_per_1000``
     the best of ``repeats`` draws of ``n`` images, ``values`` all of them, ``latent_seconds_per_1000``
-    the latents' share in the best draw, ``network_passes`` per image."""
+    the latents' share in the best draw, ``network_passes`` per image.
+    """
 
     seconds_per_1000: float
     values: tuple

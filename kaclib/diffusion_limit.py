@@ -28,7 +28,8 @@ __all__ = ["LawDistance", "FewStepError", "kac_family", "law_distance", "straigh
 
 def kac_family(D: float, xis) -> list[tuple[float, float]]:
     """``[(a, c), ...]`` with ``a = xi/2`` and ``c = sqrt(D xi)`` for each damping ``xi`` of ``xis``:
-    the Kac processes of diffusivity ``c^2 / (2a) = D``."""
+    the Kac processes of diffusivity ``c^2 / (2a) = D``.
+    """
     D = check_finite_param("D", D, positive=True)
     out = []
     for xi in xis:
@@ -79,7 +80,8 @@ def _kolmogorov_one(proc: KacProcess, s: float, stds: tuple, grid: int) -> list[
 
     ``F`` is continuous on ``(-cs, cs)`` and constant outside; the normal CDF is monotone, so the
     supremum is the maximum over a fine grid of ``(-cs, cs)`` and the one-sided limits at the two
-    fronts (``F(-cs-) = 0``, ``F(-cs) = exp(-as)/2``, ``F(cs-) = 1 - exp(-as)/2``, ``F(cs) = 1``)."""
+    fronts (``F(-cs-) = 0``, ``F(-cs) = exp(-as)/2``, ``F(cs-) = 1 - exp(-as)/2``, ``F(cs) = 1``).
+    """
     front = proc.c * s
     x = torch.linspace(-front, front, grid + 2, dtype=torch.float64)[1:-1]
     F = proc.cdf(x, torch.tensor(s, dtype=torch.float64))
@@ -166,7 +168,8 @@ def straightness(trajectory: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class FewStepError:
     """Paired RMSE of ``steps``-step samples to ``reference_steps``-step samples from the same
-    latents and labels: ``rmse`` per image (tuple), ``mean`` its mean."""
+    latents and labels: ``rmse`` per image (tuple), ``mean`` its mean.
+    """
 
     steps: int
     reference_steps: int

@@ -116,7 +116,8 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 def model_num_classes(model) -> int:
     """Real classes of a velocity model (0: unconditional only): ``model.cfg.num_classes`` for a
-    UNet, ``model.num_classes`` for an MLP; unwraps :class:`GuidedVelocity` / DDP ``.module``."""
+    UNet, ``model.num_classes`` for an MLP; unwraps :class:`GuidedVelocity` / DDP ``.module``.
+    """
     for obj in (model, getattr(model, "module", None), getattr(model, "model", None)):
         if obj is None:
             continue
@@ -138,7 +139,8 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0) -> torch.Tensor:
     """Latents ``x_T`` of images ``start .. start + n - 1`` (float32, CPU), drawn for the batch at once:
     image ``i``'s depends only on ``(seed, i)``, through the splitmix64 stream keyed by
-    ``step_seed(seed, i)`` (:func:`kaclib.latents.image_latents`)."""
+    ``step_seed(seed, i)`` (:func:`kaclib.latents.image_latents`).
+    """
     from .latents import image_latents as counter_latents
 
     return counter_latents(path, n, image_shape, seed=seed, start=start)
@@ -233,7 +235,8 @@ def generate(
 
 def _check_generate_args(model, steps, method, w, num_classes, seed, batch_size):
     """Check the scalar arguments of :func:`generate`; returns the checked guidance weight and the
-    number of classes (default: read from the model)."""
+    number of classes (default: read from the model).
+    """
     _check_int("steps", steps, 1)
     if method not in SOLVERS:
         raise ValueError(f"method must be one of {SOLVERS}, got {method!r}")
@@ -250,7 +253,8 @@ def _check_generate_args(model, steps, method, w, num_classes, seed, batch_size)
 
 def _resolve_labels(labels, num_classes: int) -> tuple[torch.Tensor | None, int]:
     """The labels of :func:`generate` (an ``(N,)`` CPU long tensor, or ``None`` for an
-    unconditional count) and their number ``N``, from a count or a label tensor."""
+    unconditional count) and their number ``N``, from a count or a label tensor.
+    """
     if isinstance(labels, int) and not isinstance(labels, bool):
         n = _check_int("labels (a count)", labels, 1)
         return (balanced_labels(n, num_classes) if num_classes > 0 else None), n
@@ -286,7 +290,8 @@ def _resolve_device(model: nn.Module, device) -> torch.device:
 @dataclass
 class _BatchRun:
     """What :func:`_sample_batches` collects: the images (and trajectories) per batch on the CPU,
-    the last batch's NFE and network passes, and the solver and latent seconds."""
+    the last batch's NFE and network passes, and the solver and latent seconds.
+    """
 
     images: list
     trajs: list
@@ -299,7 +304,8 @@ class _BatchRun:
 @dataclass(frozen=True)
 class _SamplingPlan:
     """What :func:`_sample_batches` draws: ``n`` images of ``image_shape`` with ``steps`` steps of
-    ``method`` from the latents of ``seed``, ``batch_size`` at a time (and their trajectories)."""
+    ``method`` from the latents of ``seed``, ``batch_size`` at a time (and their trajectories).
+    """
 
     n: int
     image_shape: tuple
@@ -312,7 +318,8 @@ class _SamplingPlan:
 
 def _sample_batches(velocity, path, labels, plan: _SamplingPlan, device, acc, bar) -> _BatchRun:
     """Solve the images of ``plan`` batch by batch (labels ``None``: unconditional), timing the
-    latents and the solver apart; ``bar`` counts images."""
+    latents and the solver apart; ``bar`` counts images.
+    """
     from .accel import tf32_policy
 
     run = _BatchRun([], [])
@@ -419,7 +426,8 @@ class Evaluator:
     def floor(self, n: int | None = None, seed: int = 0):
         """:class:`~kaclib.sample_quality.Scores` of ``n`` unseen real images (the ``test`` split,
         labels ``[0, 1, ..., K-1, 0, ...]`` like a generated set): what a perfect generator scores
-        at this ``n``.  ``n`` defaults to :attr:`max_n`; ``seed`` picks the subset."""
+        at this ``n``.  ``n`` defaults to :attr:`max_n`; ``seed`` picks the subset.
+        """
         from .data import balanced_subset
 
         n = self.max_n if n is None else _check_int("n", n, 4)
@@ -439,7 +447,8 @@ class Evaluator:
 
 def resolve_model(run, device="cpu"):
     """``(model, path, config)`` from a run directory, a :class:`~kaclib.train.LoadedRun`, a
-    :class:`~kaclib.train.TrainResult` (its EMA model) or a ``(model, path)`` pair."""
+    :class:`~kaclib.train.TrainResult` (its EMA model) or a ``(model, path)`` pair.
+    """
     from .train import LoadedRun, TrainResult, load_run
 
     if isinstance(run, (str, os.PathLike)):
@@ -551,7 +560,8 @@ def teacher_config(profile=None, path="kac", seed: int | None = None, **changes)
 
 def teacher_dir(config, root=None) -> Path:
     """Where :func:`get_teacher` keeps (or will keep) the teacher of ``config``; check
-    ``(teacher_dir(cfg) / "config.json").exists()`` to know whether it is trained already."""
+    ``(teacher_dir(cfg) / "config.json").exists()`` to know whether it is trained already.
+    """
     from .artifacts import cache_root, config_hash
     from .train import TrainConfig
 

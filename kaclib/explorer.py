@@ -74,7 +74,7 @@ _CLASS_COLORS = ["#1f5fa8", "#c0392b", "#2a9d3f", "#8e44ad", "#e07b00"]
 
 
 def _lines(traj: torch.Tensor, k: int):
-    """x and y of the first ``k`` trajectories as one polyline with ``None`` separators."""
+    """X and y of the first ``k`` trajectories as one polyline with ``None`` separators."""
     import numpy as np
 
     tr = traj[:, :k].double().numpy()  # (S + 1, k, 2)
@@ -156,7 +156,8 @@ def explorer_figure(
     n_lines: int = 60,
 ):
     """Trajectories, end points (coloured by class) and the fine solution's end points from the same
-    latents, with the data points: the live sliders' callback (``explore`` + ``explorer_traces``)."""
+    latents, with the data points: the live sliders' callback (``explore`` + ``explorer_traces``).
+    """
     import plotly.graph_objects as go
 
     from .plots import style
@@ -188,7 +189,8 @@ def explorer_slider_figure(
     active=None,
 ):
     """Static sliders over a precomputed grid: slider 1 over the ``(c, xi)`` pairs, slider 2 over the
-    number of Euler steps (:func:`kaclib.plots.two_slider_figure`).  The data points are static."""
+    number of Euler steps (:func:`kaclib.plots.two_slider_figure`).  The data points are static.
+    """
     from .plots import style, two_slider_figure
 
     pts = points if points is not None else default_points()
@@ -249,7 +251,8 @@ def few_step_error_figure(res: FewStepErrors):
 
 def explorer_widget(points: PointSet | None = None, n: int = 200, seed: int = 0, fine_steps: int = 256):
     """Live sliders (JupyterLab) for ``c``, ``xi``, ``g``, the steps and ``w`` whose callback is
-    :func:`explorer_figure` (:func:`kaclib.live.slider_widget`; ``None`` in the book build)."""
+    :func:`explorer_figure` (:func:`kaclib.live.slider_widget`; ``None`` in the book build).
+    """
     from . import live
 
     def callback(c, xi, g, steps, w):

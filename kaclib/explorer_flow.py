@@ -83,7 +83,8 @@ class _Terms:
     """What every weighting of the points shares at states ``x`` and time ``t``: per point and
     coordinate whether ``x`` is on the front (``on``) or beyond it (``out``) and the excess over it;
     per point the product of densities / atom masses (``factor``, ``(m, n)``) and the conditional
-    targets ``u`` ``(m, n, 2)``."""
+    targets ``u`` ``(m, n, 2)``.
+    """
 
     on: torch.Tensor
     out: torch.Tensor
@@ -111,7 +112,8 @@ def _terms(path: KacPath, points: PointSet, x: torch.Tensor, t: float) -> _Terms
 
 def _posterior(terms: _Terms, mask: torch.Tensor | None = None):
     """Posterior weights ``(m, n)`` of the admissible points (``mask``; all by default) and the
-    ``(m,)`` flags of the states outside every admissible support (see the module docstring)."""
+    ``(m,)`` flags of the states outside every admissible support (see the module docstring).
+    """
     allowed = torch.ones_like(terms.factor, dtype=torch.bool) if mask is None else mask
     valid = ~terms.out.any(-1) & allowed
     k = torch.where(valid, terms.on.sum(-1), torch.full_like(terms.factor, -1, dtype=torch.long))
@@ -176,7 +178,8 @@ def guided_velocity(
 ):
     """``v_w = v_u + w (v_c - v_u)``: ``v_u`` the field of all points, ``v_c`` that of the points of
     class ``y[j]`` for state ``j`` (``y`` ``(m,)``; needed unless ``w = 0``).  The densities and
-    conditional targets are computed once for both fields."""
+    conditional targets are computed once for both fields.
+    """
     w = check_guidance_weight(w)
     terms = _terms(path, points, x, t)
     if w == 0:
@@ -285,7 +288,8 @@ def explore(
 ) -> ExplorerResult:
     """Integrate the exact (guided) field of ``points`` from ``n`` Kac latents with ``steps`` Euler
     steps, and the same latents with ``fine_steps`` steps (cached per parameter set, so moving only
-    the steps slider costs the few-step run alone).  Plain function: the live sliders call it."""
+    the steps slider costs the few-step run alone).  Plain function: the live sliders call it.
+    """
     points = points if points is not None else default_points()
     path = explorer_path(c, xi, g, f, T)
     w = check_guidance_weight(w)
@@ -336,7 +340,8 @@ def explore(
 @dataclass(frozen=True)
 class FewStepErrors:
     """Few-step errors over a grid: ``errors[i, j, k]`` (and ``outside[i, j, k]``) for ``cs[i]``,
-    ``xis[j]`` and ``steps[k]``, with the clock ``g`` and weight ``w`` of ``config``."""
+    ``xis[j]`` and ``steps[k]``, with the clock ``g`` and weight ``w`` of ``config``.
+    """
 
     cs: tuple
     xis: tuple
@@ -358,7 +363,8 @@ def few_step_errors(
     fine_steps: int = 256,
 ) -> FewStepErrors:
     """:func:`explore`'s few-step error for every ``(c, xi, steps)`` of a grid (one fine run per
-    ``(c, xi)``, shared by the step counts)."""
+    ``(c, xi)``, shared by the step counts).
+    """
     errors = torch.zeros(len(cs), len(xis), len(steps), dtype=F64)
     outside = torch.zeros_like(errors)
     for i, c in enumerate(cs):

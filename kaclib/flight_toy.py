@@ -145,7 +145,8 @@ class FlightToyConfig:
 @dataclass
 class StepMetrics:
     """One path at ``steps`` Euler steps: ``energy`` to held-out data, ``near`` (share within 3 std
-    of a mode), ``modes`` (modes hit) and ``rmse`` to the reference end points (same latents)."""
+    of a mode), ``modes`` (modes hit) and ``rmse`` to the reference end points (same latents).
+    """
 
     steps: int
     energy: float
@@ -157,7 +158,8 @@ class StepMetrics:
 @dataclass
 class PathResult:
     """One trained path: its config, the reference's quality, the straightness of its trajectories,
-    the per-step metrics and ``trajectory`` ``(traj_frames, n_traj, 2)`` at ``times`` for a figure."""
+    the per-step metrics and ``trajectory`` ``(traj_frames, n_traj, 2)`` at ``times`` for a figure.
+    """
 
     name: str
     path: dict
@@ -187,7 +189,8 @@ class FlightToyResult:
 
     def metric(self, name: str, key: str) -> float:
         """``key`` of path ``name``: ``"straightness"``, ``"<m>_ref"`` or ``"<m>_<S>"`` with ``m`` in
-        ``energy``, ``near``, ``modes``, ``rmse``."""
+        ``energy``, ``near``, ``modes``, ``rmse``.
+        """
         r = self.paths[name]
         if key == "straightness":
             return r.straightness

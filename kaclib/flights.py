@@ -198,7 +198,8 @@ class RandomFlight:
 
     def planar_radial_cdf(self, r, s) -> torch.Tensor:
         """``P(|X_s| <= r)`` for ``dim = 2``, the ring of mass ``exp(-a s)`` at ``r = c s`` included:
-        ``1 - exp(-a s + (a/c) sqrt(c^2 s^2 - r^2))`` on ``0 <= r < c s``, 1 from ``c s`` on."""
+        ``1 - exp(-a s + (a/c) sqrt(c^2 s^2 - r^2))`` on ``0 <= r < c s``, 1 from ``c s`` on.
+        """
         self._planar()
         r = torch.as_tensor(r, dtype=torch.float64)
         s = torch.as_tensor(s, dtype=r.dtype)
@@ -400,7 +401,8 @@ class RandomFlightPath(_Schedule):
 
     def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
         """``x_t``, the target ``f' x0 + g' V_{g(t)}`` and the noise ``X_{g(t)}`` for a batch ``x0``
-        of shape ``(B, ...)`` and times ``t`` (a scalar or ``(B,)``)."""
+        of shape ``(B, ...)`` and times ``t`` (a scalar or ``(B,)``).
+        """
         if x0.ndim < 2:
             raise ValueError(
                 f"x0 must have shape (B, ...) with at least one coordinate, got {tuple(x0.shape)}"
@@ -434,7 +436,8 @@ class RandomFlightPath(_Schedule):
 
     def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:
         """Per-coordinate bound ``|f'(t)| data_bound + g'(t) c`` (each ``|V_k| <= |V| = c``); the
-        per-image norm of the target is at most ``|f'| ||x0|| + g' c``."""
+        per-image norm of the target is at most ``|f'| ||x0|| + g' c``.
+        """
         t = torch.as_tensor(t)
         return self.df(t).abs() * data_bound + self.dg(t) * self.c
 

@@ -63,7 +63,8 @@ def guided_bound(w: float, c: float) -> float:
 
 def guided_passes(w: torch.Tensor | float) -> int:
     """Network passes per sample of one guided evaluation with weight(s) ``w``: 1 when every weight
-    is 0 or 1 (one field suffices), else 2 (conditional and unconditional)."""
+    is 0 or 1 (one field suffices), else 2 (conditional and unconditional).
+    """
     if isinstance(w, torch.Tensor):
         return 1 if bool((w == 0).all()) or bool((w == 1).all()) else 2
     return 1 if w in (0.0, 1.0) else 2

@@ -27,7 +27,8 @@ class StressResult:
     """One setting of one model.  ``n_nonfinite``: images with a NaN or an infinity;
     ``frac_out_of_range``: pixels of the finite images outside ``[-1, 1]``; ``max_abs_x``: the
     largest finite ``|x|`` over all states of the trajectories; ``max_velocity_norm``: the largest
-    finite per-image ``||v_w||`` over the Euler steps; ``velocity_norm_q99``: its 99th percentile."""
+    finite per-image ``||v_w||`` over the Euler steps; ``velocity_norm_q99``: its 99th percentile.
+    """
 
     w: float
     steps: int
@@ -45,7 +46,8 @@ class StressResult:
 
 def trajectory_stats(trajectory: torch.Tensor, T: float = 1.0) -> dict:
     """The statistics of :class:`StressResult` from an Euler trajectory ``(S + 1, N, ...)`` on the
-    uniform grid from ``T`` to 0 (non-finite values are counted, then left out of the maxima)."""
+    uniform grid from ``T`` to 0 (non-finite values are counted, then left out of the maxima).
+    """
     steps = trajectory.shape[0] - 1
     if steps < 1:
         raise ValueError("a trajectory needs at least two states")
@@ -71,7 +73,8 @@ def trajectory_stats(trajectory: torch.Tensor, T: float = 1.0) -> dict:
 def stress(model, path, n: int, steps: int, w: float, seed: int = 0, image_shape=None):
     """Sample ``n`` class-balanced images with ``steps`` Euler steps at guidance weight ``w`` (latents
     of ``seed``: one per image, shared by every setting; ``image_shape`` for a model without a UNet
-    config).  Returns ``(StressResult, Generated)``."""
+    config).  Returns ``(StressResult, Generated)``.
+    """
     g = generate(
         model, path, n, steps, "euler", w=w, seed=seed, return_trajectory=True, image_shape=image_shape
     )
@@ -81,7 +84,8 @@ def stress(model, path, n: int, steps: int, w: float, seed: int = 0, image_shape
 
 def stress_grid(model, path, n: int, seed: int = 0, weights=WEIGHTS, steps=STEPS, score=None) -> list[dict]:
     """:func:`stress` on every ``(w, steps)``; ``score(images, labels)`` (e.g.
-    ``Evaluator.score``), when given, adds the quality of each set under ``"scores"``."""
+    ``Evaluator.score``), when given, adds the quality of each set under ``"scores"``.
+    """
     rows = []
     for w in weights:
         for s in steps:

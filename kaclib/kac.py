@@ -93,7 +93,8 @@ def _check_times(s: torch.Tensor) -> None:
 def _i1e_over_z(z: torch.Tensor) -> torch.Tensor:
     """``exp(-z) I1(z) / z`` for ``z >= 0``, accurate at and near ``z = 0`` (limit 1/2): ``i1e(z)/z``
     keeps full relative accuracy down to ``z = 1e-30``; below ``1e-6`` the series ``(1 - z)/2``
-    (relative error under 1e-12) avoids ``0/0`` and subnormals."""
+    (relative error under 1e-12) avoids ``0/0`` and subnormals.
+    """
     small = z < 1e-6
     zs = torch.where(small, torch.ones_like(z), z)
     return torch.where(small, 0.5 - 0.5 * z, torch.special.i1e(zs) / zs)
@@ -311,7 +312,8 @@ class KacProcess:
 
     def _flips(self, s: torch.Tensor, u: torch.Tensor, generator) -> torch.Tensor:
         """``N ~ Poisson(a s)`` elementwise by inversion of ``u``, or (rates >= 10, with a
-        ``generator``) by transformed rejection."""
+        ``generator``) by transformed rejection.
+        """
         lam = (self.a * s).expand(u.shape)
         if bool((lam < 10).all()):
             return _poisson_inversion(lam.reshape(-1), generator, u=u.reshape(-1)).reshape(u.shape)
@@ -322,14 +324,16 @@ class KacProcess:
 
 def _beta_exponents(flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The exponents of :meth:`KacProcess.sample_from_uniforms` for counts ``N``: ``2/(2m - 1)``
-    (``m = ceil(N/2)``, any finite value at ``N = 0``) and ``1/N`` (even), ``0`` (odd), ``inf`` (0)."""
+    (``m = ceil(N/2)``, any finite value at ``N = 0``) and ``1/N`` (even), ``0`` (odd), ``inf`` (0).
+    """
     odd = flips - 2 * torch.floor(0.5 * flips)
     return 2 / torch.clamp(flips - 1 + odd, min=1), (1 - odd) / flips
 
 
 def _constant_rows(s: torch.Tensor) -> torch.Tensor | None:
     """The times of the rows ``s[i]`` as a ``(B,)`` tensor (``B = 1`` for a scalar or a constant
-    tensor) when every row is constant and has at least 16 elements; else ``None``."""
+    tensor) when every row is constant and has at least 16 elements; else ``None``.
+    """
     if s.ndim == 0:
         return s.reshape(1)
     if s.numel() == 0:
@@ -358,7 +362,8 @@ class _CdfTable:
     one CDF value (none if not ``compare``) and lies below the bucket of the table's last value,
     else 0 (the element needs a binary search); the count is ``start`` plus, with ``compare``, one
     comparison with the bucket's CDF value.  Without a guide (short rows: its set-up would cost
-    more than the search) a branchless binary search over ``F`` padded to a power of two."""
+    more than the search) a branchless binary search over ``F`` padded to a power of two.
+    """
 
     lam: torch.Tensor
     lo: torch.Tensor
@@ -376,7 +381,8 @@ class _CdfTable:
     @staticmethod
     def build(lam: torch.Tensor, dtype, per_row: int | None = None) -> "_CdfTable":
         """Tables for rates ``lam`` ``(B,)`` (float64) and uniforms of ``dtype``; ``per_row``: the
-        number of draws per row (``None``: many), which decides whether a guide pays."""
+        number of draws per row (``None``: many), which decides whether a guide pays.
+        """
         B, dev = lam.numel(), lam.device
         sd = torch.sqrt(lam)
         lo = torch.floor(torch.clamp(lam - TABLE_SIGMAS * sd - 5, min=0))
@@ -422,7 +428,8 @@ class _CdfTable:
 
     def search(self, u: torch.Tensor):
         """``(n, slow)``: for the fast elements ``N = lo + n - 1``; ``slow`` = ``(rows, cols, N)``
-        of the others, found by binary search (and sequential continuation beyond the table)."""
+        of the others, found by binary search (and sequential continuation beyond the table).
+        """
         if self.start is None:
             c = self._count(u)
             slow = c == self.W  # beyond the table
@@ -438,7 +445,8 @@ class _CdfTable:
 
     def slow_counts(self, u: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
         """``(rows, cols, N)``: the counts of the elements ``u[rows, cols]`` by binary search, and
-        sequential continuation beyond the table (float64)."""
+        sequential continuation beyond the table (float64).
+        """
         uu = u[rows, cols]
         F = self.F[:, 1:]  # nn = #{i : F(lo + i) < u}
         if F.shape[0] == 1:
@@ -458,7 +466,8 @@ class _CdfTable:
 
 def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_beta_exponents` of every count of the table, in its columns (column 0: a placeholder);
-    one 1-D row, shared by all rows, when every row's table starts at 0."""
+    one 1-D row, shared by all rows, when every row's table starts at 0.
+    """
     lo = table.lo[:, None] if bool((table.lo > 0).any()) else table.lo[:1]
     k = lo + torch.arange(-1, table.W, dtype=torch.float64, device=table.lo.device)
     return tuple(e.to(dtype) for e in _beta_exponents(k.clamp(min=0)))
@@ -467,7 +476,8 @@ def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Ten
 @functools.lru_cache(maxsize=32)
 def _single_rate_tables(lam: float, udtype, dtype, device: str):
     """One rate's (a latent's) table and its exponents per guide bucket, ``(1, G + 1)``: those of
-    the bucket's count, NaN where the bucket needs a search; kept for the next call."""
+    the bucket's count, NaN where the bucket needs a search; kept for the next call.
+    """
     table = _CdfTable.build(torch.tensor([lam], dtype=torch.float64, device=device), udtype)
     E1, E2 = (e.reshape(1, -1) for e in _exponent_tables(table, dtype))
     E1 = torch.cat([torch.full((1, 1), math.nan, dtype=dtype, device=device), E1[:, 1:]], 1)
@@ -476,7 +486,8 @@ def _single_rate_tables(lam: float, udtype, dtype, device: str):
 
 def _table_exponents(lam: torch.Tensor, u: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """The Beta exponents of :func:`_beta_exponents` for ``N`` drawn by table inversion of ``u``
-    ``(B, P)`` (rates ``lam`` ``(B,)``), gathered from per-row tables without forming ``N``."""
+    ``(B, P)`` (rates ``lam`` ``(B,)``), gathered from per-row tables without forming ``N``.
+    """
     if lam.numel() == 1:  # one gather per exponent, by guide bucket
         table, E1b, E2b = _single_rate_tables(float(lam), u.dtype, dtype, str(u.device))
         j = (u * table.G).long()
@@ -521,7 +532,8 @@ def poisson_table_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def _continue_inversion(lam, u, k, p, F, max_terms: int = 100_000) -> torch.Tensor:
     """Sequential inversion beyond ``k`` (where the CDF is ``F`` and the pmf ``p``): returns
-    ``k + 1 + #{j > k : F(j) < u}`` (float64; ``u > F`` on entry)."""
+    ``k + 1 + #{j > k : F(j) < u}`` (float64; ``u > F`` on entry).
+    """
     n = k + 1
     for _ in range(max_terms):
         k = k + 1

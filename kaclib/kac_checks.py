@@ -71,7 +71,8 @@ class KacTrajectories:
 
     def corners(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(times, positions)``, both ``(n, K + 2)``: every path at 0, at each reversal and at
-        ``s_max`` (reversals after ``s_max`` are clamped to ``s_max``).  Cost ``O(n K)``."""
+        ``s_max`` (reversals after ``s_max`` are clamped to ``s_max``).  Cost ``O(n K)``.
+        """
         zero = torch.zeros(self.n, 1, dtype=self.flips.dtype)
         t = torch.cat([zero, self.flips.clamp(max=self.s_max), torch.full_like(zero, self.s_max)], dim=1)
         signs = 1.0 - 2.0 * (torch.arange(t.shape[1] - 1) % 2).to(t.dtype)
@@ -84,7 +85,8 @@ class KacTrajectories:
 
         Between reversals ``|X_s| - c s`` is convex in ``s`` (the absolute value of a linear function
         minus a linear one), so its maximum on each segment is at a corner: checking the corners
-        checks every time."""
+        checks every time.
+        """
         t, x = self.corners()
         pos = t > 0
         return float((x.abs()[pos] / (self.c * t[pos])).max())
@@ -95,7 +97,8 @@ class KacTrajectories:
 
     def polyline(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Times and positions of path ``i``'s corners (0, its reversals, ``s_max``): the path is
-        the straight line between consecutive corners."""
+        the straight line between consecutive corners.
+        """
         f = self.flips[i]
         times = torch.cat(
             [torch.zeros(1, dtype=f.dtype), f[f < self.s_max], torch.tensor([self.s_max], dtype=f.dtype)]
@@ -167,7 +170,8 @@ def kolmogorov_to_law(process: KacProcess, s: float, samples: torch.Tensor, n_gr
 def kolmogorov_to_heat(process: KacProcess, s: float, D: float | None = None, n_x: int = 2001) -> float:
     """``sup_x |F_Kac(x) - F_heat(x)|`` between the law of ``X_s`` and ``N(0, 2 D s)`` (``D`` defaults
     to the process's ``c^2/(2a)``), on a grid of ``n_x`` points over ``[-c s, c s]`` plus both sides
-    of each front (where the Kac CDF jumps)."""
+    of each front (where the Kac CDF jumps).
+    """
     D = process.diffusivity if D is None else check_finite_param("D", D, positive=True)
     front = process.c * s
     x = torch.linspace(-front, front, n_x, dtype=torch.float64)
@@ -261,7 +265,8 @@ def pde_residual(
 ) -> float:
     """Relative residual of ``p_ss + 2a p_s - c^2 p_xx`` for the closed-form density at time ``s``:
     ``max |residual| / max(|p_ss| + |2a p_s| + |c^2 p_xx|)`` over ``n_x`` points with
-    ``|x| <= (1 - margin) c s`` (central differences of step ``h`` in float64)."""
+    ``|x| <= (1 - margin) c s`` (central differences of step ``h`` in float64).
+    """
     a, c = process.a, process.c
     x = torch.linspace(-(1 - margin) * c * s, (1 - margin) * c * s, n_x, dtype=torch.float64)
 
@@ -281,7 +286,8 @@ def continuity_residual(
     process: KacProcess, s: float, n_x: int = 200, h: float = 1e-4, margin: float = 0.05
 ) -> float:
     """Relative residual of the continuity equation ``p_s + (p v)_x = 0`` for the closed-form density
-    and conditional velocity: ``max |p_s + (p v)_x| / max |p_s|`` on ``|x| <= (1 - margin) c s``."""
+    and conditional velocity: ``max |p_s + (p v)_x| / max |p_s|`` on ``|x| <= (1 - margin) c s``.
+    """
     c = process.c
     x = torch.linspace(-(1 - margin) * c * s, (1 - margin) * c * s, n_x, dtype=torch.float64)
 

@@ -73,7 +73,8 @@ def counter_uniforms(keys: torch.Tensor, coords: int, k: int) -> torch.Tensor:
 
     Uniform ``j`` of coordinate ``p`` is ``(m + 2^31 + 1/2) / 2^32`` with ``m`` the low (``j`` even) or
     high (``j`` odd) 32 bits, read as a signed integer, of word ``1 + p ceil(k/2) + j // 2`` of the
-    key's stream."""
+    key's stream.
+    """
     words = (k + 1) // 2
     w = counter_words(keys, words * coords)  # (n, coords * words)
     if sys.byteorder == "little":  # the two halves of every word, low first, without a pass
@@ -104,7 +105,8 @@ def _check_count(name: str, value, minimum: int) -> int:
 
 def _per_image_generators(path, n: int, image_shape, seed: int, start: int, dtype) -> torch.Tensor:
     """The slow fallback for a path without ``latent_from_uniforms``: one ``torch.Generator``
-    seeded with ``step_seed(seed, i)`` per image, ``path.sample_latent`` (about 1 ms per image)."""
+    seeded with ``step_seed(seed, i)`` per image, ``path.sample_latent`` (about 1 ms per image).
+    """
     from .train import step_seed
 
     if not hasattr(path, "sample_latent"):
@@ -124,7 +126,8 @@ def image_latents(
     """Latents ``x_T`` of images ``start .. start + n - 1`` on ``path`` (CPU, ``dtype``): image ``i``'s
     depends only on ``(seed, i)`` (see the module docstring).  A path without the
     ``latent_uniforms`` / ``latent_from_uniforms`` hook falls back to one ``torch.Generator`` per image
-    (``step_seed(seed, i)``, ``path.sample_latent``): also per image, but slow."""
+    (``step_seed(seed, i)``, ``path.sample_latent``): also per image, but slow.
+    """
     n, seed, start = _check_count("n", n, 0), _check_count("seed", seed, 0), _check_count("start", start, 0)
     image_shape = tuple(int(d) for d in image_shape)
     if any(d < 1 for d in image_shape):

@@ -48,7 +48,8 @@ NOTE = "Live slider: run this notebook in JupyterLab or VS Code (the static slid
 @dataclass(frozen=True)
 class Range:
     """A numeric slider from ``lo`` to ``hi`` in steps of ``step``, starting at ``value``.
-    Integer bounds and step give an integer slider; ``log=True`` a log-scale slider (base 10)."""
+    Integer bounds and step give an integer slider; ``log=True`` a log-scale slider (base 10).
+    """
 
     lo: float
     hi: float
@@ -149,7 +150,8 @@ def slider_widget(callback, **controls):
 def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data=None, lim: float = 3.2):
     """Samples of each 2D toy model after ``steps`` Euler steps from the same latents (one panel per
     model; ``models[name]`` has ``.model`` and ``.path``, e.g. :class:`kaclib.toy.ToyModel`).
-    ``data``: optional reference points drawn in grey."""
+    ``data``: optional reference points drawn in grey.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -253,7 +255,8 @@ def ladder_samples_figure(
 ):
     """The ``steps``-step student (left half of each row) beside the undistilled teacher at the same
     number of AB-2 steps (right half, after an empty cell), the same latents for both.
-    ``students[steps]`` is a model."""
+    ``students[steps]`` is a model.
+    """
     from .evaluation import generate
 
     steps = int(steps)
@@ -280,7 +283,8 @@ def ladder_samples_figure(
 
 def cost_hours(flops: dict, tflops: float, gpus: int = 1) -> dict:
     """Wall-clock hours of each job (``flops[job]`` floating-point operations) at a sustained
-    ``tflops`` TFLOP/s per GPU on ``gpus`` GPUs (perfect scaling assumed)."""
+    ``tflops`` TFLOP/s per GPU on ``gpus`` GPUs (perfect scaling assumed).
+    """
     if tflops <= 0 or gpus < 1:
         raise ValueError(f"tflops must be > 0 and gpus >= 1, got {tflops}, {gpus}")
     return {job: f / (tflops * 1e12 * gpus) / 3600 for job, f in flops.items()}

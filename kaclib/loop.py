@@ -91,7 +91,8 @@ def batch_indices(
     order: EpochOrder, step: int, batch_size: int, rank: int = 0, world_size: int = 1
 ) -> torch.Tensor:
     """Data indices of rank ``rank`` at step ``step`` (0-based): its slice of global positions
-    ``[step * B, (step + 1) * B)`` of the epoch sequence (``B`` = global batch)."""
+    ``[step * B, (step + 1) * B)`` of the epoch sequence (``B`` = global batch).
+    """
     per_rank = batch_size // world_size
     start = step * batch_size + rank * per_rank
     return order[torch.arange(start, start + per_rank)]
@@ -100,7 +101,8 @@ def batch_indices(
 def rng_devices(device: torch.device) -> list:
     """The CUDA devices whose RNG a loop forks (``torch.random.fork_rng(devices=...)``): the
     device's index, or the current CUDA device for a bare ``"cuda"`` (the one
-    ``torch.cuda.manual_seed`` seeds); none on the CPU."""
+    ``torch.cuda.manual_seed`` seeds); none on the CPU.
+    """
     return (
         [device.index if device.index is not None else torch.cuda.current_device()]
         if device.type == "cuda"
@@ -111,7 +113,8 @@ def rng_devices(device: torch.device) -> list:
 def seed_step(device: torch.device, s_global: int, s_batch: int) -> torch.Generator:
     """Seed one step: the global RNG (dropout and other users of it; CUDA's too on a CUDA device)
     with ``s_global``; returns a generator on ``device`` seeded with ``s_batch`` for the step's
-    own draws (batch, times, noise)."""
+    own draws (batch, times, noise).
+    """
     torch.default_generator.manual_seed(s_global)
     if device.type == "cuda":
         torch.cuda.manual_seed(s_global)
@@ -125,7 +128,8 @@ def optimizer_step(model, ema, optimizer, loss: torch.Tensor, grad_clip: float |
     """Zero-grad, backward ``loss``, clip the gradient norm of ``model`` to ``grad_clip`` (``None``:
     no clipping), step ``optimizer``, update ``ema`` (an ``AveragedModel``) and copy the buffers
     into it (buffers are copied, not averaged: integer buffers cannot be).  Returns the gradient
-    norm before clipping (a detached tensor: no synchronisation)."""
+    norm before clipping (a detached tensor: no synchronisation).
+    """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip = grad_clip if grad_clip is not None else math.inf
@@ -150,7 +154,8 @@ class LogWindow:
     seconds per step since the last record; teacher runs call it ``sec_per_step``, distillation
     stages ``sec_per_iter``, the keys their ``metrics.jsonl`` have always had) and starts a new
     window.  ``loss`` is the window's mean, or ``mean(window_mean)`` when given (the mean over
-    ranks)."""
+    ranks).
+    """
 
     def __init__(self, start: int, zero=0.0):
         self.zero = zero
@@ -216,7 +221,8 @@ class FiniteGuard:
     """Stops training at the first non-finite loss (checked at every log step, before every
     checkpoint and at the end: no extra GPU synchronisation) or non-finite weights (before every
     checkpoint and at the end), naming the step and the last good checkpoint, which is kept: a
-    NaN is never saved."""
+    NaN is never saved.
+    """
 
     def __init__(self, run_dir, start: int, last_good: int | None):
         self.run_dir, self.start, self.checked, self.last_good = run_dir, start, start, last_good
@@ -256,7 +262,8 @@ def save_checkpoint(
 ) -> None:
     """Write a verified checkpoint of ``run_dir`` (:func:`kaclib.runs.save_checkpoint`): ``model``
     and ``ema.module`` weights, and ``state.pt`` = ``{"step", "optimizer", "ema_n_averaged",
-    **extra}`` (``extra``: the loop's own fields); ``config`` is recorded in the manifest."""
+    **extra}`` (``extra``: the loop's own fields); ``config`` is recorded in the manifest.
+    """
     meta = {"step": str(step)}
     state = {
         "step": step,
@@ -279,7 +286,8 @@ def save_checkpoint(
 def load_checkpoint_into(run_dir: Path, model, ema, optimizer) -> tuple["runs.Checkpoint", dict]:
     """Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` (an ``AveragedModel``) and
     ``optimizer``; returns the checkpoint and its ``state.pt`` dict (for a loop's own fields).  Used
-    by teacher training and by every distillation stage."""
+    by teacher training and by every distillation stage.
+    """
     ckpt = runs.read_checkpoint(run_dir)
     state = ckpt.state("cpu")
     ckpt.load_into(model, runs.MODEL_FILE)

@@ -45,7 +45,8 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def degrade(data: ImageData, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
     """The images of ``data`` damaged by ``kind`` (a key of :data:`DEGRADATIONS`) at ``level``;
-    labels stay those of ``data`` (the intended classes)."""
+    labels stay those of ``data`` (the intended classes).
+    """
     x, y = data.images, data.labels
     if kind == "noise":
         return x + level * torch.randn(x.shape, generator=generator)
@@ -71,7 +72,8 @@ def degrade(data: ImageData, kind: str, level: float, generator: torch.Generator
 @dataclass(frozen=True)
 class SanityResult:
     """Per-seed scores of every control (``rows[name][metric] -> values``), the paired comparisons
-    and whether each degradation is monotone in each metric (means over seeds)."""
+    and whether each degradation is monotone in each metric (means over seeds).
+    """
 
     n: int
     seeds: tuple

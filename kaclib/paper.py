@@ -33,7 +33,8 @@ TEACHER_STEPS = 100
 
 def ladder_fid(dataset: str, key) -> float | None:
     """The paper's FID of ``key`` (steps, ``"teacher"`` or ``"single_stage"``; a step count of
-    :data:`TEACHER_STEPS` is the teacher) on ``dataset``, or ``None`` where it reports none."""
+    :data:`TEACHER_STEPS` is the teacher) on ``dataset``, or ``None`` where it reports none.
+    """
     if dataset not in LADDER_FID:
         raise ValueError(f"dataset must be one of {sorted(LADDER_FID)}, got {dataset!r}")
     if key == TEACHER_STEPS:

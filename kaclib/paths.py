@@ -164,12 +164,14 @@ class KacPath(_KacSchedule):
 
     def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
         """The latent ``K_{g(T)}`` from independent uniforms ``u`` ``(4, *shape)``: the exact sampler
-        :meth:`~kaclib.kac.KacProcess.sample_from_uniforms` (one CDF table, no per-element rates)."""
+        :meth:`~kaclib.kac.KacProcess.sample_from_uniforms` (one CDF table, no per-element rates).
+        """
         return self.process.sample_from_uniforms(float(self.g(torch.tensor(self.T))), u, dtype=dtype)
 
     def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:
         """Per-coordinate bound on the target for data in ``[-data_bound, data_bound]``:
-        ``|f'(t)| data_bound + g'(t) c``."""
+        ``|f'(t)| data_bound + g'(t) c``.
+        """
         t = torch.as_tensor(t)
         return self.df(t).abs() * data_bound + self.dg(t) * self.c
 
@@ -204,7 +206,8 @@ class DiffusionPath(_Schedule):
         """``f' x0 + g' (x - f x0)/(2 g)``.  Where ``g(t) = 0`` (``t = 0``, which ``torch.rand``
         does draw) the state is ``f x0`` exactly and the noise term is ``0/0``: it is replaced by
         its conditional mean, 0 (for ``g = t^2`` the term is ``sqrt(2D/T) eps`` with mean 0; for
-        ``g = t`` it has mean 0 and diverges), so the target stays finite: ``f'(0) x0``."""
+        ``g = t`` it has mean 0 and diverges), so the target stays finite: ``f'(0) x0``.
+        """
         tt = _expand_t(t, x0)
         g = self.g(tt)
         pos = g > 0
@@ -295,7 +298,8 @@ class VarianceMatchedGaussianPath(_KacSchedule):
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
         """``f' x0 + sigma' (x - f x0)/sigma``; where ``sigma = 0`` (``t = 0``) the noise ``eps`` is
-        replaced by its conditional mean 0, so the target is ``f'(0) x0``."""
+        replaced by its conditional mean 0, so the target is ``f'(0) x0``.
+        """
         tt = _expand_t(t, x0)
         sig = self.sigma(tt)
         pos = sig > 0

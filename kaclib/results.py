@@ -20,7 +20,8 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 def load(name: str, require: str | None = "comparisons") -> dict | None:
     """``benchmarks/results/<name>.json``, or ``None`` when it is absent or predates the key
-    ``require`` (the held-out protocol's results all carry ``"comparisons"``)."""
+    ``require`` (the held-out protocol's results all carry ``"comparisons"``).
+    """
     path = RESULTS_DIR / f"{name}.json"
     if not path.is_file():
         return None
@@ -47,7 +48,8 @@ def find_comparison(res: dict | None, claim: str, metric: str = "fid") -> dict |
 
 def show_comparisons(res: dict, contains: str = "", metrics=("fid", "kid")) -> list[dict]:
     """Display the paired comparisons of ``res`` whose claim contains ``contains`` (HTML table
-    with the provenance as caption); returns them."""
+    with the provenance as caption); returns them.
+    """
     from .plots import show_table
 
     rows = [c for c in res.get("comparisons", []) if contains in c["claim"] and c["metric"] in metrics]

@@ -91,7 +91,8 @@ def _check_data(data) -> torch.Tensor:
 
 def data_variance(data) -> float:
     """Per-coordinate variance of ``data`` ``(N, ...)`` averaged over coordinates (``1/N``
-    normalisation): the one variance a coordinate-wise path with shared ``(a, c)`` can match."""
+    normalisation): the one variance a coordinate-wise path with shared ``(a, c)`` can match.
+    """
     return float(_check_data(data).var(dim=0, unbiased=False).mean())
 
 
@@ -149,7 +150,8 @@ def light_cone_rule(
     ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`).
 
     With ``quantile = 1`` a root exists for any non-constant data (``v <= E x^2 <= r^2``, equal only
-    if every pixel is ``+-r`` with mean 0)."""
+    if every pixel is ``+-r`` with mean 0).
+    """
     s = _final_time(f, g, T)
     v, r = data_variance(data), data_range(data, quantile)
     c = r / s
@@ -161,7 +163,8 @@ def light_cone_rule(
 
 def variance_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, a: float = 25.0) -> RuleChoice:
     """R2: ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`) solved for ``c`` at the given ``a``
-    (default 25, the ``cpu`` profile's: the rule then only rescales the speed)."""
+    (default 25, the ``cpu`` profile's: the rule then only rescales the speed).
+    """
     s = _final_time(f, g, T)
     v = data_variance(data)
     a, c = solve_variance(v, s, a=a)
@@ -172,7 +175,8 @@ def variance_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, a: floa
 
 def reversal_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, k: float = 4.0) -> RuleChoice:
     """R3: ``a g(T) = k`` expected reversals before the latent (the atoms at the fronts then hold
-    mass ``exp(-k)``), then ``c`` from ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`)."""
+    mass ``exp(-k)``), then ``c`` from ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`).
+    """
     k = check_finite_param("k", k, positive=True)
     s = _final_time(f, g, T)
     v = data_variance(data)
@@ -188,7 +192,8 @@ RULES = {"light-cone": light_cone_rule, "variance": variance_rule, "reversals": 
 
 def apply_rules(data, f: str = "linear", g: str = "t", T: float = 1.0, options: dict | None = None) -> dict:
     """``{name: RuleChoice}`` of every rule of :data:`RULES` on ``data``; ``options`` maps a rule's
-    name to its keyword arguments (e.g. ``{"reversals": {"k": 8}}``)."""
+    name to its keyword arguments (e.g. ``{"reversals": {"k": 8}}``).
+    """
     options = options or {}
     unknown = sorted(set(options) - set(RULES))
     if unknown:

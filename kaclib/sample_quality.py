@@ -100,7 +100,8 @@ def paired_rmse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image RMSE between two image sets drawn from the same latents, ``(N,)`` float64.
 
     The paired fidelity of a student to its teacher: what endpoint distillation optimises, free of
-    feature-net noise."""
+    feature-net noise.
+    """
     if a.shape != b.shape:
         raise ValueError(f"paired sets must have one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return (a.double() - b.double()).flatten(1).pow(2).mean(1).sqrt()

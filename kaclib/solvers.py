@@ -87,14 +87,16 @@ def time_grid(steps: int, T: float = 1.0) -> torch.Tensor:
 
 def grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tensor:
     """Entries ``index`` of :func:`time_grid` (``T (steps - index)/steps``, computed in float64 and
-    cast to ``dtype``): the times a stage's student or a teacher substep sees, one per sample."""
+    cast to ``dtype``): the times a stage's student or a teacher substep sees, one per sample.
+    """
     return (T * (steps - index.to(torch.float64)) / steps).to(dtype)
 
 
 def passes_per_call(velocity, t: torch.Tensor | None = None) -> int:
     """Network forward passes per sample that one call of ``velocity`` costs: what the velocity
     reports itself (``velocity.passes_per_call(t)``, e.g. a guided field's 2), else 1 (a bare model
-    or a plain function).  The solver counts passes this way and knows nothing else of guidance."""
+    or a plain function).  The solver counts passes this way and knows nothing else of guidance.
+    """
     fn = getattr(velocity, "passes_per_call", None)
     return int(fn(t)) if callable(fn) else 1
 
@@ -106,7 +108,8 @@ def step(velocity, x: torch.Tensor, t: torch.Tensor, h: float, y, method: str, u
     ``t`` (and, for midpoint, ``t_mid``, the half-step time) are ``(B,)`` tensors computed by the
     caller on its own grid.  AB-2 takes ``u_prev``, the velocity of the previous step (``None``:
     an Euler start).  Returns ``(x_next, u)``, ``u`` the velocity at ``(x, t)`` for AB-2's next step
-    (``None`` for the other methods)."""
+    (``None`` for the other methods).
+    """
     if method == "euler":
         return x - h * velocity(x, t, y), None
     if method == "midpoint":

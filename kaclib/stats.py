@@ -75,7 +75,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
 
 def verdict(interval: Interval, direction: str) -> str:
     """``"holds"`` / ``"fails"`` / ``"inconclusive"`` for the claim "the difference is ``direction``
-    zero" (``direction``: ``"<"`` or ``">"``), read from the interval alone."""
+    zero" (``direction``: ``"<"`` or ``">"``), read from the interval alone.
+    """
     if direction not in ("<", ">"):
         raise ValueError(f"direction must be '<' or '>', got {direction!r}")
     if not (math.isfinite(interval.lo) and math.isfinite(interval.hi)) or not interval.excludes_zero():

@@ -37,7 +37,8 @@ COMPARISON_HEADER = ["claim", "metric", "a - b (mean)", "95% CI", "seeds", "verd
 
 def comparison_rows(comparisons: list) -> list[list]:
     """Rows of a table of paired comparisons (dicts of :meth:`kaclib.stats.Comparison.to_dict`),
-    under :data:`COMPARISON_HEADER`."""
+    under :data:`COMPARISON_HEADER`.
+    """
     return [
         [
             c["claim"],

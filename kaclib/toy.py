@@ -101,7 +101,8 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` between the empirical laws of two
     samples (Székely and Rizzo 2013): always >= 0, 0 iff the laws agree.  These are V-statistics
     (diagonal included), so two samples of the same law give a small positive value of order
-    ``1/n``: compare against that floor.  Computed in float64."""
+    ``1/n``: compare against that floor.  Computed in float64.
+    """
     x, y = x.double().reshape(len(x), -1), y.double().reshape(len(y), -1)
     if len(x) < 2 or len(y) < 2:
         raise ValueError("energy_distance needs at least 2 points per sample")
@@ -146,7 +147,8 @@ def mode_stats(
     radius: float = 3.0,
 ) -> dict:
     """``{"near": fraction of points within radius*std of a centre, "modes": number of centres with
-    at least one such point}``."""
+    at least one such point}``.
+    """
     centers = mixture_centers(grid, spacing).to(x.dtype)
     d = torch.cdist(x, centers)
     near = d.min(1).values <= radius * std
@@ -160,7 +162,8 @@ def mode_stats(
 @dataclass
 class ToyModel:
     """A trained toy model: ``model`` (EMA weights, eval mode), its ``path``, the artifact folder,
-    the per-step ``losses`` and ``seconds_per_step`` of the training run."""
+    the per-step ``losses`` and ``seconds_per_step`` of the training run.
+    """
 
     model: torch.nn.Module
     path: object
@@ -253,7 +256,8 @@ def _toy_mlp(path, model_cfg: dict):
 
 def _fit_toy(tmp: Path, path, config: dict, progress: bool) -> None:
     """Train the model of ``config`` on its mixture data and write its EMA weights
-    (``ema.safetensors``) and losses (``train.json``) into ``tmp``."""
+    (``ema.safetensors``) and losses (``train.json``) into ``tmp``.
+    """
     from . import runs
     from .train import fit
 

@@ -114,7 +114,8 @@ class FitResult:
     """``model``: the trained (bare) module; ``ema``: its EMA copy (bare module, eval mode);
     ``step``: steps done in total; ``start_step``: where this call started (> 0 after a resume);
     ``losses``: per-step training losses of this call (this rank's batch; CPU float tensor);
-    ``seconds_per_step``: wall time of this call / its steps."""
+    ``seconds_per_step``: wall time of this call / its steps.
+    """
 
     model: nn.Module
     ema: nn.Module
@@ -160,7 +161,8 @@ def _check_fit_args(hp: dict) -> SimpleNamespace:
 
 def _fit_config(path, hp: SimpleNamespace, acc) -> dict:
     """The default ``config.json`` of :func:`fit`: its hyper-parameters, the path's config and the
-    accelerator switches unless plain fp32."""
+    accelerator switches unless plain fp32.
+    """
     keys = ("batch_size", "lr", "p_uncond", "grad_clip", "ema_decay", "seed", "num_classes", "steps")
     config = {
         "fit": {k: getattr(hp, k) for k in keys + ("checkpoint_every", "log_every")},
@@ -176,7 +178,8 @@ _rng_devices = rng_devices  # the name this module used before kaclib.loop
 
 def _open_run_dir(run_dir, config, acc, resume, model, ema, optimizer, lock, is_main, world):
     """Check / write ``run_dir`` for :func:`fit` (rank 0 takes its lock on ``lock``) and load its
-    checkpoint when resuming.  Returns ``(config, start, last_good)``."""
+    checkpoint when resuming.  Returns ``(config, start, last_good)``.
+    """
     saved = runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
     config = _accel.resume_config(saved, config, acc, run_dir)  # the recorded arithmetic stays
     mutable = [k for k in MUTABLE_FIELDS] + [f"fit.{k}" for k in MUTABLE_FIELDS]
@@ -299,7 +302,8 @@ def fit(
 @dataclass
 class _FitLoop:
     """The steps of :func:`fit` on this rank: :func:`_train_step`, the log window, checkpoints
-    (rank 0) and the finite guard."""
+    (rank 0) and the finite guard.
+    """
 
     net: nn.Module
     model: nn.Module
@@ -391,7 +395,8 @@ def _train_step(
 ):
     """One optimisation step of ``loss_fn`` (:class:`kaclib.losses.FlowMatchingLoss`); every random
     draw comes from ``step_seed(seed, rank, k, ...)``: stream 1 seeds the global RNG (dropout), stream
-    0 the step's generator."""
+    0 the step's generator.
+    """
     g = seed_step(device, step_seed(seed, rank, k, 1), step_seed(seed, rank, k, 0))
     idx = batch_indices(order, k, batch_size, rank, world).to(device)
     loss = loss_fn(net, data[idx], None if labels is None else labels[idx], g, acc)
@@ -419,7 +424,8 @@ def _save_checkpoint(
 class TrainResult:
     """``model``/``ema``: trained bare modules (eval mode); ``path``: the path object;
     ``config``: the resolved :class:`TrainConfig`; ``step``: steps done; ``losses``: per-step
-    losses of this call; ``seconds_per_step``; ``run_dir``."""
+    losses of this call; ``seconds_per_step``; ``run_dir``.
+    """
 
     model: nn.Module
     ema: nn.Module
@@ -503,7 +509,8 @@ def train(
 class LoadedRun:
     """A trained run ready for sampling: ``model`` (eval mode, on ``device``), its ``path``, the
     run's ``config`` (a :class:`TrainConfig` for runs made by :func:`train`, else the raw dict)
-    and the checkpoint's ``step``."""
+    and the checkpoint's ``step``.
+    """
 
     model: nn.Module
     path: object
@@ -551,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m kaclib.train``: the thin entry for scripts and ``torchrun`` (users: ``python -m
     kaclib train``).  ``--config`` (a :class:`TrainConfig` JSON file; default ``TrainConfig()``) with
     ``--set key=value`` overrides (dotted keys) -> :func:`train` into ``--run-dir``; rank 0 prints
-    ``{"run_dir", "step", "seconds_per_step"}`` as JSON."""
+    ``{"run_dir", "step", "seconds_per_step"}`` as JSON.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m kaclib.train",
         description="Train a velocity model from a TrainConfig JSON (the CLI is `python -m kaclib train`).",

@@ -1,6 +1,7 @@
 """The configuration of a teacher run: :class:`TrainConfig` (frozen, JSON round trip, validated
 with one-line errors), the fields that may change on resume, and the resolution of a model preset
-against a data set.  :mod:`kaclib.train` runs it (and re-exports every name here)."""
+against a data set.  :mod:`kaclib.train` runs it (and re-exports every name here).
+"""
 
 from __future__ import annotations
 

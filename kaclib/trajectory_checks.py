@@ -232,7 +232,8 @@ def path_deviation(
     teacher_field: TeacherField, student, path, spec: StageSpec, x_T: torch.Tensor, y, batch_size: int = 256
 ) -> PathDeviation:
     """:func:`interval_deviation` of every interval ``k = 0..M-1`` at the states of
-    :func:`sampler_states` from the latents ``x_T`` (in batches of ``batch_size`` samples)."""
+    :func:`sampler_states` from the latents ``x_T`` (in batches of ``batch_size`` samples).
+    """
     spec = _check_spec(spec)
     _check_state(x_T, y)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -291,7 +292,8 @@ def correlations(a, b) -> dict:
 class SlopeFit:
     """Least-squares slope of ``log(deviation)`` on ``log(Delta)`` with its CI at ``level``
     (``slope +/- t_{(1+level)/2, n-2} stderr``; ``nan`` bounds with fewer than 3 points, as
-    :func:`kaclib.stats.mean_ci` gives ``nan`` for one value)."""
+    :func:`kaclib.stats.mean_ci` gives ``nan`` for one value).
+    """
 
     slope: float
     lo: float
@@ -374,7 +376,8 @@ class StageDeviation:
     def summary(self) -> dict:
         """JSON-ready: the stage, ``Delta``, ``n``; mean and 95% CI over samples of the mean and of the
         largest (over intervals) end-point error and interior deviation; Pearson / Spearman of the
-        per-sample largest values (``per_sample``) and of all (sample, interval) pairs (``per_interval``)."""
+        per-sample largest values (``per_sample``) and of all (sample, interval) pairs (``per_interval``).
+        """
         d = self.deviation
         s = self.spec
         ci = lambda a: mean_ci(a.tolist()).to_dict() if np.isfinite(a).all() else None  # noqa: E731
@@ -444,7 +447,8 @@ def deviation_study(
 ) -> DeviationStudy:
     """:func:`path_deviation` of every ``(spec, teacher_field, student)`` in ``stages`` from the SAME
     latents ``x_T`` (and labels ``y``), with the slopes of the interior deviation against ``Delta``
-    (when at least two stages have different ``Delta``) and the pooled correlations."""
+    (when at least two stages have different ``Delta``) and the pooled correlations.
+    """
     out = []
     for item in stages:
         if not (isinstance(item, tuple) and len(item) == 3):
@@ -472,7 +476,8 @@ def load_ladder_stages(ladder, device="cpu"):
     :func:`kaclib.distill.run_ladder`, or its :class:`~kaclib.distill.LadderResult`): ``stages`` the
     ``(spec, teacher_field, student)`` triples, built as :func:`kaclib.distill.run_ladder` builds them
     (the flow teacher guided with the ladder's ``w`` and ``teacher_solver``; later teachers the
-    previous students, Euler, unguided).  Unfinished stages are left out."""
+    previous students, Euler, unguided).  Unfinished stages are left out.
+    """
     from . import runs
     from .distill import DistillConfig, load_ladder
     from .evaluation import model_num_classes
@@ -514,7 +519,8 @@ def stage_deviation_study(
     """:func:`deviation_study` of every finished stage of ``ladder`` (a run directory or a
     :class:`~kaclib.distill.LadderResult`) on ``n`` shared latents: image ``i``'s latent is
     :func:`kaclib.evaluation.image_latents` of ``(seed, i)`` and its label ``i mod num_classes``, the
-    same for every stage.  ``label`` defaults to the path's kind."""
+    same for every stage.  ``label`` defaults to the path's kind.
+    """
     from .evaluation import balanced_labels, image_latents
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 3:
@@ -534,7 +540,8 @@ def stage_deviation_study(
 def deviation_figure(studies: dict, title: str | None = None, max_points: int = 400):
     """Scatter of the per-sample largest end-point error (x) against the largest interior deviation (y),
     one colour per stage, one panel per study (e.g. ``{"Kac": study, "Gaussian": study}``), log axes,
-    with the diagonal ``y = x``.  ``max_points`` per stage (the first ones) keep the page light."""
+    with the diagonal ``y = x``.  ``max_points`` per stage (the first ones) keep the page light.
+    """
     if not isinstance(studies, dict) or not studies:
         raise ValueError("studies must be a non-empty {panel name: DeviationStudy} dict")
     panels = {
@@ -555,7 +562,8 @@ def scatter_panels_figure(panels: dict, title: str | None, x_title: str, opacity
     """The end-point / interior-deviation scatter itself, whatever holds the points (a live
     :class:`DeviationStudy` or a committed benchmark): ``panels`` maps a panel title to its stages
     ``[(student_steps, trace name, end-point errors, interior deviations), ...]``; one colour per
-    student step count (shared across panels), log axes, the diagonal ``interior = end point``."""
+    student step count (shared across panels), log axes, the diagonal ``interior = end point``.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 

@@ -29,7 +29,8 @@ class TrajectoryBound:
     """Per solver time ``times[k]`` (``t > 0``): ``bound`` (per coordinate), ``ratio_max`` (max over
     images and coordinates of ``|u| / bound``), ``violation_fraction`` (coordinates with ratio > 1),
     ``norm_max`` / ``norm_q99`` / ``norm_bound`` (largest and 99th-percentile ``||u||`` against
-    ``bound sqrt(d)``)."""
+    ``bound sqrt(d)``).
+    """
 
     times: list
     bound: list
@@ -50,7 +51,8 @@ def trajectory_bound_stats(
     """``velocity(x, t, y)`` at the states ``trajectory[k]`` (``(S + 1, N, ...)`` from
     :func:`kaclib.evaluation.generate` with ``return_trajectory=True``) and times ``times[k]``
     (``(S + 1,)``, from ``T`` down to 0), against :func:`coordinate_bound`; the final state
-    (``t = 0``) is skipped."""
+    (``t = 0``) is skipped.
+    """
     if getattr(path, "name", None) != "kac":
         raise ValueError("the finite-speed bound is a property of the Kac path")
     times = [float(t) for t in times]

@@ -1,5 +1,6 @@
 """What the commands share: the device, the profile, reading a run's config and its sampling
-defaults, and the checks that keep outputs off a run's files and non-finite images off disk."""
+defaults, and the checks that keep outputs off a run's files and non-finite images off disk.
+"""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _read_run(run_dir: str) -> dict:
 
 
 def _sampling_defaults(raw: dict, profile) -> dict:
-    """steps / method / w defaults for a run: its own for a distilled student, the profile's else."""
+    """Steps / method / w defaults for a run: its own for a distilled student, the profile's else."""
     dist = raw.get("distilled")
     if isinstance(dist, dict):
         return {

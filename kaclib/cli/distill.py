@@ -12,7 +12,8 @@ from .parser import CLIError
 def ladder_gate(config, dataset: str, path, num_classes: int):
     """The quality gate of a distillation ladder, scored with :mod:`kaclib.evaluation`: the
     ``gate`` factory of :func:`kaclib.distill.run_ladder` (see :mod:`kaclib.distill.gate`); FID-
-    ``dataset`` of the student against its teacher, configured by ``config.gate_*``."""
+    ``dataset`` of the student against its teacher, configured by ``config.gate_*``.
+    """
     from ..distill.gate import fid_gate
     from ..evaluation import Evaluator, generate
 

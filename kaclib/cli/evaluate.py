@@ -1,5 +1,6 @@
 """``python -m kaclib evaluate``: FID-<dataset>, class accuracy, NFE, network passes and time per
-image of a run, one row per steps x method x w, merged into ``<run-dir>/evaluation.json``."""
+image of a run, one row per steps x method x w, merged into ``<run-dir>/evaluation.json``.
+"""
 
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ def _evaluation_dataset(args, raw: dict) -> str:
 
 def _results_path(args) -> Path:
     """``--out`` (default ``DIR/evaluation.json``), refused before any work when it lies inside a
-    run directory (other than the default) or holds something other than a results file."""
+    run directory (other than the default) or holds something other than a results file.
+    """
     default_out = Path(args.run_dir) / "evaluation.json"
     out = Path(args.out) if args.out else default_out
     if not _same_path(out, default_out):
@@ -165,7 +167,8 @@ def _print_rows(rows: list[dict], metric_name: str) -> None:
 
 def _merge_key(r: dict) -> tuple:
     """The identity of a results row.  It includes the run (its path relative to the results
-    file), so a file shared by several runs keeps every run's rows."""
+    file), so a file shared by several runs keeps every run's rows.
+    """
     return (
         r.get("run"),
         r.get("metric_name"),

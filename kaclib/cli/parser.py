@@ -1,5 +1,6 @@
 """The argument parser of ``python -m kaclib``: argument types, shared options, one sub-parser per
-command (:func:`build_parser`), and :class:`CLIError`, the one-line user error."""
+command (:func:`build_parser`), and :class:`CLIError`, the one-line user error.
+"""
 
 from __future__ import annotations
 

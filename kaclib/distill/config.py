@@ -101,7 +101,8 @@ def _pos_float(name, v) -> float:
 @dataclass(frozen=True)
 class StageSpec:
     """One stage: ``teacher_steps -> student_steps`` with ``substeps = teacher_steps/student_steps``
-    teacher steps per student step, learning rate ``lr`` and ``iters`` iterations (before the gate)."""
+    teacher steps per student step, learning rate ``lr`` and ``iters`` iterations (before the gate).
+    """
 
     index: int
     teacher_steps: int
@@ -258,13 +259,15 @@ class DistillConfig(JSONConfig):
 
     def flow_passes_per_substep(self) -> int:
         """Network passes per sample of one substep of the flow teacher: the solver's evaluations
-        per step times the guided field's passes per evaluation (2 for ``w`` not in {0, 1})."""
+        per step times the guided field's passes per evaluation (2 for ``w`` not in {0, 1}).
+        """
         return NFE_PER_STEP[self.teacher_solver] * guided_passes(self.w)
 
     def planned_teacher_passes(self) -> int:
         """Teacher passes x samples the ladder spends with online targets and no gate extension:
         ``iters x substeps x batch_size`` per stage, times :meth:`flow_passes_per_substep` in the
-        first stage (later teachers are distilled students: one pass per substep)."""
+        first stage (later teachers are distilled students: one pass per substep).
+        """
         first = self.flow_passes_per_substep()
         return sum(
             st.iters * st.substeps * self.batch_size * (first if st.index == 1 else 1) for st in self.stages()
@@ -274,7 +277,8 @@ class DistillConfig(JSONConfig):
         """DistillKac's single stage at this ladder's budget: ``ladder[0] -> 1`` with as many student
         iterations as the whole ladder (learning rate: the last stage's) and a pool of teacher end
         points whose teacher passes match ``teacher_passes`` (default
-        :meth:`planned_teacher_passes`): ``pool_size = passes / (ladder[0] x passes per substep)``."""
+        :meth:`planned_teacher_passes`): ``pool_size = passes / (ladder[0] x passes per substep)``.
+        """
         passes = self.planned_teacher_passes() if teacher_passes is None else int(teacher_passes)
         per_target = self.ladder[0] * self.flow_passes_per_substep()
         return self.replace(
@@ -290,7 +294,8 @@ def config_for_profile(profile=None, **changes) -> DistillConfig:
     """The :class:`DistillConfig` of a run profile (:mod:`kaclib.profiles`): its ``distill_ladder``,
     ``distill_iters`` (per stage), ``guidance_w`` and ``batch_size``; the other fields keep the
     defaults of :class:`DistillConfig` (chosen by measurement, see the book); ``changes`` replace
-    fields."""
+    fields.
+    """
     from ..profiles import Profile, get_profile
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)

@@ -77,7 +77,8 @@ class EndpointLoss:
     the frozen teacher's end point of its ``N`` substeps from ``t_k`` to ``t_{k+1}``
     (:func:`segment_endpoint`) and ``Delta = T / student_steps``.  Dividing by ``Delta^2`` makes it
     the squared error of the student's *velocity* against the teacher's average velocity over the
-    interval, so its scale does not depend on the stage."""
+    interval, so its scale does not depend on the stage.
+    """
 
     student_steps: int
     T: float = 1.0

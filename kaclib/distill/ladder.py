@@ -37,7 +37,8 @@ from .teacher import TeacherField, hand_off
 class LadderResult:
     """``stages``: one :class:`StageResult` per stage (stages finished before a resume are loaded,
     with empty ``losses``); ``student``: the last stage's EMA student; ``path``; ``config``;
-    ``teacher``: the flow teacher's :class:`kaclib.train.LoadedRun`; ``seconds``: wall time."""
+    ``teacher``: the flow teacher's :class:`kaclib.train.LoadedRun`; ``seconds``: wall time.
+    """
 
     run_dir: Path
     config: DistillConfig
@@ -53,7 +54,8 @@ class LadderResult:
 
 def _relative(path: Path, ladder_dir: Path) -> str:
     """``path`` relative to the ladder directory (configs hold no absolute paths: a ladder moved or
-    copied together with its teacher resumes)."""
+    copied together with its teacher resumes).
+    """
     return os.path.relpath(os.path.abspath(path), os.path.abspath(ladder_dir))
 
 
@@ -188,7 +190,8 @@ def _check_gate(config: DistillConfig, gate) -> None:
 
 def _open_teacher(config: DistillConfig, teacher_run_dir: Path, run_dir: Path, device):
     """``(loaded, tinfo, num_classes, dataset)``: the teacher run (verified; a non-finite teacher is
-    refused), its :func:`_teacher_info`, its number of classes and the data set of forward states."""
+    refused), its :func:`_teacher_info`, its number of classes and the data set of forward states.
+    """
     from ..train import load_run
 
     loaded = load_run(teacher_run_dir, ema=True, device=device)  # verified; refuses a non-finite teacher
@@ -301,7 +304,8 @@ def ladder_cache_dir(teacher_dir: str | os.PathLike, config: DistillConfig, root
     """Where the benchmarks cache the ladder of ``config`` distilled from the teacher run
     ``teacher_dir``: ``<root>/ladder-<hash>``, the hash of the teacher directory's NAME (teacher
     runs are named by their config hash, so a moved cache still matches) and ``config.to_dict()``.
-    ``root`` defaults to :func:`kaclib.artifacts.cache_root`."""
+    ``root`` defaults to :func:`kaclib.artifacts.cache_root`.
+    """
     from ..artifacts import derived_run_dir
 
     if not isinstance(config, DistillConfig):

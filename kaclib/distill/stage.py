@@ -54,7 +54,8 @@ class StageResult:
     ``teacher``: the frozen teacher it was distilled from; ``iters``: iterations done (gate
     extensions included); ``losses``: this call's per-iteration losses (velocity scale);
     ``teacher_passes``: teacher network passes x samples spent (pool included);
-    ``gate``: the gate's evaluations; ``seconds``: wall time of this call."""
+    ``gate``: the gate's evaluations; ``seconds``: wall time of this call.
+    """
 
     spec: StageSpec
     student: nn.Module
@@ -75,7 +76,8 @@ def _lr_at(it: int, lr: float, warmup: int) -> float:
 
 def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num_classes, device, progress):
     """Validate a stage's data (on ``device`` for forward states) and return the :class:`_Ctx` its
-    batch sources work in."""
+    batch sources work in.
+    """
     if num_classes is None:
         num_classes = teacher.num_classes
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -110,7 +112,8 @@ def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num
 
 def _lock_stage_dir(lock: contextlib.ExitStack, run_dir, run_config, config, spec):
     """Create and lock (on ``lock``) the stage directory; returns the config its checkpoints record:
-    ``run_config``, else the ``config.json`` the caller wrote, else this stage's own."""
+    ``run_config``, else the ``config.json`` the caller wrote, else this stage's own.
+    """
     if run_dir is None:
         return run_config
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +277,8 @@ class _StageLoop:
 
     def step(self, it: int, loss_fn, acc):
         """Iteration ``it`` (0-based): seed, batch, loss, optimizer and EMA update.  Returns
-        ``(loss, grad_norm, lr)``."""
+        ``(loss, grad_norm, lr)``.
+        """
         config, spec, device, student = self.config, self.spec, self.device, self.student
         g = seed_step(
             device,
@@ -355,7 +359,8 @@ class _StageLoop:
 
 def load_finished_stage(spec: StageSpec, sdir: Path, ho: Handoff) -> StageResult:
     """The :class:`StageResult` of a stage finished before (its weights loaded into ``ho``'s
-    student and EMA; empty ``losses``)."""
+    student and EMA; empty ``losses``).
+    """
     done = sdir / RESULT_FILE
     summary = runs.read_json_object(done)
     ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))

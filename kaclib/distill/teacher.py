@@ -71,7 +71,8 @@ def freeze(model: nn.Module) -> nn.Module:
 @dataclass
 class Handoff:
     """What a stage starts from: a frozen ``teacher``, a trainable ``student`` (a copy of the
-    teacher), a fresh Adam ``optimizer`` and a fresh EMA ``ema`` of the student."""
+    teacher), a fresh Adam ``optimizer`` and a fresh EMA ``ema`` of the student.
+    """
 
     teacher: nn.Module
     student: nn.Module
@@ -82,7 +83,8 @@ class Handoff:
 def _ema_avg_fn(decay: float, warmup: bool):
     """``ema <- d ema + (1 - d) theta`` with ``d = min(decay, (1 + n)/(10 + n))`` after ``n``
     updates when ``warmup`` (else ``d = decay``): a short stage's EMA then averages its last
-    iterations instead of keeping a share ``decay^iters`` of the initial weights (0.999^500 = 0.61)."""
+    iterations instead of keeping a share ``decay^iters`` of the initial weights (0.999^500 = 0.61).
+    """
 
     def avg_fn(avg, cur, num_averaged):
         n = float(num_averaged)

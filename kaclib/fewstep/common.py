@@ -64,7 +64,8 @@ class TrainFields(JSONConfig):
     """Optimisation fields shared by every few-step config; they mean what they mean in
     :class:`kaclib.distill.DistillConfig` (which validates them).  ``lr`` is one value for every
     stage of a method; ``accel`` (:class:`kaclib.accel.AccelConfig`, left out of :meth:`to_dict`
-    when default) the accelerator switches of the stage loop."""
+    when default) the accelerator switches of the stage loop.
+    """
 
     batch_size: int = 128
     lr: float = 3e-4
@@ -83,7 +84,8 @@ class TrainFields(JSONConfig):
 
     def distill_config(self, ladder=(2, 1)) -> DistillConfig:
         """The :class:`DistillConfig` that :func:`kaclib.distill.train_stage` runs with (forward
-        states, online targets, no gate; ``ladder`` is informative only)."""
+        states, online targets, no gate; ``ladder`` is informative only).
+        """
         return DistillConfig(
             ladder=tuple(ladder),
             lr=self.lr,
@@ -108,7 +110,8 @@ class TrainFields(JSONConfig):
         teacher's network passes per sample and solver step (``TeacherField``: 2 for midpoint, times 2
         for a guided field; :func:`teacher_evals_per_step`).  Distilled intermediate teachers cost
         1 pass per step.  Every method implements it; the run's :class:`FewStepResult` reports the
-        same numbers."""
+        same numbers.
+        """
         raise NotImplementedError
 
 
@@ -131,7 +134,8 @@ class FewStepResult:
     size ``T / student_steps`` (:func:`one_step_map` for 1 step); ``stages``: the
     :class:`kaclib.distill.StageResult` of every training stage; ``student_iters``,
     ``teacher_passes``, ``flow_teacher_passes``: the budget (module docstring); ``extra``: method
-    specifics (e.g. the reflow couplings' cost); ``seconds``: wall time of this call."""
+    specifics (e.g. the reflow couplings' cost); ``seconds``: wall time of this call.
+    """
 
     method: str
     config: object
@@ -166,7 +170,8 @@ def student_handoff(student: nn.Module, teacher: nn.Module, tf: TrainFields, dev
     """A :class:`kaclib.distill.Handoff` whose trainable student starts from ``student`` (a deep
     copy; fresh Adam (fused where ``tf.accel`` says so on ``device``), fresh EMA, exactly
     :func:`kaclib.distill.hand_off`) and whose frozen teacher
-    is ``teacher`` (frozen in place).  With ``student is teacher`` this is ``hand_off(teacher)``."""
+    is ``teacher`` (frozen in place).  With ``student is teacher`` this is ``hand_off(teacher)``.
+    """
     same = student is teacher
     device = torch.device(device)
     accel = tf.accel.resolve(device)
@@ -184,7 +189,8 @@ def stage_config(
 ) -> dict:
     """The ``config.json`` of one stage directory: ``info`` (e.g. the teacher's ``"model"``,
     ``"dataset"``), the path, the method's config, the stage and a ``"distilled"`` section (the
-    student samples with ``steps`` Euler steps, guidance weight ``w`` baked in)."""
+    student samples with ``steps`` Euler steps, guidance weight ``w`` baked in).
+    """
     return {
         **(info or {}),
         "path": path.config(),
@@ -205,7 +211,8 @@ def stage_config(
 
 def open_run_dir(run_dir, top: dict, resume: bool) -> Path:
     """Create (or, with ``resume``, re-open) a few-step run directory holding ``top`` as
-    ``config.json``; a directory that already holds a run without ``resume``: ``FileExistsError``."""
+    ``config.json``; a directory that already holds a run without ``resume``: ``FileExistsError``.
+    """
     run_dir = runs.check_run_path(run_dir)
     if (run_dir / runs.CONFIG_FILE).is_file() and not resume:
         raise FileExistsError(
@@ -238,7 +245,8 @@ def run_stage(
 ) -> StageResult:
     """Train one stage with :func:`kaclib.distill.train_stage` (hooks ``loss_fn``/``batch_fn``),
     in ``run_dir/name`` when ``run_dir`` is given: a finished stage (``result.json``) is loaded,
-    an interrupted one resumes from its checkpoint."""
+    an interrupted one resumes from its checkpoint.
+    """
     kw = dict(device=device, progress=progress, callback=callback, loss_fn=loss_fn, batch_fn=batch_fn)
     dcfg = config.distill_config(
         (spec.teacher_steps, spec.student_steps) if spec.teacher_steps > spec.student_steps else (2, 1)
@@ -270,7 +278,8 @@ def run_stage(
 
 def check_inputs(teacher, path, data, labels, num_classes):
     """Validate the common inputs of the ``run_*`` functions; returns ``(labels, num_classes)``
-    (labels default to zeros, ``num_classes`` to the teacher's or 1)."""
+    (labels default to zeros, ``num_classes`` to the teacher's or 1).
+    """
     if not isinstance(teacher, TeacherField):
         raise ValueError(f"teacher must be a kaclib.distill.TeacherField, got {type(teacher).__name__}")
     if not isinstance(data, torch.Tensor) or data.ndim < 2 or data.shape[0] < 1:

@@ -67,7 +67,8 @@ METHOD = "consistency"
 @dataclass(frozen=True)
 class ConsistencyConfig(TrainFields):
     """A consistency-distillation run: ``N`` discretisation steps of ``[0, T]``, ``iters`` student
-    iterations; ``ema_decay`` is the target network's ``mu``.  Other fields: :class:`TrainFields`."""
+    iterations; ``ema_decay`` is the target network's ``mu``.  Other fields: :class:`TrainFields`.
+    """
 
     N: int = 18
     iters: int = 2000
@@ -106,7 +107,8 @@ def consistency_sample(
     """Multistep consistency sampling (Song et al. 2023, Algorithm 1) on the grid
     ``t_k = T (steps - k)/steps``: ``x = f(x_T, T)``; for ``k = 1 .. steps - 1``:
     ``x = f(path.sample(x, t_k).x_t, t_k)``.  ``steps = 1`` is :func:`kaclib.fewstep.one_step_map`;
-    ``generator`` draws the re-noising (the path's forward law)."""
+    ``generator`` draws the re-noising (the path's forward law).
+    """
     steps = check_int("steps", steps, 1)
     T = float(path.T)
     was = model.training
@@ -126,7 +128,8 @@ def consistency_sample(
 class ConsistencyLoss:
     """The consistency-distillation loss (module docstring) for ``target = x_hat`` (one teacher step
     from ``x`` at ``t_k`` to ``t_{k+1}``); ``target_net`` is ``phi^-`` (the EMA module, updated in
-    place by the stage loop; evaluated without gradients)."""
+    place by the stage loop; evaluated without gradients).
+    """
 
     N: int
     target_net: nn.Module

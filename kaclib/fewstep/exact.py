@@ -46,7 +46,8 @@ class MixtureField(nn.Module):
     Given component ``k``, ``(x0, eps, x_t)`` are jointly Gaussian, ``x_t ~ N((1 - t) mu_k, sigma_t^2 I)``
     with ``sigma_t^2 = (1 - t)^2 s^2 + t^2`` and ``E[eps - x0 | x_t, k] = (t - (1 - t) s^2)/sigma_t^2
     (x - (1 - t) mu_k) - mu_k``; the field weights these by the posterior of ``k`` given ``x_t``.
-    Computed in float64 and returned in the input's dtype; ``y`` is ignored."""
+    Computed in float64 and returned in the input's dtype; ``y`` is ignored.
+    """
 
     def __init__(self, means=MEANS, s: float = STD):
         super().__init__()
@@ -73,14 +74,16 @@ def mixture_log_density(x, t: float, means, s: float):
 
 def exact_flow_map(field: nn.Module, x_T: torch.Tensor, steps: int = 512) -> torch.Tensor:
     """The flow map ``x_T -> x_0`` of ``field``: ``steps`` midpoint steps in float64, returned in
-    ``x_T``'s dtype."""
+    ``x_T``'s dtype.
+    """
     return sample(field, x_T.double(), steps, "midpoint").x.to(x_T.dtype)
 
 
 @dataclass(frozen=True)
 class KnownAnswerCase:
     """The exact field, training data drawn from the mixture, latents ``x_T`` and their exact end
-    points, the teacher (the exact field with midpoint substeps) and the path."""
+    points, the teacher (the exact field with midpoint substeps) and the path.
+    """
 
     field: MixtureField
     data: torch.Tensor
@@ -94,7 +97,8 @@ def known_answer_case(
     n_data: int = 4096, n_latents: int = 2000, means=MEANS, s: float = STD, steps: int = 512
 ) -> KnownAnswerCase:
     """The mixture case: ``n_data`` training points (seed 0), ``n_latents`` latents (seed 1) and
-    their exact end points (``steps`` midpoint steps)."""
+    their exact end points (``steps`` midpoint steps).
+    """
     field = MixtureField(means, s)
     g = torch.Generator().manual_seed(0)
     comp = torch.randint(len(means), (n_data,), generator=g)
@@ -114,7 +118,8 @@ def known_answer_config(method: str, budget: int, batch_size: int = 256):
     mixture case, as ``tests/test_fewstep.py`` runs them: progressive 8 -> 4 -> 2 -> 1 (a third of
     the budget per stage); consistency with ``N = 8``; reflow on 2,048 couplings of 32 teacher steps
     for two thirds of the budget, then a 1-step end-point stage (8 Euler steps of the 2-rectified
-    flow) for the rest."""
+    flow) for the rest.
+    """
     from . import ConsistencyConfig, ProgressiveConfig, ReflowConfig
 
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 3:

@@ -96,7 +96,8 @@ class ProgressiveConfig(TrainFields):
     """A progressive-distillation run (JSON round trip ``to_dict``/``from_dict``).
 
     ``start_steps``/``end_steps``/``iters``: :func:`progressive_schedule`; ``iters`` per stage (an
-    int for all or a tuple).  The optimisation fields are those of :class:`TrainFields`."""
+    int for all or a tuple).  The optimisation fields are those of :class:`TrainFields`.
+    """
 
     start_steps: int = 64
     end_steps: int = 1
@@ -117,7 +118,8 @@ class ProgressiveConfig(TrainFields):
 
     def planned_budget(self, evals_per_step: int = 1) -> dict:
         """Stage 1: ``iters * batch_size * 2`` flow-teacher steps; later stages ``* 2`` Euler steps of
-        the previous student (1 pass each).  See :meth:`TrainFields.planned_budget`."""
+        the previous student (1 pass each).  See :meth:`TrainFields.planned_budget`.
+        """
         specs = self.stages()
         flow = specs[0].iters * self.batch_size * 2 * check_int("evals_per_step", evals_per_step, 1)
         later = sum(s.iters * self.batch_size * 2 for s in specs[1:])
@@ -133,7 +135,8 @@ def progressive_target(
     velocity, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0, method: str = "euler"
 ) -> torch.Tensor:
     """The teacher's average velocity ``(x - x_end)/Delta`` over student step ``k``, ``x_end`` two
-    teacher steps of size ``Delta/2`` (:func:`kaclib.distill.segment_endpoint` with 2 substeps)."""
+    teacher steps of size ``Delta/2`` (:func:`kaclib.distill.segment_endpoint` with 2 substeps).
+    """
     end = segment_endpoint(velocity, x, k, y, student_steps, 2, T, method)
     return (x - end) * (student_steps / T)
 
@@ -141,7 +144,8 @@ def progressive_target(
 @dataclass(frozen=True)
 class ProgressiveLoss:
     """``mean || u_phi(x, t_k, y) - (x - x_end)/Delta ||^2`` for ``target = x_end``, the teacher's end
-    point after two half steps (a callable in the style of :class:`kaclib.distill.EndpointLoss`)."""
+    point after two half steps (a callable in the style of :class:`kaclib.distill.EndpointLoss`).
+    """
 
     student_steps: int
     T: float = 1.0

@@ -72,7 +72,8 @@ class ReflowConfig(TrainFields):
     """A reflow run: ``n_pairs`` couplings from ``coupling_steps`` teacher steps; ``reflow_iters``
     iterations of the 2-rectified flow; ``distill_iters`` iterations of the optional final 1-step
     endpoint stage, whose teacher is the 2-rectified flow with ``distill_teacher_steps`` Euler
-    steps.  Other fields: :class:`TrainFields`."""
+    steps.  Other fields: :class:`TrainFields`.
+    """
 
     n_pairs: int = 4096
     coupling_steps: int = 64
@@ -98,7 +99,8 @@ class ReflowConfig(TrainFields):
     def planned_budget(self, evals_per_step: int = 1) -> dict:
         """Couplings ``n_pairs * coupling_steps`` flow-teacher steps; the final stage
         ``distill_iters * batch_size * distill_teacher_steps`` Euler steps of the 2-rectified flow
-        (:meth:`TrainFields.planned_budget`)."""
+        (:meth:`TrainFields.planned_budget`).
+        """
         flow = self.n_pairs * self.coupling_steps * check_int("evals_per_step", evals_per_step, 1)
         final = self.distill_iters * self.batch_size * self.distill_teacher_steps
         return {
@@ -123,7 +125,8 @@ def sample_couplings(
 ) -> dict:
     """``{"x_T", "x_0", "y"}``: ``n`` latents of ``path``, uniform labels and the teacher's ODE
     solutions ``x_0 = Phi_teacher(x_T; T -> 0)`` with ``steps`` steps of ``teacher.solver``
-    (:func:`kaclib.distill.segment_endpoint` over the whole of ``[0, T]``).  Deterministic in ``seed``."""
+    (:func:`kaclib.distill.segment_endpoint` over the whole of ``[0, T]``).  Deterministic in ``seed``.
+    """
     check_int("n", n, 1)
     g = torch.Generator(device=device).manual_seed(step_seed(seed, 0, -2, _S_COUPLINGS))
     x_T = path.sample_latent((n,) + tuple(shape), generator=g, device=device, dtype=dtype)
@@ -155,7 +158,8 @@ def straight_interpolation(x_0: torch.Tensor, x_T: torch.Tensor, t: torch.Tensor
 def reflow_batch(couplings: dict, batch_size: int, T: float = 1.0):
     """The ``batch_fn(it, g)`` hook of :func:`kaclib.distill.train_stage` for the reflow phase:
     ``batch_size`` pairs and times ``t ~ U[0, T]`` drawn from ``g``; returns ``(x_t, t, y, u)`` (the
-    loop hands them to :class:`ReflowLoss`, ``t`` in the place of the grid index)."""
+    loop hands them to :class:`ReflowLoss`, ``t`` in the place of the grid index).
+    """
     n = couplings["x_T"].shape[0]
 
     def batch(it: int, g: torch.Generator):
@@ -171,7 +175,8 @@ def reflow_batch(couplings: dict, batch_size: int, T: float = 1.0):
 @dataclass(frozen=True)
 class ReflowLoss:
     """``mean || u_phi(x_t, t, y) - u ||^2`` with ``t`` (continuous times) in the place of the grid
-    index and ``target = u = (x_T - x_0)/T`` (:func:`reflow_batch`)."""
+    index and ``target = u = (x_T - x_0)/T`` (:func:`reflow_batch`).
+    """
 
     def __call__(
         self, student: nn.Module, x: torch.Tensor, t: torch.Tensor, y, target: torch.Tensor
@@ -320,7 +325,8 @@ def run_reflow(
 def _distill_to_one_step(res, teacher, path, final, config, data, labels, num_classes, info, w, run: dict):
     """The optional last stage of :func:`run_reflow`: the reflowed student ``res.student`` as an
     unguided Euler teacher, distilled into a 1-step student (``run``: ``run_dir``, ``device``,
-    ``progress``, ``callback`` of :func:`~kaclib.fewstep.common.run_stage`)."""
+    ``progress``, ``callback`` of :func:`~kaclib.fewstep.common.run_stage`).
+    """
     ho2 = student_handoff(res.student, res.student, config, run["device"])
     tf2 = TeacherField(ho2.teacher, guided=False, num_classes=teacher.num_classes, solver="euler")
     return run_stage(

@@ -75,7 +75,8 @@ def conditional_velocity_figure(process, times, n_x: int = 400):
 
 def velocity_magnitude_figure(ts, typical: dict, worst: dict, bound: float | None = None):
     """Two panels, log-log in ``t``: the 99th percentile of ``|u(t, x_t | x0)|`` along the path, and the
-    worst case over a window of states.  ``typical``/``worst``: ``name -> values``."""
+    worst case over a window of states.  ``typical``/``worst``: ``name -> values``.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -181,7 +182,8 @@ def loss_figure(curves: dict, window: int = 50):
 
 def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim: float = 3.2):
     """Particles flowing from noise (``t = T``) to data (``t = 0``): one panel per model, a slider
-    and a play button over the solver's steps.  ``trajs[name]`` is ``(steps + 1, n, 2)``."""
+    and a play button over the solver's steps.  ``trajs[name]`` is ``(steps + 1, n, 2)``.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -215,7 +217,8 @@ def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim:
 
 def _add_data_panels(fig, data, n_panels: int) -> int:
     """The data points behind the particles of each of ``n_panels`` panels (legend once); returns
-    the number of traces added (0 without ``data``)."""
+    the number of traces added (0 without ``data``).
+    """
     import plotly.graph_objects as go
 
     if data is None:
@@ -292,7 +295,8 @@ def _add_play_controls(fig, idx: list, t: np.ndarray) -> None:
 
 def velocity_bound_figure(times, stats: dict, bound=None, bound_label: str = "bound"):
     """Largest learned speed ``max ||u_theta(x, t)||`` along the sampling trajectories, per model,
-    against the Kac bound.  ``stats[name] = (max_values, q99_values)``."""
+    against the Kac bound.  ``stats[name] = (max_values, q99_values)``.
+    """
     import plotly.graph_objects as go
 
     fig = go.Figure()

@@ -114,7 +114,8 @@ def _legend_rows(fig) -> int:
 
 def _wrap_title(title: str | None, width: int = 68) -> tuple[str | None, int]:
     """Break a long title once (at ': ' if possible, else at a space) so that it clears the
-    modebar; returns the title and the number of extra lines."""
+    modebar; returns the title and the number of extra lines.
+    """
     if not title or len(title) <= width or "<br>" in title:
         return title, 0
     cut = title.rfind(": ", 0, width + 1)
@@ -186,7 +187,8 @@ def style(
 
 def _place_legend(fig, legend: str, plot_h: int, axis_h: int) -> None:
     """A horizontal legend just above the plot (``"top"``) or below the x-axis title (``"bottom"``);
-    positions in plot heights, from pixels."""
+    positions in plot heights, from pixels.
+    """
     if legend == "top":
         fig.update_layout(
             legend=dict(
@@ -396,7 +398,8 @@ def two_slider_figure(
 
 def _check_grid(cells: list[list], shape: tuple[int, int], labels1, labels2, titles) -> int:
     """Check that the cells, labels and titles of :func:`two_slider_figure` match the grid
-    ``shape`` and that every cell has as many traces; returns that number."""
+    ``shape`` and that every cell has as many traces; returns that number.
+    """
     n1, n2 = shape
     if len(cells) != n1 * n2 or len(labels1) != n1 or len(labels2) != n2 or len(titles) != n1 * n2:
         raise ValueError("cells, labels and titles must match the grid shape")
@@ -438,7 +441,8 @@ def html_table(header: list[str], rows: list[list], caption: str | None = None) 
 
 def show_source(*objects) -> None:
     """Display the source code of library objects (functions, methods, classes), each under its
-    qualified name: a chapter shows the code that teaches without copying it."""
+    qualified name: a chapter shows the code that teaches without copying it.
+    """
     import inspect
 
     from IPython.display import Markdown, display

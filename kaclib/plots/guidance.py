@@ -19,7 +19,8 @@ def guided_field_figure(
     x, v_u, v_c, v_w: dict, bounds: dict, title: str, active: int | None = None, class_label: str = "y"
 ):
     """The guided field ``v_w = v_u + w (v_c - v_u)`` along a line of states, one slider position per
-    ``w`` (keys of ``v_w``), with the band ``|v| <= bounds[w]``.  Arrays are 1D over ``x``."""
+    ``w`` (keys of ``v_w``), with the band ``|v| <= bounds[w]``.  Arrays are 1D over ``x``.
+    """
     import plotly.graph_objects as go
 
     ws = list(v_w)
@@ -71,7 +72,8 @@ def guidance_ratio_figure(
     ws, ratios: dict, title: str = "Largest guided speed against the triangle-inequality bound"
 ):
     """``max |v_w| / B`` against ``w`` for several fields (``ratios[name]`` aligned with ``ws``) beside
-    the bound ``|1 - w| + |w|`` (``B``: the per-coordinate bound of the unguided fields)."""
+    the bound ``|1 - w| + |w|`` (``B``: the per-coordinate bound of the unguided fields).
+    """
     import plotly.graph_objects as go
 
     ws = [float(w) for w in ws]

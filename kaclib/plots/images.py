@@ -19,7 +19,8 @@ __all__ = [
 
 def image_tile(images, ncol: int, pad: int = 1, pad_value: float = -0.55) -> np.ndarray:
     """``(N, C, H, W)`` images in ``[-1, 1]`` tiled row by row into one ``(C, rows*(H+pad)+pad,
-    ncol*(W+pad)+pad)`` array (missing cells and the padding get ``pad_value``)."""
+    ncol*(W+pad)+pad)`` array (missing cells and the padding get ``pad_value``).
+    """
     x = to_float32(images)
     if x.ndim != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {x.shape}")

@@ -78,7 +78,8 @@ def _law_curve(process, s: float, n_x: int = 400):
 
 def kac_law_frames(process, times, samples: dict, bins: int = 60):
     """Per time: MC histogram of the interior samples (density units), exact density, exact and
-    MC atom masses.  ``samples[s]`` holds draws of ``X_s``.  Returns ``(frames_data, y_max)``."""
+    MC atom masses.  ``samples[s]`` holds draws of ``X_s``.  Returns ``(frames_data, y_max)``.
+    """
     import plotly.graph_objects as go
 
     frames, y_max = [], 0.0
@@ -451,7 +452,8 @@ def kac_law_grid_figure(cs, xis, s: float = 1.0, active=None):
 
 def kac_law_widget(c: float = 1.0, xi: float = 4.0, s: float = 1.0):
     """Live sliders for ``c``, ``xi`` and ``s`` (ipywidgets; JupyterLab).  In the book build a note
-    is printed and ``None`` returned."""
+    is printed and ``None`` returned.
+    """
     if in_book_build():
         print("Live sliders: open this notebook in JupyterLab.")
         return None

@@ -30,7 +30,8 @@ def quality_vs_nfe_figure(
     paper: dict | None = None,
 ):
     """Sample quality against cost, log-log: ``series[name] = (costs, values)`` or ``(costs, values,
-    labels)`` (labels show on hover, e.g. the step counts)."""
+    labels)`` (labels show on hover, e.g. the step counts).
+    """
     import plotly.graph_objects as go
 
     palette = [
@@ -88,7 +89,8 @@ def quality_vs_nfe_figure(
 def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple | None = None):
     """The ladder as a picture.  Top: the chain teacher -> students (``stages`` is a list of
     ``(student_steps, substeps)``); bottom: one stage on the time axis, the teacher's ``N`` substeps
-    between two student grid points and the student's single step, matched only at the end point."""
+    between two student grid points and the student's single step, matched only at the end point.
+    """
     from plotly.subplots import make_subplots
 
     fig = make_subplots(
@@ -108,7 +110,6 @@ def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple 
 
 def _draw_ladder_chain(fig, stages: list, teacher_steps: int, single_stage: tuple | None) -> None:
     """Top panel of :func:`ladder_diagram_figure`: teacher -> students, one box per stage."""
-
     names = [f"teacher<br>{teacher_steps} steps"] + [
         f"student<br>{m} step{'s' if m > 1 else ''}" for m, _ in stages
     ]
@@ -285,7 +286,8 @@ def timing_figure(
 
 def training_log_figure(logs: dict, title: str = "Training loss", y_title: str = "loss (log scale)"):
     """Logged training curves: ``logs[name] = (steps, values)`` (e.g. the ``loss`` records of a run's
-    ``metrics.jsonl``, each a mean over the steps since the previous record), log y axis."""
+    ``metrics.jsonl``, each a mean over the steps since the previous record), log y axis.
+    """
     import plotly.graph_objects as go
 
     palette = [COLORS["kac"], COLORS["gaussian"], COLORS["diffusion"], "#8e44ad"]

@@ -49,7 +49,8 @@ def _write_synced(path: Path, write: Callable) -> None:
 
 def _write_temporary(path: Path, write: Callable) -> None:
     """:func:`_write_synced`, looked up on the package :mod:`kaclib.runs` at each call, so that
-    replacing ``kaclib.runs._write_synced`` (the crash tests do) reaches every writer."""
+    replacing ``kaclib.runs._write_synced`` (the crash tests do) reaches every writer.
+    """
     from .. import runs
 
     runs._write_synced(path, write)
@@ -81,7 +82,8 @@ def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete records (JSON objects) of a JSONL file; a torn last line from a crash, or any
-    line that is not a JSON object, is skipped."""
+    line that is not a JSON object, is skipped.
+    """
     path = Path(path)
     if not path.is_file():
         return []

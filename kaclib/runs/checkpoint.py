@@ -92,7 +92,8 @@ def _roll_forward(run_dir: Path, names: list[str]) -> None:
 def _read_pending(run_dir: Path) -> list[str] | None:
     """The names of a committed, not yet renamed checkpoint (``None`` without a journal).
 
-    A journal that is not a list of known checkpoint file names (``../../x``) is refused."""
+    A journal that is not a list of known checkpoint file names (``../../x``) is refused.
+    """
     pending = run_dir / PENDING_FILE
     try:
         data = pending.read_bytes()
@@ -110,7 +111,8 @@ def _read_pending(run_dir: Path) -> list[str] | None:
 
 def recover_checkpoint(run_dir: str | os.PathLike) -> None:
     """Finish a committed checkpoint interrupted mid-rename; delete the uncommitted temporaries of
-    checkpoint files.  Only the writer runs it: it takes the directory's lock (re-entrant)."""
+    checkpoint files.  Only the writer runs it: it takes the directory's lock (re-entrant).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return
@@ -130,7 +132,8 @@ def has_checkpoint(run_dir: str | os.PathLike, names: Iterable[str] = (MODEL_FIL
 @dataclass(frozen=True)
 class Checkpoint:
     """A checkpoint read and verified against its manifest: ``blobs`` (file name -> bytes),
-    ``manifest`` (``checkpoint.json``), ``config`` (``config.json``), ``step``."""
+    ``manifest`` (``checkpoint.json``), ``config`` (``config.json``), ``step``.
+    """
 
     run_dir: Path
     manifest: dict
@@ -246,7 +249,8 @@ def read_checkpoint(
 
 def rewind_metrics(run_dir: str | os.PathLike, checkpoint: Checkpoint | None) -> None:
     """Writer only: cut ``metrics.jsonl`` back to its length at ``checkpoint`` (empty without one),
-    after checking that part against the manifest's fingerprint (a damaged log is refused)."""
+    after checking that part against the manifest's fingerprint (a damaged log is refused).
+    """
     path = Path(run_dir) / METRICS_FILE
     data = path.read_bytes() if path.is_file() else b""
     if checkpoint is None:

@@ -50,7 +50,7 @@ def weights_bytes(module: nn.Module, metadata: Mapping[str, str] | None = None) 
 
 
 def load_tensors(data: bytes, source: str | os.PathLike, device="cpu") -> dict[str, torch.Tensor]:
-    """safetensors bytes -> tensors; anything unreadable is a :class:`RunDirError` naming ``source``."""
+    """Safetensors bytes -> tensors; anything unreadable is a :class:`RunDirError` naming ``source``."""
     from safetensors.torch import load
 
     try:
