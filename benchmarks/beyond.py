@@ -81,10 +81,17 @@ def parse_args(argv):
 def find_ladders(args, prof, smoke: bool) -> tuple:
     """``(base config, {(family, seed): (teacher_dir, ladder_dir)})``: the ladders ladder.py caches for
     these flags (trained here in the smoke profile; otherwise they must exist)."""
-    from kaclib.distill import config_for_profile, ladder_cache_dir, run_ladder
+    from kaclib.distill import config_for_profile, ladder_cache_dir
     from kaclib.evaluation import get_teacher, teacher_config, teacher_dir
+    from kaclib.teachers import get_ladder
 
-    seeds = args.seeds if args.seeds is not None else list(prof.seeds) if len(prof.seeds) > 1 else [0, 1]
+    seeds = (
+        args.seeds
+        if args.seeds is not None
+        else list(prof.evaluation.seeds)
+        if len(prof.evaluation.seeds) > 1
+        else [0, 1]
+    )
     if smoke and args.seeds is None:
         seeds = [0]
     gseeds = args.gaussian_seeds if args.gaussian_seeds is not None else seeds
@@ -93,8 +100,8 @@ def find_ladders(args, prof, smoke: bool) -> tuple:
         changes["iters"] = tuple(int(s) for s in args.iters.split(","))
     base = config_for_profile(prof, **changes)
     model_cfg = {
-        "preset": prof.model_preset,
-        "head": prof.head,
+        "preset": prof.teacher.model_preset,
+        "head": prof.teacher.head,
         **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.teacher_model)},
     }
     out, missing = {}, []
@@ -108,7 +115,7 @@ def find_ladders(args, prof, smoke: bool) -> tuple:
             cfg = base.replace(seed=s)
             if smoke:
                 tdir = get_teacher(tcfg, progress=not args.quiet)
-                run_ladder(tdir, ladder_cache_dir(tdir, cfg), cfg, resume=True, progress=not args.quiet)
+                get_ladder(tdir, cfg, progress=not args.quiet)
             tdir = teacher_dir(tcfg)
             ldir = ladder_cache_dir(tdir, cfg)
             last = cfg.stages()[-1]

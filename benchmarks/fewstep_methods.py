@@ -50,17 +50,19 @@ from common import markdown_table, throwaway_cache, write_results  # noqa: E402
 from kaclib import fewstep as fs  # noqa: E402
 from kaclib.artifacts import derived_run_dir  # noqa: E402
 from kaclib.data import load_dataset  # noqa: E402
-from kaclib.distill import DistillConfig, TeacherField, ladder_cache_dir, run_ladder  # noqa: E402
+from kaclib.distill import DistillConfig, TeacherField  # noqa: E402
 from kaclib.evaluation import (  # noqa: E402
     Evaluator,
     balanced_labels,
-    generate,
+    evaluate_run,
     get_teacher,
     image_latents,
+    score_fields,
     teacher_config,
 )
 from kaclib.sample_quality import paired_rmse  # noqa: E402
 from kaclib.stats import compare, fmt_ci  # noqa: E402
+from kaclib.teachers import get_ladder  # noqa: E402
 from kaclib.train import load_run  # noqa: E402
 
 FAMILIES = ("kac", "gaussian")
@@ -123,7 +125,7 @@ def method_configs(args, seed: int) -> dict:
 def train_method(method: str, cfg, tdir: Path, teacher: TeacherField, path, data) -> tuple[dict, dict]:
     """Run (or resume from the cache) one method; returns ``({steps: (model, sampler)}, budget)``."""
     if method in ("ladder", "single"):
-        res = run_ladder(tdir, ladder_cache_dir(tdir, cfg), cfg, resume=True, progress=False)
+        res = get_ladder(tdir, cfg)
         models = {st.spec.student_steps: (st.student, "euler") for st in res.stages}
         passes = sum(st.teacher_passes for st in res.stages)
         flow = res.stages[0].teacher_passes
@@ -147,10 +149,9 @@ def train_method(method: str, cfg, tdir: Path, teacher: TeacherField, path, data
     return {k: models[k] for k in STEPS if k in models}, budget
 
 
-def sample(model, how: str, path, n: int, steps: int, nc: int, seed: int) -> torch.Tensor:
-    """``n`` images from the shared latents ``seed`` (image ``i``'s latent and label fixed)."""
-    if how == "euler":
-        return generate(model, path, n, steps, method="euler", w=1.0, num_classes=nc, seed=seed).images
+def consistency_images(model, path, n: int, steps: int, nc: int, seed: int) -> torch.Tensor:
+    """``n`` images of a consistency model from the shared latents ``seed`` (image ``i``'s latent and
+    label fixed, as in :func:`kaclib.evaluation.generate`)."""
     cfg = model.cfg
     x_T = image_latents(path, n, (cfg.in_channels, cfg.image_size, cfg.image_size), seed=seed)
     g = torch.Generator().manual_seed(seed)
@@ -163,26 +164,34 @@ def one_teacher(args, fam: str, seed: int, ev: Evaluator, data) -> dict:
         teacher_config(args.profile, path=fam, seed=seed, steps=args.teacher_steps), progress=False
     )
     run = load_run(tdir)
-    nc = run.model.cfg.num_classes
+    nc = run.num_classes
     teacher = TeacherField(run.model, guided=True, w=1.0, num_classes=nc, solver="ab2")
     latent_seed, n = 1000 + seed, args.n
-    ref = generate(run.model, run.path, n, TOP, method="ab2", w=1.0, num_classes=nc, seed=latent_seed)
-    labels = ref.labels
+    ref = evaluate_run(run, TOP, "ab2", 1.0, n=n, seed=latent_seed, evaluator=ev, return_images=True)
 
-    def score(images):
-        sc = {k: v for k, v in ev.score(images, labels).to_dict().items() if k not in ("metric_name", "n")}
-        return {**sc, "paired_rmse_to_teacher": float(paired_rmse(images, ref.images).mean())}
+    def scores(row: dict) -> dict:
+        """The table's scores of an ``evaluate_run`` row (with its images)."""
+        sc = score_fields(row)
+        return {**sc, "paired_rmse_to_teacher": float(paired_rmse(row["images"], ref["images"]).mean())}
 
-    out = {"teacher": {TOP: score(ref.images)}, "budget": {}, "train_s": {}}
+    def score(model, how: str, k: int) -> dict:
+        """A model's scores at ``k`` steps: Euler through ``evaluate_run``, else consistency sampling."""
+        if how == "euler":
+            pair = (model, run.path)
+            row = evaluate_run(pair, k, "euler", 1.0, n=n, seed=latent_seed, evaluator=ev, return_images=True)
+        else:
+            images = consistency_images(model, run.path, n, k, nc, latent_seed)
+            row = {**ev.score(images, ref["labels"]).to_dict(), "images": images}
+        return scores(row)
+
+    out = {"teacher": {TOP: scores(ref)}, "budget": {}, "train_s": {}}
     for k in STEPS:
-        out["teacher"][k] = score(sample(run.model, "euler", run.path, n, k, nc, latent_seed))
+        out["teacher"][k] = score(run.model, "euler", k)
     for method, cfg in method_configs(args, seed).items():
         t0 = time.perf_counter()
         models, out["budget"][method] = train_method(method, cfg, tdir, teacher, run.path, data)
         out["train_s"][method] = time.perf_counter() - t0
-        out[method] = {
-            k: score(sample(m, how, run.path, n, k, nc, latent_seed)) for k, (m, how) in models.items()
-        }
+        out[method] = {k: score(m, how, k) for k, (m, how) in models.items()}
         print(
             f"{fam} seed {seed} {method}: FID@1 {out[method][1]['fid']:.2f} ({out['train_s'][method]:.0f} s)"
         )

@@ -211,7 +211,7 @@ def train_throughput(plan: Plan, mode: str, device: torch.device) -> dict:
 
     prof = get_profile(plan.profile)
     path = build_path(
-        {"kind": "kac", "a": prof.kac_a, "c": prof.kac_c, "f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
+        {"kind": "kac", "a": prof.path.a, "c": prof.path.c, "f": prof.path.f, "g": prof.path.g, "T": 1.0}
     )
     cfg = get_preset("cifar10-paper", **plan.preset_overrides)
     g = torch.Generator().manual_seed(0)
@@ -270,49 +270,91 @@ def train_throughput(plan: Plan, mode: str, device: torch.device) -> dict:
 # =============================================================================== (ii)+(iii) teacher, stage, sampling
 
 
-def _score(evaluator, gen) -> dict:
-    s = evaluator.score(gen.images, gen.labels)
+def _score(row: dict) -> dict:
+    """The scores of an :func:`kaclib.evaluation.evaluate_run` row."""
     return {
-        "fid": float(s.fid),
-        "accuracy": None if getattr(s, "accuracy", None) is None else float(s.accuracy),
-        "metric": getattr(s, "metric_name", None),
-        "n": int(gen.images.shape[0]),
+        "fid": float(row["fid"]),
+        "accuracy": None if row.get("accuracy") is None else float(row["accuracy"]),
+        "metric": row.get("metric_name"),
+        "n": int(row["n"]),
     }
 
 
 def _sampling(model, path, plan, device, steps, method, w, evaluator=None) -> dict:
-    """Warm up, then draw ``n_eval`` images; throughput from :func:`generate`'s timed solve."""
-    from kaclib.evaluation import generate
+    """Warm up, then draw ``n_eval`` images (scored by ``evaluator`` through
+    :func:`kaclib.evaluation.evaluate_run`); throughput from :func:`generate`'s timed solve, peak
+    memory of the draw (before any scoring)."""
+    from kaclib.evaluation import evaluate_run, generate
 
-    kw = dict(method=method, w=w, batch_size=plan.sample_batch, device=device, progress=False)
-    generate(model, path, min(plan.sample_batch, plan.n_eval), 1, **kw)  # cuDNN autotune, lazy init
+    kw = dict(batch_size=plan.sample_batch, device=device, progress=False)
+    generate(model, path, min(plan.sample_batch, plan.n_eval), 1, method=method, w=w, **kw)  # cuDNN autotune
     reset_peak(device)
-    gen = generate(model, path, plan.n_eval, steps, seed=7, **kw)
+    peak = {}
+
+    def after_draw(_gen) -> None:
+        peak["memory"] = peak_memory(device)
+
+    if evaluator is None:
+        gen = generate(model, path, plan.n_eval, steps, method=method, w=w, seed=7, **kw).summary()
+        after_draw(None)
+    else:
+        gen = evaluate_run(
+            (model, path),
+            steps,
+            method,
+            w,
+            n=plan.n_eval,
+            seed=7,
+            evaluator=evaluator,
+            check=after_draw,
+            **kw,
+        )
     out = {
         "steps": steps,
         "method": method,
         "w": w,
         "n": plan.n_eval,
         "batch_size": plan.sample_batch,
-        "network_passes_per_image": gen.network_passes,
-        "seconds": gen.seconds,
-        "images_per_s": plan.n_eval / gen.seconds,
-        "peak_memory": peak_memory(device),
+        "network_passes_per_image": gen["network_passes"],
+        "seconds": gen["seconds"],
+        "images_per_s": plan.n_eval / gen["seconds"],
+        "peak_memory": peak["memory"],
     }
     if evaluator is not None:
-        out["score"] = _score(evaluator, gen)
+        out["score"] = _score(gen)
     return out
 
 
 def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> None:
     """Train the profile's teacher, sample and score it, distil one stage, sample and score it."""
-    from kaclib.distill import config_for_profile, run_ladder
-    from kaclib.evaluation import Evaluator, teacher_config
+    from kaclib.evaluation import Evaluator
     from kaclib.profiles import get_profile
-    from kaclib.train import load_run, train
 
     prof = get_profile(plan.profile)
-    cfg = teacher_config(prof).replace(
+    teacher = _train_teacher(plan, prof, device, work)
+    t0 = time.perf_counter()
+    evaluator = Evaluator(prof.dataset)
+    teacher["evaluator_setup_s"] = time.perf_counter() - t0
+    _sample_teacher(teacher, plan, prof, device, work, evaluator)
+    record("teacher", teacher)
+    out = _distil_stage(plan, prof, device, work, evaluator)
+    record("distill", out)
+    keys = ("steps", "method", "w", "images_per_s", "network_passes_per_image", "seconds", "n")
+    record(
+        "sampling",
+        {
+            "teacher": {k: teacher["sample"][k] for k in keys},
+            "student_1_step": {k: out["sample_one_step"][k] for k in keys},
+            "speedup": out["sample_one_step"]["images_per_s"] / teacher["sample"]["images_per_s"],
+        },
+    )
+
+
+def _train_teacher(plan: Plan, prof, device: torch.device, work: Path) -> dict:
+    """Train the profile's teacher for ``plan.teacher_steps`` into ``work/teacher``: its speed and loss."""
+    from kaclib.train import train
+
+    cfg = prof.teacher_config().replace(
         steps=plan.teacher_steps, checkpoint_every=0, log_every=max(plan.teacher_steps // 10, 1)
     )
     reset_peak(device)
@@ -320,9 +362,9 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     tr = train(cfg, work / "teacher", device=device, progress=False)
     _sync(device)
     train_s = time.perf_counter() - t0
-    teacher = {
+    return {
         "dataset": cfg.dataset,
-        "preset": prof.model_preset,
+        "preset": prof.teacher.model_preset,
         "steps": tr.step,
         "batch_size": cfg.batch_size,
         "accel": tr.config.accel.resolve(device).to_dict(),
@@ -332,22 +374,28 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
         "final_loss": float(tr.losses[-min(50, len(tr.losses)) :].mean()),
         "peak_memory": peak_memory(device),
     }
-    t0 = time.perf_counter()
-    evaluator = Evaluator(cfg.dataset)
-    teacher["evaluator_setup_s"] = time.perf_counter() - t0
+
+
+def _sample_teacher(teacher: dict, plan: Plan, prof, device: torch.device, work: Path, evaluator) -> None:
+    """Sample and score the trained teacher at the stage's two step counts (into ``teacher``)."""
+    from kaclib.train import load_run
+
     loaded = load_run(work / "teacher", device=device)
-    prepare_model(
-        loaded.model, replace(AccelConfig(), compile=False), device
-    )  # channels-last weights on CUDA
+    prepare_model(loaded.model, replace(AccelConfig(), compile=False), device)  # channels-last on CUDA
     big, small = plan.stage
-    w = prof.guidance_w
+    w = prof.sampling.w
     teacher["sample"] = _sampling(loaded.model, loaded.path, plan, device, big, "ab2", w, evaluator)
     teacher["sample_at_student_steps"] = _sampling(
         loaded.model, loaded.path, plan, device, small, "ab2", w, evaluator
     )
-    record("teacher", teacher)
 
-    dcfg = config_for_profile(prof, ladder=(big, small), iters=plan.stage_iters, checkpoint_every=0)
+
+def _distil_stage(plan: Plan, prof, device: torch.device, work: Path, evaluator) -> dict:
+    """Distil one stage ``plan.stage`` from ``work/teacher``; sample and score the student."""
+    from kaclib.distill import run_ladder
+
+    big, small = plan.stage
+    dcfg = prof.distill_config(ladder=(big, small), iters=plan.stage_iters, checkpoint_every=0)
     reset_peak(device)
     t0 = time.perf_counter()
     lad = run_ladder(work / "teacher", work / "ladder", dcfg, device=device, progress=False)
@@ -355,7 +403,7 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
     stage = lad.stages[0]
     student = lad.student
     prepare_model(student, replace(AccelConfig(), compile=False), device)
-    out = {
+    return {
         "ladder": [big, small],
         "iters": stage.iters,
         "batch_size": dcfg.batch_size,
@@ -369,16 +417,6 @@ def teacher_and_stage(plan: Plan, device: torch.device, work: Path, record) -> N
         "note": "sample_one_step: one Euler step of the distilled student's network (what a 1-step student "
         "costs: one pass per image; its quality is not that of a trained 1-step student)",
     }
-    record("distill", out)
-    keys = ("steps", "method", "w", "images_per_s", "network_passes_per_image", "seconds", "n")
-    record(
-        "sampling",
-        {
-            "teacher": {k: teacher["sample"][k] for k in keys},
-            "student_1_step": {k: out["sample_one_step"][k] for k in keys},
-            "speedup": out["sample_one_step"]["images_per_s"] / teacher["sample"]["images_per_s"],
-        },
-    )
 
 
 # =============================================================================== main

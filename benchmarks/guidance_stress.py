@@ -57,9 +57,9 @@ def family_config(profile: str, fam: str, seed: int, steps: int):
     if fam == "diffusion":
         path = {
             "kind": "diffusion",
-            "D": prof.kac_c**2 / (2 * prof.kac_a),
-            "f": prof.kac_f,
-            "g": prof.kac_g,
+            "D": prof.path.c**2 / (2 * prof.path.a),
+            "f": prof.path.f,
+            "g": prof.path.g,
             "T": 1.0,
         }
         return teacher_config(prof, path=path, seed=seed, steps=steps)

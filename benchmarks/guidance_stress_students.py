@@ -28,10 +28,11 @@ import torch  # noqa: E402
 from common import markdown_table, throwaway_cache, write_results  # noqa: E402
 from guidance_stress import family_config, tally  # noqa: E402
 
-from kaclib.distill import DistillConfig, ladder_cache_dir, run_ladder  # noqa: E402
+from kaclib.distill import DistillConfig  # noqa: E402
 from kaclib.evaluation import Evaluator, get_teacher  # noqa: E402
 from kaclib.guidance_stress import stress  # noqa: E402
 from kaclib.stats import compare, fmt_ci  # noqa: E402
+from kaclib.teachers import get_ladder  # noqa: E402
 
 FAMILIES = ("kac", "gaussian")
 LADDER = (16, 4, 2, 1)
@@ -60,7 +61,7 @@ def student_rows(args, fam: str, seed: int, w: float, ev: Evaluator | None) -> l
     tdir = get_teacher(family_config(args.profile, fam, seed, args.teacher_steps), progress=False)
     cfg = DistillConfig(ladder=LADDER, iters=args.iters, batch_size=args.batch_size, seed=seed, w=w,
                         teacher_solver="ab2")  # fmt: skip
-    res = run_ladder(tdir, ladder_cache_dir(tdir, cfg), cfg, resume=True, progress=False)
+    res = get_ladder(tdir, cfg)
     if ev is None:
         return []
     rows = []

@@ -25,12 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import best_time, format_table, markdown_table, write_results  # noqa: E402
-from test_kac import ks_bound_99, ks_distance  # noqa: E402
 
 from kaclib.kac import KacProcess  # noqa: E402
+from kaclib.stats import ks_bound_99, ks_distance  # noqa: E402
 
 
 class TableSampler:
@@ -139,7 +138,7 @@ def latent_timing(n: int, repeats: int) -> dict:
     from kaclib.profiles import get_profile
 
     prof = get_profile("cpu")
-    kac = KacPath(prof.kac_a, prof.kac_c, f=prof.kac_f, g=prof.kac_g)
+    kac = KacPath(prof.path.a, prof.path.c, f=prof.path.f, g=prof.path.g)
     shape = (1, 8, 8)
     out = {"n": n, "shape": list(shape), "kac_path": repr(kac)}
     best = interleaved_best(
@@ -168,17 +167,20 @@ def student_timing(n: int, repeats: int) -> dict:
     from kaclib.profiles import get_profile
 
     prof = get_profile("cpu")
-    paths = {"kac": KacPath(prof.kac_a, prof.kac_c, f=prof.kac_f, g=prof.kac_g), "gaussian": GaussianPath()}
+    paths = {
+        "kac": KacPath(prof.path.a, prof.path.c, f=prof.path.f, g=prof.path.g),
+        "gaussian": GaussianPath(),
+    }
     out = {
         "n": n,
-        "preset": prof.model_preset,
+        "preset": prof.teacher.model_preset,
         "solver": "euler, 1 step, w = 1 (one network pass)",
         "weights": "untrained (timing depends only on the architecture)",
     }
     models, runs = {}, {name: [] for name in paths}
     for name in paths:
         torch.manual_seed(0)
-        models[name] = build_model(get_preset(prof.model_preset, head="free"))
+        models[name] = build_model(get_preset(prof.teacher.model_preset, head="free"))
 
     def run(name):
         def fn():

@@ -60,13 +60,12 @@ def conditioning_check(run, n: int = 64) -> dict:
     """How much the teacher's output moves when only the label, or only the time, changes (relative
     to its size): a network that ignores its embeddings scores ~0 on both."""
     g = torch.Generator().manual_seed(0)
-    cfg = run.model.cfg
-    x = torch.randn(n, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    x = torch.randn(n, *run.image_shape, generator=g)
     t = torch.full((n,), 0.5)
-    y = torch.arange(n) % cfg.num_classes
+    y = torch.arange(n) % run.num_classes
     base = run.model(x, t, y)
     size = float(base.abs().mean())
-    label = float((run.model(x, t, (y + 1) % cfg.num_classes) - base).abs().mean()) / size
+    label = float((run.model(x, t, (y + 1) % run.num_classes) - base).abs().mean()) / size
     time_ = float((run.model(x, torch.full((n,), 0.3), y) - base).abs().mean()) / size
     return {"label_sensitivity": label, "time_sensitivity": time_}
 
@@ -77,7 +76,7 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
     warm-up), (b) this module's defaults: lr 3e-4, EMA 0.99 with warm-up.  Per stage: FID of the EMA
     student, of the raw student and of the stage's teacher sampled with the student's step count."""
     from kaclib.distill import DistillConfig, ladder_cache_dir, run_ladder
-    from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config
+    from kaclib.evaluation import Evaluator, evaluate_run, get_teacher, teacher_config
     from kaclib.train import load_run
 
     tcfg = teacher_config(prof, steps=1500, ema_decay=0.995).replace(
@@ -99,9 +98,8 @@ def ema_study(prof, n: int, progress: bool, only: str | None = None) -> dict:
     }
 
     def fid(model, steps, method="euler"):
-        g = generate(model, teacher.path, n, steps, method=method, w=1.0, num_classes=10, seed=7)
-        sc = ev.score(g.images, g.labels)
-        return {"fid": sc.fid, "accuracy": sc.accuracy}
+        r = evaluate_run((model, teacher.path), steps, method, 1.0, n=n, seed=7, evaluator=ev)
+        return {"fid": r["fid"], "accuracy": r["accuracy"]}
 
     for name, kw in variants.items():
         if only and not name.startswith(only):
@@ -130,7 +128,6 @@ def timing_study(results: dict, n: int, repeats: int) -> dict:
     AB-2 at every step count against the Kac ladder's seed-0 students (Euler).  Also the training
     seconds of every cached run, read from its stages' metrics (``elapsed_s``), whichever process
     trained it."""
-    from kaclib.evaluation import generate
     from kaclib.train import load_run
 
     out = {"n": n, "repeats": repeats, "sample_s_per_1000": {}, "training_s": {}}
@@ -139,28 +136,21 @@ def timing_study(results: dict, n: int, repeats: int) -> dict:
     lad = Path(results["training"]["kac_ladder"][0]["run_dir"])
     gauss = results["training"].get("gaussian_ladder")
 
-    def best(model, steps, method, ww):
+    def best(run, steps, method, ww):
         times = []
         for r in range(repeats):
-            g = generate(model, kac.path, n, steps, method=method, w=ww, num_classes=10, seed=r)
+            g = run.generate(n, steps, method, ww, seed=r)
             times.append(1000 * g.end_to_end_seconds_per_image)
         return min(times)
 
     for stage in sorted(lad.glob("stage-*")):
         M = int(stage.name.split("-")[2].replace("steps", ""))
-        out["sample_s_per_1000"][f"student_{M}"] = best(load_run(stage).model, M, "euler", 1.0)
+        out["sample_s_per_1000"][f"student_{M}"] = best(load_run(stage), M, "euler", 1.0)
     if gauss:  # the Gaussian-path 1-step student: same network, Gaussian latents
         last = sorted(Path(gauss[0]["run_dir"]).glob("stage-*"))[-1]
-        g1 = load_run(last)
-        out["sample_s_per_1000"]["gaussian_student_1"] = min(
-            1000
-            * generate(
-                g1.model, g1.path, n, 1, method="euler", w=1.0, num_classes=10, seed=r
-            ).end_to_end_seconds_per_image
-            for r in range(repeats)
-        )
+        out["sample_s_per_1000"]["gaussian_student_1"] = best(load_run(last), 1, "euler", 1.0)
     for M in results["distill_config"]["ladder"]:
-        out["sample_s_per_1000"][f"teacher_{M}"] = best(kac.model, M, "ab2", w)
+        out["sample_s_per_1000"][f"teacher_{M}"] = best(kac, M, "ab2", w)
     ladder0 = results["distill_config"]["ladder"][0]
     out["speedup_1step_vs_teacher"] = (
         out["sample_s_per_1000"][f"teacher_{ladder0}"] / out["sample_s_per_1000"]["student_1"]
@@ -278,9 +268,15 @@ def ladder_setup(args, prof) -> tuple:
     """``(seeds, gaussian seeds, n_eval, base DistillConfig, teachers' model config)`` of a run."""
     from kaclib.distill import config_for_profile
 
-    seeds = args.seeds if args.seeds is not None else list(prof.seeds) if len(prof.seeds) > 1 else [0, 1]
+    seeds = (
+        args.seeds
+        if args.seeds is not None
+        else list(prof.evaluation.seeds)
+        if len(prof.evaluation.seeds) > 1
+        else [0, 1]
+    )
     gseeds = args.gaussian_seeds if args.gaussian_seeds is not None else seeds
-    n_eval = args.n_eval or prof.n_eval
+    n_eval = args.n_eval or prof.evaluation.n
     changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.iters:
         changes["iters"] = tuple(int(s) for s in args.iters.split(","))
@@ -288,7 +284,7 @@ def ladder_setup(args, prof) -> tuple:
     if any(seeds.count(x) > 1 for x in seeds):
         raise ValueError("seeds must be distinct")
     model_over = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.teacher_model)}
-    model_cfg = {"preset": prof.model_preset, "head": prof.head, **model_over}
+    model_cfg = {"preset": prof.teacher.model_preset, "head": prof.teacher.head, **model_over}
     return seeds, gseeds, n_eval, base, model_cfg
 
 
@@ -318,32 +314,25 @@ class Scorer:
     images scored per ``(family, seed)`` (the teacher at ``ladder[0]`` steps) are the paired-RMSE
     reference of every later row of that family and seed."""
 
-    def __init__(self, ev, n_eval: int, num_classes: int):
-        self.ev, self.n_eval, self.num_classes = ev, n_eval, num_classes
+    def __init__(self, ev, n_eval: int):
+        self.ev, self.n_eval = ev, n_eval
         self.reference = {}
 
-    def __call__(self, model, path, steps, method, w, seed, fam) -> dict:
-        from kaclib.evaluation import generate
+    def __call__(self, run, steps, method, w, seed, fam) -> dict:
+        """``run``: a :class:`~kaclib.train.LoadedRun` or a ``(model, path)`` pair."""
+        from kaclib.evaluation import evaluate_run, score_fields
 
-        g = generate(
-            model,
-            path,
-            self.n_eval,
-            steps,
-            method=method,
-            w=w,
-            num_classes=self.num_classes,
-            seed=1000 + seed,
+        r = evaluate_run(
+            run, steps, method, w, n=self.n_eval, seed=1000 + seed, evaluator=self.ev, return_images=True
         )
-        sc = self.ev.score(g.images, g.labels)
-        ref = self.reference.setdefault((fam, seed), g.images)
+        ref = self.reference.setdefault((fam, seed), r["images"])
         return {
-            **{k: v for k, v in sc.to_dict().items() if k not in ("metric_name", "n")},
-            "paired_rmse_to_teacher": float(paired_rmse(g.images, ref).mean()),
-            "nfe": g.nfe,
-            "network_passes": g.network_passes,
-            "sample_s_per_1000": 1000 * g.end_to_end_seconds_per_image,
-            "latent_s_per_1000": 1000 * g.latent_seconds / g.images.shape[0],
+            **score_fields(r),
+            "paired_rmse_to_teacher": float(paired_rmse(r["images"], ref).mean()),
+            "nfe": r["nfe"],
+            "network_passes": r["network_passes"],
+            "sample_s_per_1000": 1000 * r["end_to_end_seconds_per_image"],
+            "latent_s_per_1000": 1000 * r["latent_seconds"] / r["n"],
         }
 
 
@@ -407,9 +396,7 @@ def evaluate_rows(teachers: dict, base, score: Scorer, no_single: bool, progress
         run = load_run(tdir)
         t0 = time.perf_counter()
         for steps in base.ladder:
-            rows.setdefault((f"{fam}_teacher", steps), []).append(
-                score(run.model, run.path, steps, "ab2", base.w, s, fam)
-            )
+            rows.setdefault((f"{fam}_teacher", steps), []).append(score(run, steps, "ab2", base.w, s, fam))
         timings["teacher_eval_s"] = timings.get("teacher_eval_s", 0) + time.perf_counter() - t0
         cfg = base.replace(seed=s)
         res, trained_s, wall_s = distil(tdir, cfg, progress)
@@ -418,7 +405,7 @@ def evaluate_rows(teachers: dict, base, score: Scorer, no_single: bool, progress
         budget[fam] = {"iters": sum(st.iters for st in res.stages), "teacher_passes": passes}
         for st in res.stages:
             rows.setdefault((f"{fam}_ladder", st.spec.student_steps), []).append(
-                score(st.student, res.path, st.spec.student_steps, "euler", 1.0, s, fam)
+                score((st.student, res.path), st.spec.student_steps, "euler", 1.0, s, fam)
             )
         if fam == "kac" and not no_single:
             assert passes == cfg.planned_teacher_passes(), (passes, cfg.planned_teacher_passes())
@@ -426,7 +413,9 @@ def evaluate_rows(teachers: dict, base, score: Scorer, no_single: bool, progress
             r1, trained1, wall1 = distil(tdir, cfg1, progress)
             record = _train_record(s, r1, trained1, wall1, pool_size=cfg1.pool_size)
             train_info.setdefault("kac_single", []).append(record)
-            rows.setdefault(("kac_single", 1), []).append(score(r1.student, r1.path, 1, "euler", 1.0, s, fam))
+            rows.setdefault(("kac_single", 1), []).append(
+                score((r1.student, r1.path), 1, "euler", 1.0, s, fam)
+            )
     return rows, train_info, budget
 
 
@@ -498,12 +487,11 @@ def main(argv=None) -> int:
     n_eval = min(n_eval, ev.max_n)
     floors = [ev.floor(n_eval, seed=s) for s in seeds]
     timings["evaluator_s"] = time.perf_counter() - t0
-    num_classes = load_run(teachers[("kac", seeds[0])]).model.cfg.num_classes
     conditioning = {f"{fam}-seed{s}": conditioning_check(load_run(d)) for (fam, s), d in teachers.items()}
     if args.train_only:
         return train_only(teachers, base, args.no_single, progress, t_all)
 
-    score = Scorer(ev, n_eval, num_classes)
+    score = Scorer(ev, n_eval)
     rows, train_info, budget = evaluate_rows(teachers, base, score, args.no_single, progress, timings)
     timings["total_s"] = time.perf_counter() - t_all
 

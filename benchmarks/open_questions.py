@@ -138,12 +138,12 @@ def parse_args(argv=None):
 def limit_paths(prof, xis) -> dict:
     """``{name: path config}``: the Kac family at the profile's ``D``, its limit, the profile's
     Kac path and its Gaussian twin (all with the profile's ``f`` and ``g``)."""
-    D = prof.kac_c**2 / (2 * prof.kac_a)
-    sched = {"f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
+    D = prof.path.c**2 / (2 * prof.path.a)
+    sched = {"f": prof.path.f, "g": prof.path.g, "T": 1.0}
     paths = {f"kac xi={2 * a:g}": {"kind": "kac", "a": a, "c": c, **sched} for a, c in kac_family(D, xis)}
     paths["diffusion"] = {"kind": "diffusion", "D": D, **sched}
-    profile_kac = {"a": float(prof.kac_a), "c": float(prof.kac_c), **sched}
-    paths[f"kac xi={2 * prof.kac_a:g} (profile)"] = {"kind": "kac", **profile_kac}
+    profile_kac = {"a": float(prof.path.a), "c": float(prof.path.c), **sched}
+    paths[f"kac xi={2 * prof.path.a:g} (profile)"] = {"kind": "kac", **profile_kac}
     paths["gaussian twin (profile)"] = {"kind": "gaussian-twin", **profile_kac}
     return paths
 
@@ -213,7 +213,7 @@ def run_limit(st: Settings, xis) -> dict:
             flush=True,
         )
     return {
-        "D": prof.kac_c**2 / (2 * prof.kac_a),
+        "D": prof.path.c**2 / (2 * prof.path.a),
         "xis": list(xis),
         "metric_name": ev.metric_name,
         "n_eval": st.n,
@@ -259,7 +259,7 @@ def limit_table(rows: dict, laws: dict, few_steps) -> dict:
 def rule_candidates(prof, dataset: str, gs) -> tuple[dict, dict]:
     """``(grid, rules)``: ``{name: path config}`` of the grid and of every rule at each clock of
     ``gs``, the rules computed from ``dataset``'s training split only."""
-    f = prof.kac_f
+    f = prof.path.f
     grid = {
         f"grid a={a:g} c={c:g} g={g}": {"kind": "kac", "a": a, "c": c, "f": f, "g": g, "T": 1.0}
         for a, c in GRID_AC
@@ -269,7 +269,7 @@ def rule_candidates(prof, dataset: str, gs) -> tuple[dict, dict]:
     rules = {}
     for g in gs:
         for name, choice in apply_rules(
-            data, f, g, 1.0, options={"variance": {"a": float(prof.kac_a)}}
+            data, f, g, 1.0, options={"variance": {"a": float(prof.path.a)}}
         ).items():
             rules[f"rule {name} g={g}"] = {**choice.path_config(), "rule": choice.to_dict()}
     return grid, rules
@@ -307,23 +307,23 @@ def grid_from_search(path: str, st: Settings, grid: dict) -> dict:
     old = json.loads(Path(path).read_text())
     s, prof = old["settings"], st.profile
     want = {
-        "train_steps": st.train_steps or prof.train_steps,
+        "train_steps": st.train_steps or prof.teacher.train_steps,
         "n_eval": st.n,
         "seeds": list(st.seeds),
-        "ema_decay": st.ema_decay or prof.ema_decay,
-        "preset": prof.model_preset,
-        "batch_size": prof.batch_size,
-        "guidance_w": prof.guidance_w,
+        "ema_decay": st.ema_decay or prof.teacher.ema_decay,
+        "preset": prof.teacher.model_preset,
+        "batch_size": prof.teacher.batch_size,
+        "guidance_w": prof.sampling.w,
     }
     diff = {k: (s.get(k), v) for k, v in want.items() if s.get(k) != v}
-    if diff or prof.teacher_steps != 100:
+    if diff or prof.sampling.steps != 100:
         raise SystemExit(f"--grid-from {path}: its settings differ from this run's: {diff}")
     rows = {}
     for name, cfg in grid.items():
         r = next(
             r
             for r in old["rows"]
-            if (r["a"], r["c"], r["g"], r["head"]) == (cfg["a"], cfg["c"], cfg["g"], prof.head)
+            if (r["a"], r["c"], r["g"], r["head"]) == (cfg["a"], cfg["c"], cfg["g"], prof.teacher.head)
         )
         vals = r["fid_100_values"]
         rows[name] = {
@@ -384,7 +384,7 @@ def run_rules_dataset(st: Settings, dataset: str, gs, grid_from: str | None = No
 
 def run_rules(st: Settings, datasets, gs, grid_from: str | None = None) -> dict:
     return {
-        "grid": {"ac": [list(x) for x in GRID_AC], "g": list(GRID_GS), "head": st.profile.head},
+        "grid": {"ac": [list(x) for x in GRID_AC], "g": list(GRID_GS), "head": st.profile.teacher.head},
         "rule_gs": list(gs),
         "datasets": {d: run_rules_dataset(st, d, gs, grid_from) for d in datasets},
     }
@@ -396,8 +396,8 @@ def run_rules(st: Settings, datasets, gs, grid_from: str | None = None) -> dict:
 def flight_paths(prof, dim: int) -> dict:
     """The profile's Kac path (coordinate-wise) and the random flight in ``R^dim`` with the same
     second moments (:meth:`kaclib.flights.RandomFlight.matching_kac`: rate ``2a``, speed ``c sqrt(dim)``)."""
-    sched = {"f": prof.kac_f, "g": prof.kac_g, "T": 1.0}
-    a, c = float(prof.kac_a), float(prof.kac_c)
+    sched = {"f": prof.path.f, "g": prof.path.g, "T": 1.0}
+    a, c = float(prof.path.a), float(prof.path.c)
     fl = RandomFlight.matching_kac(a, c, dim)
     return {
         f"kac a={a:g} c={c:g} (coordinate-wise)": {"kind": "kac", "a": a, "c": c, **sched},
@@ -442,7 +442,7 @@ def run_flights(st: Settings) -> dict:
             direction=">",
         ).to_dict()
     ]
-    headers = ["path", f"FID {prof.teacher_steps} AB-2", *(f"FID {S} Euler" for S in st.few_steps)]
+    headers = ["path", f"FID {prof.sampling.steps} AB-2", *(f"FID {S} Euler" for S in st.few_steps)]
     headers += [f"RMSE {S} Euler" for S in st.few_steps] + ["straightness"]
     body = [
         [k, *(fmt_ci(r[f"{m}_values"]) for m in metrics), fmt_ci(r["straightness_values"])]
@@ -485,9 +485,9 @@ def keep_earlier_sections(payload: dict) -> dict:
 
 
 def _settings(args, prof, feature_cache) -> Settings:
-    if max(args.few_steps) >= prof.teacher_steps or min(args.few_steps) < 1:
-        raise SystemExit(f"open_questions.py: error: --few-steps must lie in [1, {prof.teacher_steps})")
-    n = args.n_eval or prof.n_eval
+    if max(args.few_steps) >= prof.sampling.steps or min(args.few_steps) < 1:
+        raise SystemExit(f"open_questions.py: error: --few-steps must lie in [1, {prof.sampling.steps})")
+    n = args.n_eval or prof.evaluation.n
     return Settings(
         profile=prof,
         seeds=args.seeds,
@@ -521,16 +521,16 @@ def main(argv=None) -> int:
                 "n_eval": st.n,
                 "n_traj": st.n_traj,
                 "few_steps": list(st.few_steps),
-                "teacher_steps": prof.teacher_steps,
-                "guidance_w": prof.guidance_w,
-                "train_steps": args.train_steps or prof.train_steps,
-                "ema_decay": args.ema_decay or prof.ema_decay,
+                "teacher_steps": prof.sampling.steps,
+                "guidance_w": prof.sampling.w,
+                "train_steps": args.train_steps or prof.teacher.train_steps,
+                "ema_decay": args.ema_decay or prof.teacher.ema_decay,
                 "threads": args.threads,
             },
             "budget": {
-                "profile_train_steps": prof.train_steps,
-                "train_steps": args.train_steps or prof.train_steps,
-                "profile_n_eval": prof.n_eval,
+                "profile_train_steps": prof.teacher.train_steps,
+                "train_steps": args.train_steps or prof.teacher.train_steps,
+                "profile_n_eval": prof.evaluation.n,
                 "n_eval": st.n,
                 "seeds": list(st.seeds),
                 "xis": list(args.xis),
@@ -546,7 +546,7 @@ def main(argv=None) -> int:
             payload["limit"] = run_limit(st, args.xis)
             print(payload["limit"]["table"])
         if args.rules:
-            gs = tuple(args.rule_gs or (prof.kac_g,))
+            gs = tuple(args.rule_gs or (prof.path.g,))
             payload["rules"] = run_rules(st, args.datasets, gs, args.grid_from)
             for d in payload["rules"]["datasets"].values():
                 print(f"{d['dataset']} (grid's best: {d['grid_best']})\n{d['table']}")

@@ -10,7 +10,7 @@ from common import format_table
 
 from kaclib.data import DATASETS
 from kaclib.diffusion_limit import few_step_error, straightness
-from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config
+from kaclib.evaluation import Evaluator, evaluate_run, get_teacher, teacher_config
 from kaclib.stats import mean_ci
 from kaclib.tables import markdown_table
 from kaclib.train import load_run
@@ -39,8 +39,8 @@ def _model_for(prof, dataset: str, path_cfg: dict) -> dict | None:
     if dataset == prof.dataset:
         return None
     c, h, _ = DATASETS[dataset].image_shape
-    head = prof.head if path_cfg["kind"] == "kac" else "free"
-    return {"preset": prof.model_preset, "head": head, "image_size": h, "in_channels": c}
+    head = prof.teacher.head if path_cfg["kind"] == "kac" else "free"
+    return {"preset": prof.teacher.model_preset, "head": head, "image_size": h, "in_channels": c}
 
 
 def train_teacher(st: Settings, path_cfg: dict, seed: int, dataset: str | None = None):
@@ -67,39 +67,28 @@ def teacher_dir(st: Settings, path_cfg: dict, seed: int, dataset: str | None = N
 def measure(run, ev: Evaluator, st: Settings, seed: int, few: bool = True) -> dict:
     """Quality at ``teacher_steps`` AB-2 steps; with ``few``: straightness, few-step RMSE and FID."""
     prof, model, path = st.profile, run.model, run.path
-    shape, kw = ev.image_shape, {"w": prof.guidance_w, "seed": 1000 + seed}
-    ref = generate(model, path, st.n, prof.teacher_steps, method="ab2", image_shape=shape, **kw)
-    sc = ev.score(ref.images, ref.labels)
-    out = {"fid": sc.fid, "kid": sc.kid, "accuracy": sc.accuracy}
+    shape, kw = ev.image_shape, {"w": prof.sampling.w, "seed": 1000 + seed}
+    ref = evaluate_run(run, prof.sampling.steps, "ab2", n=st.n, evaluator=ev, return_images=True, **kw)
+    out = {"fid": ref["fid"], "kid": ref["kid"], "accuracy": ref["accuracy"]}
     if not few:
         return out
-    traj = generate(
-        model,
-        path,
-        st.n_traj,
-        prof.teacher_steps,
-        method="ab2",
-        image_shape=shape,
-        return_trajectory=True,
-        **kw,
-    ).trajectory
+    traj = run.generate(st.n_traj, prof.sampling.steps, "ab2", return_trajectory=True, **kw).trajectory
     out["straightness"] = float(straightness(traj).mean())
     for S in st.few_steps:
         err = few_step_error(
             model,
             path,
             S,
-            prof.teacher_steps,
+            prof.sampling.steps,
             n=st.n,
             method="euler",
             reference_method="ab2",
             image_shape=shape,
-            reference=ref.images,
+            reference=ref["images"],
             **kw,
         )
-        coarse = generate(model, path, st.n, S, method="euler", image_shape=shape, **kw)
         out[f"rmse_{S}"] = err.mean
-        out[f"fid_{S}"] = ev.score(coarse.images, coarse.labels).fid
+        out[f"fid_{S}"] = evaluate_run(run, S, "euler", n=st.n, evaluator=ev, **kw)["fid"]
     return out
 
 

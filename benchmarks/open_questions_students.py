@@ -30,12 +30,13 @@ from common import throwaway_cache, write_results  # noqa: E402
 from open_questions import Settings, flight_paths, limit_paths, teacher_dir  # noqa: E402
 
 from kaclib.artifacts import cache_root  # noqa: E402
-from kaclib.distill import config_for_profile, ladder_cache_dir, run_ladder  # noqa: E402
-from kaclib.evaluation import Evaluator, generate  # noqa: E402
+from kaclib.distill import config_for_profile  # noqa: E402
+from kaclib.evaluation import Evaluator, evaluate_run  # noqa: E402
 from kaclib.profiles import get_profile  # noqa: E402
 from kaclib.sample_quality import paired_rmse  # noqa: E402
 from kaclib.stats import compare, fmt_ci, mean_ci  # noqa: E402
 from kaclib.tables import markdown_table  # noqa: E402
+from kaclib.teachers import get_ladder  # noqa: E402
 from kaclib.train import load_run  # noqa: E402
 
 LADDER = (16, 4, 2, 1)
@@ -64,15 +65,12 @@ def student_row(st: Settings, path_cfg: dict, ev: Evaluator, args) -> dict:
     for s in st.seeds:
         tdir = teacher_dir(st, path_cfg, s)
         cfg = config_for_profile(prof, ladder=LADDER, iters=args.iters, batch_size=args.batch_size, seed=s)
-        res = run_ladder(tdir, ladder_cache_dir(tdir, cfg), cfg, resume=True, progress=False)
-        teacher, kw = load_run(tdir), {"w": prof.guidance_w, "seed": 1000 + s, "image_shape": ev.image_shape}
-        ref = generate(teacher.model, teacher.path, st.n, prof.teacher_steps, method="ab2", **kw)
-        one = generate(res.stages[-1].student, res.path, ref.labels, 1, method="euler", w=1.0, seed=1000 + s,
-                       image_shape=ev.image_shape)  # fmt: skip
-        sc = ev.score(one.images, one.labels)
-        for m, v in zip(
-            METRICS, (sc.fid, sc.kid, sc.accuracy, float(paired_rmse(one.images, ref.images).mean()))
-        ):
+        res = get_ladder(tdir, cfg)
+        ref = load_run(tdir).generate(st.n, prof.sampling.steps, "ab2", prof.sampling.w, seed=1000 + s)
+        one = evaluate_run((res.stages[-1].student, res.path), 1, "euler", 1.0, n=st.n, seed=1000 + s,
+                           evaluator=ev, return_images=True)  # fmt: skip
+        rmse = float(paired_rmse(one["images"], ref.images).mean())
+        for m, v in zip(METRICS, (one["fid"], one["kid"], one["accuracy"], rmse)):
             per_seed[m].append(float(v))
     row = {"path": path_cfg, "seeds": list(st.seeds)}
     for m, vals in per_seed.items():
@@ -102,7 +100,7 @@ def main(argv=None) -> int:
     feature_cache = str(cache_root())  # the metric's feature nets: the usual cache, smoke or not
     with throwaway_cache(smoke, "kaclib-oq-students-smoke-"):
         ev = Evaluator(prof.dataset, cache_dir=feature_cache)
-        n = min(args.n_eval or prof.n_eval, ev.max_n)
+        n = min(args.n_eval or prof.evaluation.n, ev.max_n)
         st = Settings(prof, tuple(args.seeds), n, 0, (1,), args.train_steps, args.ema_decay, None, False)
         paths = {**flight_paths(prof, math.prod(ev.image_shape)), **limit_paths(prof, tuple(args.xis))}
         rows = {}

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_results  # noqa: E402
 
-from kaclib.evaluation import Evaluator, generate, get_teacher, teacher_config  # noqa: E402
+from kaclib.evaluation import Evaluator, evaluate_run, get_teacher, teacher_config  # noqa: E402
 from kaclib.guidance import GuidedVelocity  # noqa: E402
 from kaclib.profiles import get_profile  # noqa: E402
 from kaclib.sample_quality import paired_rmse  # noqa: E402
@@ -55,24 +55,31 @@ class Bench:
         self.meta: dict[str, dict] = {}
 
     def run(self, row, seed, run, steps, method, w, reference=None, **extra):
-        g = generate(
-            run.model, run.path, self.n, steps, method=method, w=w, seed=1000 + seed, progress=self.progress
+        r = evaluate_run(
+            run,
+            steps,
+            method,
+            w,
+            n=self.n,
+            seed=1000 + seed,
+            evaluator=self.ev,
+            progress=self.progress,
+            return_images=reference is not None,
         )
-        sc = self.ev.score(g.images, g.labels).to_dict()
-        vals = {m: sc[m] for m in METRICS}
+        vals = {m: r[m] for m in METRICS}
         if reference is not None:
-            vals["paired_rmse_to_reference"] = float(paired_rmse(g.images, reference).mean())
+            vals["paired_rmse_to_reference"] = float(paired_rmse(r["images"], reference).mean())
         for m, v in vals.items():
             self.values.setdefault(row, {}).setdefault(m, []).append(v)
         self.meta[row] = {
             "steps": steps,
             "method": method,
             "w": w,
-            "nfe": g.nfe,
-            "network_passes": g.network_passes,
+            "nfe": r["nfe"],
+            "network_passes": r["network_passes"],
             **extra,
         }
-        return g
+        return r
 
     def summary(self) -> dict:
         return {
@@ -147,7 +154,7 @@ def parse_args(argv=None):
 def run_seed(bench: Bench, prof, s: int, under: int, n: int, progress: bool) -> tuple[dict, dict]:
     """Seed ``s``: 1. guidance, 2. solvers at equal NFE, 3. finite speed along the trajectories.
     Returns ``(training run dirs, velocity statistics)`` of the seed."""
-    S = prof.teacher_steps
+    S = prof.sampling.steps
     dirs = {
         name: get_teacher(cfg, progress=progress)
         for name, cfg in {
@@ -165,14 +172,14 @@ def run_seed(bench: Bench, prof, s: int, under: int, n: int, progress: bool) -> 
         bench.run(f"kac/w={w:g}/{S}/under-trained", s, runs_["under"], S, "ab2", w, train_steps=under)
     for w in (0.0, 1.0):
         bench.run(f"gaussian/w={w:g}/{S}", s, runs_["gaussian"], S, "ab2", w)
-    ref = generate(kac.model, kac.path, n, 10 * S, method="ab2", w=1.0, seed=1000 + s).images  # 2. solvers
+    ref = kac.generate(n, 10 * S, "ab2", 1.0, seed=1000 + s).images  # 2. solvers
     for nfe in NFES:
         for method, per in SOLVER_STEPS.items():
             bench.run(f"solver/{method}/nfe={nfe}", s, kac, nfe // per, method, 1.0, reference=ref)
     velocity = {}  # 3. finite speed along the trajectories
     for w in (1.0, 2.0):
-        g = generate(kac.model, kac.path, n, S, method="ab2", w=w, seed=1000 + s, return_trajectory=True)
-        field = kac.model if w == 1.0 else GuidedVelocity(kac.model, w, kac.model.cfg.num_classes)
+        g = kac.generate(n, S, "ab2", w, seed=1000 + s, return_trajectory=True)
+        field = kac.model if w == 1.0 else GuidedVelocity(kac.model, w, kac.num_classes)
         velocity[f"w={w:g}"] = trajectory_bound_stats(
             field, kac.path, g.trajectory, time_grid(S), labels=g.labels
         ).to_dict()
@@ -266,9 +273,9 @@ def main(argv=None) -> int:
     prof = get_profile("smoke" if args.quick else args.profile)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     ev = Evaluator(prof.dataset)
-    n = min(args.n_eval or prof.n_eval, ev.max_n)
-    S = prof.teacher_steps
-    under = min(args.under_steps, prof.train_steps)
+    n = min(args.n_eval or prof.evaluation.n, ev.max_n)
+    S = prof.sampling.steps
+    under = min(args.under_steps, prof.teacher.train_steps)
     bench = Bench(ev, n, seeds, args.progress)
     floors = [ev.floor(n, seed=s) for s in seeds]
     velocity, training = {}, {}
@@ -292,7 +299,7 @@ def main(argv=None) -> int:
         "seeds": seeds,
         "n_eval": n,
         "teacher_steps": S,
-        "train_steps": prof.train_steps,
+        "train_steps": prof.teacher.train_steps,
         "under_trained_steps": under,
         "threads": args.threads,
         "ws": list(WS),

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, write_results  # noqa: E402
 
 from kaclib import runs  # noqa: E402
-from kaclib.evaluation import Evaluator, evaluate_run, generate, get_teacher  # noqa: E402
+from kaclib.evaluation import Evaluator, evaluate_run, get_teacher  # noqa: E402
 from kaclib.solvers import time_grid  # noqa: E402
 from kaclib.stats import compare, fmt_ci, mean_ci  # noqa: E402
 from kaclib.train import TrainConfig, load_run  # noqa: E402
@@ -121,9 +121,7 @@ def measure_seed(args, a, c, g, head, seed: int, n: int, evaluator) -> dict:
     run = load_run(run_dir)
     r100 = evaluate_run(run, 100, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
     r4 = evaluate_run(run, 4, "ab2", 1.0, n=n, seed=1000 + seed, evaluator=evaluator)
-    gen = generate(
-        run.model, run.path, 64, 100, method="ab2", w=1.0, seed=1000 + seed, return_trajectory=True
-    )
+    gen = run.generate(64, 100, "ab2", 1.0, seed=1000 + seed, return_trajectory=True)
     tb = trajectory_bound_stats(run.model, run.path, gen.trajectory, time_grid(100), labels=gen.labels)
     return {
         "fid_100": r100["fid"],

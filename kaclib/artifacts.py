@@ -51,11 +51,13 @@ def config_hash(config: dict, length: int = 12) -> str:
 
 
 def derived_run_dir(prefix: str, teacher_dir, root=None, **parts) -> Path:
-    """Where a run derived from a cached teacher is cached: ``<root>/<prefix>-<hash>``, the hash of
-    the teacher directory's NAME (teacher runs are named by their config hash, so a moved cache
-    still matches) and ``parts`` (JSON-ready configs, e.g. ``distill=config.to_dict()``).  The one
-    naming rule of ladders (:func:`kaclib.distill.ladder_cache_dir`) and of the few-step methods'
-    runs; ``root`` defaults to :func:`cache_root`.
+    """Where a run derived from a cached teacher is cached: ``<root>/<prefix>-<hash>``.
+
+    The hash is that of the teacher directory's NAME (teacher runs are named by their config hash,
+    so a moved cache still matches) and ``parts`` (JSON-ready configs, e.g.
+    ``distill=config.to_dict()``).  The one naming rule of ladders
+    (:func:`kaclib.distill.ladder_cache_dir`) and of the few-step methods' runs; ``root`` defaults
+    to :func:`cache_root`.
     """
     root = Path(root) if root is not None else cache_root()
     return root / f"{prefix}-{config_hash({'teacher': Path(teacher_dir).name, **parts})}"

@@ -75,8 +75,10 @@ class Claim:
 
     @classmethod
     def from_comparison(cls, claim: str, comparison, source: str = "", where: str = "") -> "Claim":
-        """A claim whose verdict is read from a paired comparison's 95% CI
-        (:func:`kaclib.stats.compare`, or its ``to_dict()`` from a committed benchmark JSON).
+        """A claim whose verdict is read from a paired comparison's 95% CI.
+
+        ``comparison``: a result of :func:`kaclib.stats.compare`, or its ``to_dict()`` from a committed
+        benchmark JSON.
         """
         c = comparison if isinstance(comparison, dict) else comparison.to_dict()
         lo, hi = c["ci95"]
@@ -110,8 +112,10 @@ def claims_dir(profile: str | None = None) -> Path:
 
 
 def chapter_file(chapter: str, folder: str | os.PathLike | None = None) -> Path | None:
-    """The chapter's source: ``<folder>/<chapter>.md`` (else ``.ipynb``), ``folder`` defaulting to
-    the working directory (where Jupyter, nbval and the book run a notebook).
+    """The chapter's source: ``<folder>/<chapter>.md`` (else ``.ipynb``).
+
+    ``folder`` defaults to the working directory (where Jupyter, nbval and the book run a notebook).
+    ``None`` when neither file exists.
     """
     folder = Path(folder) if folder is not None else Path.cwd()
     for ext in (".md", ".ipynb"):
@@ -217,8 +221,9 @@ def _is_notebook(path: Path) -> bool:
 
 
 def run_chapter(chapter: str, folder: str | os.PathLike | None = None, timeout: int = 7200) -> None:
-    """Execute a chapter in a fresh kernel in its own folder (its outputs are discarded; what
-    matters is the record it writes).
+    """Execute a chapter in a fresh kernel in its own folder.
+
+    Its outputs are discarded; what matters is the record it writes.
     """
     import jupytext
     import nbclient
@@ -318,6 +323,10 @@ def table_html(entries: list[dict]) -> str:
 
 
 def table_text(entries: list[dict]) -> str:
+    """The claims table as plain text: one line per claim, ``chapter: claim -> measured [outcome]``.
+
+    A chapter whose status is not ``ok`` gets one line with its status.
+    """
     lines = []
     for e in entries:
         rec = e["record"] or {}

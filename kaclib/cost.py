@@ -133,9 +133,11 @@ def flops_per_image(model: nn.Module, image_shape=None, passes: int = 1) -> int:
 
 @dataclass(frozen=True)
 class SamplingCost:
-    """Cost of drawing one image: ``steps`` of ``method`` at guidance ``w`` (``None``: unconditional);
-    ``nfe`` evaluations, ``passes_per_eval`` (2 for guided ``w`` not in {0, 1}), ``network_passes``,
-    ``flops_per_pass`` (one forward pass, batch 1) and ``flops_per_image`` (all passes).
+    """Cost of drawing one image with ``steps`` of ``method`` at guidance ``w``.
+
+    ``w`` is ``None`` when unconditional; ``nfe`` evaluations, ``passes_per_eval`` (2 for guided
+    ``w`` not in {0, 1}), ``network_passes``, ``flops_per_pass`` (one forward pass, batch 1) and
+    ``flops_per_image`` (all passes).
     """
 
     steps: int
@@ -149,6 +151,7 @@ class SamplingCost:
     flops_per_image: int
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict."""
         return asdict(self)
 
 
@@ -213,6 +216,7 @@ class StageCost:
     ratio_to_teacher_training: float | None
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict."""
         return asdict(self)
 
 
@@ -236,6 +240,7 @@ class TrainingCost:
     ratio: float | None
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict, ``stages`` as a list of their dicts."""
         d = asdict(self)
         d["stages"] = [s.to_dict() for s in self.stages]
         return d
@@ -324,9 +329,10 @@ def distillation_training_cost(ladder_dir: str | os.PathLike) -> TrainingCost:
 
 @dataclass(frozen=True)
 class WallClock:
-    """Sampling wall time per 1,000 images, end to end (latents + integration): ``seconds_per_1000``
-    the best of ``repeats`` draws of ``n`` images, ``values`` all of them, ``latent_seconds_per_1000``
-    the latents' share in the best draw, ``network_passes`` per image.
+    """Sampling wall time per 1,000 images, end to end (latents + integration).
+
+    ``seconds_per_1000`` the best of ``repeats`` draws of ``n`` images, ``values`` all of them,
+    ``latent_seconds_per_1000`` the latents' share in the best draw, ``network_passes`` per image.
     """
 
     seconds_per_1000: float
@@ -341,6 +347,7 @@ class WallClock:
     device: str
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict."""
         return asdict(self)
 
 
@@ -418,8 +425,9 @@ def _cost_of(row: dict, x: str):
 
 
 def quality_cost_figure(rows, x: str = "seconds_per_1000", quality: str = "fid", title: str | None = None):
-    """Quality against cost, one line per table row (``"kac_ladder"``, ``"kac_teacher"``, ...) through
-    its step counts.
+    """Quality against cost, one line per table row (``"kac_ladder"``, ``"kac_teacher"``, ...).
+
+    Each line runs through the row's step counts.
 
     Parameters
     ----------

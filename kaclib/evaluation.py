@@ -11,10 +11,12 @@
   generated set, :meth:`Evaluator.floor` the same scores of unseen real images at the same ``n``
   and class balance.  The feature-net FID is NOT comparable with Inception FIDs in papers: tables
   carry :attr:`Evaluator.metric_name` (``"FID-digits"``), never bare "FID".
-* :func:`evaluate_run` = :func:`generate` + :meth:`Evaluator.score` as one JSON-ready dict.
-* :func:`get_teacher` trains a :class:`~kaclib.train.TrainConfig` once and caches the run
-  directory (:func:`kaclib.artifacts.load_or_compute`, keyed by the resolved config), so the book,
-  the benchmarks and the distillation ladder share one teacher.
+* The entry point: :func:`evaluate_run` scores one model at one setting (:func:`generate` +
+  :meth:`Evaluator.score`, one JSON-ready dict), :func:`evaluate_grid` a grid of settings and
+  seeds, :func:`summarise_seeds` turns the seeds into means with confidence intervals.  The
+  command line, the benchmarks and the book score through them.
+* :func:`get_teacher` (from :mod:`kaclib.teachers`) trains a :class:`~kaclib.train.TrainConfig`
+  once and caches the run directory, so the book, the benchmarks and the ladder share one teacher.
 
 Guidance convention (see :mod:`kaclib.guidance`): ``w = 0`` unconditional, ``w = 1`` plain
 conditional (one network pass per evaluation), other ``w`` the batched guided field
@@ -28,10 +30,10 @@ so sets are only ever compared at equal ``n``; KID is unbiased.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -40,6 +42,7 @@ from tqdm.auto import tqdm
 from .guidance import GuidedVelocity, check_guidance_weight
 from .sample_quality import Scores
 from .solvers import SOLVERS, sample
+from .teachers import get_teacher, teacher_config, teacher_dir  # re-exported: chapters import them here
 
 __all__ = [
     "Generated",
@@ -50,6 +53,9 @@ __all__ = [
     "image_latents",
     "model_num_classes",
     "evaluate_run",
+    "evaluate_grid",
+    "summarise_seeds",
+    "score_fields",
     "resolve_model",
     "get_teacher",
     "teacher_dir",
@@ -115,7 +121,9 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 
 def model_num_classes(model) -> int:
-    """Real classes of a velocity model (0: unconditional only): ``model.cfg.num_classes`` for a
+    """Real classes of a velocity model (0: unconditional only).
+
+    Real classes of a velocity model (0: unconditional only): ``model.cfg.num_classes`` for a
     UNet, ``model.num_classes`` for an MLP; unwraps :class:`GuidedVelocity` / DDP ``.module``.
     """
     for obj in (model, getattr(model, "module", None), getattr(model, "model", None)):
@@ -137,7 +145,9 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 
 def image_latents(path, n: int, image_shape, seed: int = 0, start: int = 0) -> torch.Tensor:
-    """Latents ``x_T`` of images ``start .. start + n - 1`` (float32, CPU), drawn for the batch at once:
+    """Latents ``x_T`` of images ``start .. start + n - 1`` (float32, CPU).
+
+    Latents ``x_T`` of images ``start .. start + n - 1`` (float32, CPU), drawn for the batch at once:
     image ``i``'s depends only on ``(seed, i)``, through the splitmix64 stream keyed by
     ``step_seed(seed, i)`` (:func:`kaclib.latents.image_latents`).
     """
@@ -234,7 +244,9 @@ def generate(
 
 
 def _check_generate_args(model, steps, method, w, num_classes, seed, batch_size):
-    """Check the scalar arguments of :func:`generate`; returns the checked guidance weight and the
+    """Check the scalar arguments of :func:`generate`.
+
+    Check the scalar arguments of :func:`generate`; returns the checked guidance weight and the
     number of classes (default: read from the model).
     """
     _check_int("steps", steps, 1)
@@ -252,7 +264,9 @@ def _check_generate_args(model, steps, method, w, num_classes, seed, batch_size)
 
 
 def _resolve_labels(labels, num_classes: int) -> tuple[torch.Tensor | None, int]:
-    """The labels of :func:`generate` (an ``(N,)`` CPU long tensor, or ``None`` for an
+    """The labels of :func:`generate` and their number ``N``.
+
+    The labels of :func:`generate` (an ``(N,)`` CPU long tensor, or ``None`` for an
     unconditional count) and their number ``N``, from a count or a label tensor.
     """
     if isinstance(labels, int) and not isinstance(labels, bool):
@@ -289,7 +303,9 @@ def _resolve_device(model: nn.Module, device) -> torch.device:
 
 @dataclass
 class _BatchRun:
-    """What :func:`_sample_batches` collects: the images (and trajectories) per batch on the CPU,
+    """What :func:`_sample_batches` collects.
+
+    What :func:`_sample_batches` collects: the images (and trajectories) per batch on the CPU,
     the last batch's NFE and network passes, and the solver and latent seconds.
     """
 
@@ -303,7 +319,9 @@ class _BatchRun:
 
 @dataclass(frozen=True)
 class _SamplingPlan:
-    """What :func:`_sample_batches` draws: ``n`` images of ``image_shape`` with ``steps`` steps of
+    """What :func:`_sample_batches` draws.
+
+    What :func:`_sample_batches` draws: ``n`` images of ``image_shape`` with ``steps`` steps of
     ``method`` from the latents of ``seed``, ``batch_size`` at a time (and their trajectories).
     """
 
@@ -317,7 +335,9 @@ class _SamplingPlan:
 
 
 def _sample_batches(velocity, path, labels, plan: _SamplingPlan, device, acc, bar) -> _BatchRun:
-    """Solve the images of ``plan`` batch by batch (labels ``None``: unconditional), timing the
+    """Solve the images of ``plan`` batch by batch.
+
+    Solve the images of ``plan`` batch by batch (labels ``None``: unconditional), timing the
     latents and the solver apart; ``bar`` counts images.
     """
     from .accel import tf32_policy
@@ -424,7 +444,9 @@ class Evaluator:
         return self.reference.score(images, accuracy=acc)
 
     def floor(self, n: int | None = None, seed: int = 0):
-        """:class:`~kaclib.sample_quality.Scores` of ``n`` unseen real images (the ``test`` split,
+        """The scores of ``n`` unseen real images: what a perfect generator scores.
+
+        :class:`~kaclib.sample_quality.Scores` of ``n`` unseen real images (the ``test`` split,
         labels ``[0, 1, ..., K-1, 0, ...]`` like a generated set): what a perfect generator scores
         at this ``n``.  ``n`` defaults to :attr:`max_n`; ``seed`` picks the subset.
         """
@@ -446,151 +468,148 @@ class Evaluator:
 
 
 def resolve_model(run, device="cpu"):
-    """``(model, path, config)`` from a run directory, a :class:`~kaclib.train.LoadedRun`, a
+    """The :class:`~kaclib.train.LoadedRun` of anything that names a trained model.
+
+    A :class:`~kaclib.train.LoadedRun` from a run directory, a ``LoadedRun``, a
     :class:`~kaclib.train.TrainResult` (its EMA model) or a ``(model, path)`` pair.
+
+    A pair has no saved config: its sampling defaults are the current recipe's teacher sampling and
+    its class count and image shape are read from the model.
     """
+    from .recipe import get_recipe
     from .train import LoadedRun, TrainResult, load_run
 
     if isinstance(run, (str, os.PathLike)):
-        loaded = load_run(run, device=device)
-        return loaded.model, loaded.path, loaded.config
+        return load_run(run, device=device)
     if isinstance(run, LoadedRun):
-        return run.model, run.path, run.config
+        return run
     if isinstance(run, TrainResult):
-        return run.ema, run.path, run.config
+        raw = run.config.resolved().to_dict() if run.config is not None else None
+        sampling = get_recipe(check_cuda=False).sampling
+        return LoadedRun(run.ema, run.path, run.config, run.step, run.run_dir, sampling, raw)
     if isinstance(run, tuple) and len(run) == 2:
-        return run[0], run[1], None
+        return LoadedRun(run[0], run[1], None, 0, None, get_recipe(check_cuda=False).sampling, None)
     raise ValueError(
         "run must be a run directory, a LoadedRun, a TrainResult or a (model, path) pair, "
         f"got {type(run).__name__}"
     )
 
 
+def _default_evaluator(loaded, evaluator, device):
+    if evaluator is not None:
+        return evaluator
+    if loaded.dataset is None:
+        raise ValueError("evaluator is needed when the run's data set is unknown")
+    return Evaluator(loaded.dataset, device=device or "cpu")
+
+
 def evaluate_run(
     run,
-    steps: int,
-    method: str = "ab2",
-    w: float | None = 1.0,
+    steps: int | None = None,
+    method: str | None = None,
+    w=...,
     n: int | None = None,
     seed: int = 0,
     evaluator: Evaluator | None = None,
     batch_size: int = 500,
     device=None,
     progress: bool = False,
+    check=None,
+    return_images: bool = False,
 ) -> dict:
-    """Generate ``n`` images (balanced labels) and score them: a JSON-ready dict.
+    """Score one model at one sampling setting: the evaluation entry point, as a JSON-ready dict.
 
-    ``run``: anything :func:`resolve_model` takes.  ``n`` defaults to the evaluator's reference
-    size.  ``evaluator`` defaults to ``Evaluator(<the run's data set>)`` (only a run with a
-    config knows it).  Keys: ``metric_name``, ``fid``, ``accuracy``, ``n``, ``steps``, ``method``,
-    ``w``, ``seed``, ``nfe``, ``network_passes``, ``seconds``, ``seconds_per_image``,
-    ``latent_seconds``.
+    Parameters
+    ----------
+    run
+        Anything :func:`resolve_model` takes (a run directory, a ``LoadedRun``, ...).
+    steps, method, w
+        The sampling setting; each defaults to the run's own (:attr:`LoadedRun.sampling`: a
+        student's steps and Euler, a teacher's recipe sampling).
+    n
+        Images, class-balanced (default: the evaluator's reference size).
+    seed
+        The latent seed: image ``i``'s latent depends on ``(seed, i)`` only, so two models scored
+        with one seed share their latents (paired comparisons).
+    evaluator
+        The :class:`Evaluator` (default: one for the run's data set).
+    check
+        Optional callable run on the :class:`Generated` images before they are scored (e.g. to
+        refuse non-finite images).
+    return_images
+        Also return the ``images`` and ``labels`` tensors (the dict is then not JSON-ready).
+
+    Returns
+    -------
+    dict
+        :meth:`Scores.to_dict` and :meth:`Generated.summary` merged: ``metric_name``, ``fid``,
+        ``kid``, ``accuracy``, ``n``, ``steps``, ``method``, ``w``, ``seed``, ``nfe``,
+        ``network_passes``, ``seconds``, ``seconds_per_image``, ``latent_seconds``, ...
     """
-    model, path, config = resolve_model(run, device=device or "cpu")
-    if evaluator is None:
-        dataset = config.get("dataset") if isinstance(config, dict) else getattr(config, "dataset", None)
-        if dataset is None:
-            raise ValueError("evaluator is needed when the run's data set is unknown")
-        evaluator = Evaluator(dataset, device=device or "cpu")
-    if n is None:
-        n = evaluator.max_n
-    _check_int("n", n, 4)
-    gen = generate(
-        model,
-        path,
-        n,
-        steps,
-        method=method,
-        w=w,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        progress=progress,
+    loaded = resolve_model(run, device=device or "cpu")
+    evaluator = _default_evaluator(loaded, evaluator, device)
+    n = evaluator.max_n if n is None else _check_int("n", n, 4)
+    gen = loaded.generate(
+        n, steps, method, w, seed=seed, batch_size=batch_size, device=device, progress=progress
     )
+    if check is not None:
+        check(gen)
     scores = evaluator.score(gen.images, gen.labels)
-    return {**scores.to_dict(), **gen.summary()}
+    extra = {"images": gen.images, "labels": gen.labels} if return_images else {}
+    return {**scores.to_dict(), **gen.summary(), **extra}
 
 
-# =============================================================================== teachers
+def evaluate_grid(
+    run,
+    steps=(None,),
+    methods=(None,),
+    ws=(...,),
+    seeds=(0,),
+    n: int | None = None,
+    evaluator: Evaluator | None = None,
+    **kwargs,
+) -> list[dict]:
+    """Score one model at every ``steps x methods x ws x seeds``: one :func:`evaluate_run` row each.
 
-
-def teacher_config(profile=None, path="kac", seed: int | None = None, **changes):
-    """The :class:`~kaclib.train.TrainConfig` of a profile's teacher.
-
-    ``profile``: a :class:`~kaclib.profiles.Profile` or its name (default: the current profile).
-    ``path="kac"`` uses the profile's ``kac_a``, ``kac_c``, ``kac_g``, ``kac_f`` and ``head``;
-    ``path="gaussian"`` the Gaussian peer with the same network (free head), budget and seed;
-    a dict is an explicit path config (:func:`kaclib.paths.build_path`; the profile's ``head`` for
-    ``kind == "kac"``, else the free head), e.g. a sweep's Kac paths or the Gaussian twin.
-    ``seed`` defaults to the profile's first seed; ``changes`` replace TrainConfig fields.
+    ``None`` (``...`` for ``ws``) stands for the run's own default.  The model is loaded and the
+    evaluator built once; ``kwargs`` go to :func:`evaluate_run` (``batch_size``, ``device``,
+    ``progress``, ``check``).  Summarise the seeds with :func:`summarise_seeds`.
     """
-    from .profiles import Profile, get_profile
-    from .train import TrainConfig
-
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    if path == "kac":
-        path_cfg = {
-            "kind": "kac",
-            "a": float(prof.kac_a),
-            "c": float(prof.kac_c),
-            "f": prof.kac_f,
-            "g": prof.kac_g,
-            "T": 1.0,
-        }
-        head = prof.head
-    elif path == "gaussian":
-        path_cfg, head = {"kind": "gaussian"}, "free"
-    elif isinstance(path, dict) and "kind" in path:
-        path_cfg = dict(path)
-        head = prof.head if path_cfg["kind"] == "kac" else "free"
-    else:
-        raise ValueError(f"path must be 'kac', 'gaussian' or a path config dict with a 'kind', got {path!r}")
-    cfg = TrainConfig(
-        dataset=prof.dataset,
-        model={"preset": prof.model_preset, "head": head},
-        path=path_cfg,
-        p_uncond=prof.p_uncond,
-        batch_size=prof.batch_size,
-        steps=prof.train_steps,
-        ema_decay=prof.ema_decay,
-        seed=prof.seeds[0] if seed is None else seed,
-    )
-    return cfg.replace(**changes) if changes else cfg
+    loaded = resolve_model(run, device=kwargs.get("device") or "cpu")
+    evaluator = _default_evaluator(loaded, evaluator, kwargs.get("device"))
+    return [
+        evaluate_run(loaded, s, m, w, n=n, seed=seed, evaluator=evaluator, **kwargs)
+        for s in steps
+        for m in methods
+        for w in ws
+        for seed in seeds
+    ]
 
 
-def teacher_dir(config, root=None) -> Path:
-    """Where :func:`get_teacher` keeps (or will keep) the teacher of ``config``; check
-    ``(teacher_dir(cfg) / "config.json").exists()`` to know whether it is trained already.
+def score_fields(row: dict) -> dict:
+    """The scores of an :func:`evaluate_run` row (the :class:`Scores` fields but ``metric_name`` and ``n``)."""
+    return {k: row[k] for k in _SCORE_KEYS if k in row}
+
+
+_SCORE_KEYS = tuple(f.name for f in dataclasses.fields(Scores) if f.name not in ("metric_name", "n"))
+
+
+def summarise_seeds(rows: list[dict], metric: str = "fid", by=("steps", "method", "w")) -> list[dict]:
+    """Mean and 95% confidence interval of ``metric`` over the seeds of each setting.
+
+    ``rows``: :func:`evaluate_grid`'s (or any dicts with the ``by`` keys and ``metric``).  Returns
+    one dict per setting, in first-seen order: the ``by`` keys, ``metric``, ``seeds``, and
+    :meth:`kaclib.stats.Interval.to_dict` (``mean``, ``lo``, ``hi``, ``half_width``, ``level``;
+    its ``n`` renamed ``n_seeds``; the interval is NaN for a single seed).
     """
-    from .artifacts import cache_root, config_hash
-    from .train import TrainConfig
+    from .stats import mean_ci
 
-    if not isinstance(config, TrainConfig):
-        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    root = Path(root) if root is not None else cache_root()
-    return root / f"teacher-{config_hash(config.resolved().to_dict())}"
-
-
-def get_teacher(config, device=None, progress: bool = True, root=None, data_root=None) -> Path:
-    """Run directory of a trained teacher for ``config`` (a TrainConfig): trained once, then cached.
-
-    The directory is ``<cache>/teacher-<hash>/`` with ``<hash>`` the hash of the *resolved* config
-    (full UNet config and path), via :func:`kaclib.artifacts.load_or_compute`: an interrupted
-    training leaves nothing behind, a changed config never reuses a stale teacher.  Load it with
-    :func:`kaclib.train.load_run`.  ``root`` overrides the cache root (default
-    :func:`kaclib.artifacts.cache_root`).  Example::
-
-        run_dir = get_teacher(teacher_config("cpu"))
-        teacher = load_run(run_dir)
-    """
-    from .artifacts import load_or_compute
-    from .train import TrainConfig, train
-
-    if not isinstance(config, TrainConfig):
-        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
-    resolved = config.resolved()
-
-    def compute(tmp: Path) -> None:
-        train(resolved, tmp, device=device, progress=progress, data_root=data_root)
-
-    return load_or_compute("teacher", resolved.to_dict(), compute, root=root)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, group in groups.items():
+        ci = mean_ci([r[metric] for r in group]).to_dict()
+        ci["n_seeds"] = ci.pop("n")
+        out.append({**dict(zip(by, key)), "metric": metric, "seeds": [r.get("seed") for r in group], **ci})
+    return out

@@ -155,8 +155,10 @@ def explorer_figure(
     fine_steps: int = 256,
     n_lines: int = 60,
 ):
-    """Trajectories, end points (coloured by class) and the fine solution's end points from the same
-    latents, with the data points: the live sliders' callback (``explore`` + ``explorer_traces``).
+    """The figure of one setting: the live sliders' callback (``explore`` + ``explorer_traces``).
+
+    Trajectories, end points (coloured by class) and the fine solution's end points from the same
+    latents, with the data points.
     """
     import plotly.graph_objects as go
 
@@ -188,8 +190,10 @@ def explorer_slider_figure(
     n_lines: int = 40,
     active=None,
 ):
-    """Static sliders over a precomputed grid: slider 1 over the ``(c, xi)`` pairs, slider 2 over the
-    number of Euler steps (:func:`kaclib.plots.two_slider_figure`).  The data points are static.
+    """Static sliders over a precomputed grid (:func:`kaclib.plots.two_slider_figure`).
+
+    Slider 1 runs over the ``(c, xi)`` pairs, slider 2 over the number of Euler steps.  The data points
+    are static.
     """
     from .plots import style, two_slider_figure
 
@@ -250,8 +254,10 @@ def few_step_error_figure(res: FewStepErrors):
 
 
 def explorer_widget(points: PointSet | None = None, n: int = 200, seed: int = 0, fine_steps: int = 256):
-    """Live sliders (JupyterLab) for ``c``, ``xi``, ``g``, the steps and ``w`` whose callback is
-    :func:`explorer_figure` (:func:`kaclib.live.slider_widget`; ``None`` in the book build).
+    """Live sliders (JupyterLab) for ``c``, ``xi``, ``g``, the steps and ``w``.
+
+    Their callback is :func:`explorer_figure` (:func:`kaclib.live.slider_widget`; ``None`` in the book
+    build).
     """
     from . import live
 

@@ -1,6 +1,8 @@
-"""The computation behind the explorer of :mod:`kaclib.explorer`: the exact marginal and guided
-velocities of a small labelled 2D point set on a Kac path, their Euler trajectories from Kac
-latents, and the few-step errors against a fine solution (the model is described there).
+"""The computation behind the explorer of :mod:`kaclib.explorer`.
+
+The exact marginal and guided velocities of a small labelled 2D point set on a Kac path, their Euler
+trajectories from Kac latents, and the few-step errors against a fine solution (the model is
+described in :mod:`kaclib.explorer`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class PointSet:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, ``max(labels) + 1``; 0 without labels."""
         return 0 if self.labels is None else int(self.labels.max()) + 1
 
 
@@ -80,10 +83,11 @@ def explorer_path(c: float, xi: float, g: str = "t", f: str = "linear", T: float
 
 @dataclass(frozen=True)
 class _Terms:
-    """What every weighting of the points shares at states ``x`` and time ``t``: per point and
-    coordinate whether ``x`` is on the front (``on``) or beyond it (``out``) and the excess over it;
-    per point the product of densities / atom masses (``factor``, ``(m, n)``) and the conditional
-    targets ``u`` ``(m, n, 2)``.
+    """What every weighting of the points shares at states ``x`` and time ``t``.
+
+    Per point and coordinate: whether ``x`` is on the front (``on``) or beyond it (``out``) and the
+    excess over it; per point: the product of densities / atom masses (``factor``, ``(m, n)``) and
+    the conditional targets ``u`` ``(m, n, 2)``.
     """
 
     on: torch.Tensor
@@ -111,8 +115,10 @@ def _terms(path: KacPath, points: PointSet, x: torch.Tensor, t: float) -> _Terms
 
 
 def _posterior(terms: _Terms, mask: torch.Tensor | None = None):
-    """Posterior weights ``(m, n)`` of the admissible points (``mask``; all by default) and the
-    ``(m,)`` flags of the states outside every admissible support (see the module docstring).
+    """Posterior weights ``(m, n)`` of the admissible points, and the flags of the lost states.
+
+    The admissible points are those of ``mask`` (all by default); the ``(m,)`` flags mark the states
+    outside every admissible support (see the module docstring).
     """
     allowed = torch.ones_like(terms.factor, dtype=torch.bool) if mask is None else mask
     valid = ~terms.out.any(-1) & allowed
@@ -176,9 +182,11 @@ def guided_velocity(
     y: torch.Tensor | None = None,
     return_lost: bool = False,
 ):
-    """``v_w = v_u + w (v_c - v_u)``: ``v_u`` the field of all points, ``v_c`` that of the points of
-    class ``y[j]`` for state ``j`` (``y`` ``(m,)``; needed unless ``w = 0``).  The densities and
-    conditional targets are computed once for both fields.
+    """The guided field ``v_w = v_u + w (v_c - v_u)`` at states ``x`` and time ``t``.
+
+    ``v_u`` is the field of all points, ``v_c`` that of the points of class ``y[j]`` for state ``j``
+    (``y`` ``(m,)``; needed unless ``w = 0``).  The densities and conditional targets are computed
+    once for both fields.
     """
     w = check_guidance_weight(w)
     terms = _terms(path, points, x, t)
@@ -252,6 +260,7 @@ class ExplorerResult:
 
     @property
     def end(self) -> torch.Tensor:
+        """The end points, ``trajectory[-1]`` (``t = 0``)."""
         return self.trajectory[-1]
 
 
@@ -286,9 +295,11 @@ def explore(
     f: str = "linear",
     T: float = 1.0,
 ) -> ExplorerResult:
-    """Integrate the exact (guided) field of ``points`` from ``n`` Kac latents with ``steps`` Euler
-    steps, and the same latents with ``fine_steps`` steps (cached per parameter set, so moving only
-    the steps slider costs the few-step run alone).  Plain function: the live sliders call it.
+    """Integrate the exact (guided) field from ``n`` Kac latents with ``steps`` Euler steps.
+
+    The field is that of ``points``; the same latents are also integrated with ``fine_steps`` steps
+    (cached per parameter set, so moving only the steps slider costs the few-step run alone).  Plain
+    function: the live sliders call it.
     """
     points = points if points is not None else default_points()
     path = explorer_path(c, xi, g, f, T)
@@ -339,8 +350,10 @@ def explore(
 
 @dataclass(frozen=True)
 class FewStepErrors:
-    """Few-step errors over a grid: ``errors[i, j, k]`` (and ``outside[i, j, k]``) for ``cs[i]``,
-    ``xis[j]`` and ``steps[k]``, with the clock ``g`` and weight ``w`` of ``config``.
+    """Few-step errors over a grid of ``(c, xi, steps)``.
+
+    ``errors[i, j, k]`` (and ``outside[i, j, k]``) for ``cs[i]``, ``xis[j]`` and ``steps[k]``, with
+    the clock ``g`` and weight ``w`` of ``config``.
     """
 
     cs: tuple
@@ -362,8 +375,9 @@ def few_step_errors(
     seed: int = 0,
     fine_steps: int = 256,
 ) -> FewStepErrors:
-    """:func:`explore`'s few-step error for every ``(c, xi, steps)`` of a grid (one fine run per
-    ``(c, xi)``, shared by the step counts).
+    """:func:`explore`'s few-step error for every ``(c, xi, steps)`` of a grid.
+
+    One fine run per ``(c, xi)``, shared by the step counts.
     """
     errors = torch.zeros(len(cs), len(xis), len(steps), dtype=F64)
     outside = torch.zeros_like(errors)

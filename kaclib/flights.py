@@ -119,8 +119,10 @@ class RandomFlight:
 
     @classmethod
     def matching_kac(cls, a: float, c: float, dim: int) -> RandomFlight:
-        """The flight in ``R^dim`` whose coordinates have the covariance function of the product of
-        ``dim`` Kac processes with rate ``a`` and speed ``c``: rate ``2a``, speed ``c sqrt(dim)``.
+        """The flight in ``R^dim`` matching ``dim`` Kac processes: rate ``2a``, speed ``c sqrt(dim)``.
+
+        Its coordinates have the covariance function of the product of ``dim`` Kac processes with rate
+        ``a`` and speed ``c``.
 
         Per coordinate the flight's velocity autocorrelation is ``(c_f^2/dim) exp(-a_f u)``, the Kac
         process's ``c^2 exp(-2 a u)``; so every second moment matches at every time (and ``|V|`` is
@@ -197,8 +199,9 @@ class RandomFlight:
         return torch.where(inside, p, torch.zeros_like(p))
 
     def planar_radial_cdf(self, r, s) -> torch.Tensor:
-        """``P(|X_s| <= r)`` for ``dim = 2``, the ring of mass ``exp(-a s)`` at ``r = c s`` included:
-        ``1 - exp(-a s + (a/c) sqrt(c^2 s^2 - r^2))`` on ``0 <= r < c s``, 1 from ``c s`` on.
+        """``P(|X_s| <= r)`` for ``dim = 2``, the ring of mass ``exp(-a s)`` at ``r = c s`` included.
+
+        It is ``1 - exp(-a s + (a/c) sqrt(c^2 s^2 - r^2))`` on ``0 <= r < c s``, 1 from ``c s`` on.
         """
         self._planar()
         r = torch.as_tensor(r, dtype=torch.float64)
@@ -322,8 +325,10 @@ def _grid_points(grid, front: float) -> torch.Tensor:
 
 
 def telegraph_residual_2d(a: float, c: float, s: float, grid=15, h: float | None = None) -> TelegraphResidual:
-    """Residuals of ``u_ss + a u_s - (c^2/2) Lap u`` and ``u_ss + 2a u_s - c^2 Lap u`` on the
-    closed-form planar density (:meth:`RandomFlight.planar_density`) at time ``s``.
+    """Residuals of two telegraph equations on the closed-form planar density at time ``s``.
+
+    The equations are ``u_ss + a u_s - (c^2/2) Lap u`` and ``u_ss + 2a u_s - c^2 Lap u``; the density is
+    :meth:`RandomFlight.planar_density`.
 
     Parameters
     ----------
@@ -372,8 +377,9 @@ def telegraph_residual_2d(a: float, c: float, s: float, grid=15, h: float | None
 
 
 class RandomFlightPath(_Schedule):
-    """Flow-matching path ``x_t = f(t) x0 + X_{g(t)}`` with a random flight in ``R^d``,
-    ``d`` = the number of coordinates of one data point (``x0[i].numel()``).
+    """Flow-matching path ``x_t = f(t) x0 + X_{g(t)}`` with a random flight in ``R^d``.
+
+    ``d`` is the number of coordinates of one data point (``x0[i].numel()``).
 
     Same interface as :class:`kaclib.paths.KacPath` (``sample``, ``sample_latent``, ``config``,
     ``velocity_bound``); ``f`` in ``{"linear", "exp"}``, ``g`` in ``{"t", "t2"}``.  The flight's
@@ -400,8 +406,9 @@ class RandomFlightPath(_Schedule):
         return RandomFlight(self.a, self.c, int(dim))
 
     def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
-        """``x_t``, the target ``f' x0 + g' V_{g(t)}`` and the noise ``X_{g(t)}`` for a batch ``x0``
-        of shape ``(B, ...)`` and times ``t`` (a scalar or ``(B,)``).
+        """``x_t``, the target ``f' x0 + g' V_{g(t)}`` and the noise ``X_{g(t)}`` for a batch ``x0``.
+
+        ``x0`` has shape ``(B, ...)``; the times ``t`` are a scalar or ``(B,)``.
         """
         if x0.ndim < 2:
             raise ValueError(
@@ -435,11 +442,13 @@ class RandomFlightPath(_Schedule):
         return self.flight(d).sample(s, generator=generator)[0].reshape(shape)
 
     def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:
-        """Per-coordinate bound ``|f'(t)| data_bound + g'(t) c`` (each ``|V_k| <= |V| = c``); the
-        per-image norm of the target is at most ``|f'| ||x0|| + g' c``.
+        """Per-coordinate bound ``|f'(t)| data_bound + g'(t) c`` (each ``|V_k| <= |V| = c``).
+
+        The per-image norm of the target is at most ``|f'| ||x0|| + g' c``.
         """
         t = torch.as_tensor(t)
         return self.df(t).abs() * data_bound + self.dg(t) * self.c
 
     def config(self) -> dict:
+        """The path's JSON config: ``kind``, ``a``, ``c``, ``f``, ``g`` and ``T``."""
         return {"kind": "flight", "a": self.a, "c": self.c, "f": self.f_name, "g": self.g_name, "T": self.T}

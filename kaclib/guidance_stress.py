@@ -24,10 +24,12 @@ STEPS = (1, 2, 4, 8)
 
 @dataclass(frozen=True)
 class StressResult:
-    """One setting of one model.  ``n_nonfinite``: images with a NaN or an infinity;
-    ``frac_out_of_range``: pixels of the finite images outside ``[-1, 1]``; ``max_abs_x``: the
-    largest finite ``|x|`` over all states of the trajectories; ``max_velocity_norm``: the largest
-    finite per-image ``||v_w||`` over the Euler steps; ``velocity_norm_q99``: its 99th percentile.
+    """One setting of one model.
+
+    ``n_nonfinite``: images with a NaN or an infinity; ``frac_out_of_range``: pixels of the finite
+    images outside ``[-1, 1]``; ``max_abs_x``: the largest finite ``|x|`` over all states of the
+    trajectories; ``max_velocity_norm``: the largest finite per-image ``||v_w||`` over the Euler steps;
+    ``velocity_norm_q99``: its 99th percentile.
     """
 
     w: float
@@ -41,12 +43,15 @@ class StressResult:
     network_passes: int
 
     def to_dict(self) -> dict:
+        """The fields as a dict."""
         return asdict(self)
 
 
 def trajectory_stats(trajectory: torch.Tensor, T: float = 1.0) -> dict:
-    """The statistics of :class:`StressResult` from an Euler trajectory ``(S + 1, N, ...)`` on the
-    uniform grid from ``T`` to 0 (non-finite values are counted, then left out of the maxima).
+    """The statistics of :class:`StressResult` from an Euler trajectory ``(S + 1, N, ...)``.
+
+    The trajectory runs on the uniform grid from ``T`` to 0; non-finite values are counted, then left
+    out of the maxima.
     """
     steps = trajectory.shape[0] - 1
     if steps < 1:
@@ -71,9 +76,10 @@ def trajectory_stats(trajectory: torch.Tensor, T: float = 1.0) -> dict:
 
 @torch.no_grad()
 def stress(model, path, n: int, steps: int, w: float, seed: int = 0, image_shape=None):
-    """Sample ``n`` class-balanced images with ``steps`` Euler steps at guidance weight ``w`` (latents
-    of ``seed``: one per image, shared by every setting; ``image_shape`` for a model without a UNet
-    config).  Returns ``(StressResult, Generated)``.
+    """Sample ``n`` class-balanced images with ``steps`` Euler steps at guidance weight ``w``.
+
+    Latents of ``seed``: one per image, shared by every setting; ``image_shape`` for a model without a
+    UNet config.  Returns ``(StressResult, Generated)``.
     """
     g = generate(
         model, path, n, steps, "euler", w=w, seed=seed, return_trajectory=True, image_shape=image_shape
@@ -83,8 +89,10 @@ def stress(model, path, n: int, steps: int, w: float, seed: int = 0, image_shape
 
 
 def stress_grid(model, path, n: int, seed: int = 0, weights=WEIGHTS, steps=STEPS, score=None) -> list[dict]:
-    """:func:`stress` on every ``(w, steps)``; ``score(images, labels)`` (e.g.
-    ``Evaluator.score``), when given, adds the quality of each set under ``"scores"``.
+    """:func:`stress` on every ``(w, steps)``.
+
+    ``score(images, labels)`` (e.g. ``Evaluator.score``), when given, adds the quality of each set under
+    ``"scores"``.
     """
     rows = []
     for w in weights:

@@ -91,9 +91,10 @@ def _check_times(s: torch.Tensor) -> None:
 
 
 def _i1e_over_z(z: torch.Tensor) -> torch.Tensor:
-    """``exp(-z) I1(z) / z`` for ``z >= 0``, accurate at and near ``z = 0`` (limit 1/2): ``i1e(z)/z``
-    keeps full relative accuracy down to ``z = 1e-30``; below ``1e-6`` the series ``(1 - z)/2``
-    (relative error under 1e-12) avoids ``0/0`` and subnormals.
+    """``exp(-z) I1(z) / z`` for ``z >= 0``, accurate at and near ``z = 0`` (limit 1/2).
+
+    ``i1e(z)/z`` keeps full relative accuracy down to ``z = 1e-30``; below ``1e-6`` the series
+    ``(1 - z)/2`` (relative error under 1e-12) avoids ``0/0`` and subnormals.
     """
     small = z < 1e-6
     zs = torch.where(small, torch.ones_like(z), z)
@@ -246,10 +247,12 @@ class KacProcess:
         return self._from_uniforms(s, u, s.dtype, generator)
 
     def sample_from_uniforms(self, s, u: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Exact draws of ``X_s`` from four independent ``Uniform(0, 1)`` per element: ``u`` has shape
-        ``(4, *shape)`` and ``s`` is a scalar or broadcasts to ``shape``; the result has ``shape`` and
-        ``dtype`` (default ``u.dtype``).  A deterministic function of ``(s, u)``, exact in law up to
-        the rounding of the uniforms (``u[0]`` is compared with the Poisson CDF in ``u.dtype``).
+        """Exact draws of ``X_s`` from four independent ``Uniform(0, 1)`` per element.
+
+        ``u`` has shape ``(4, *shape)`` and ``s`` is a scalar or broadcasts to ``shape``; the result has
+        ``shape`` and ``dtype`` (default ``u.dtype``).  A deterministic function of ``(s, u)``, exact in
+        law up to the rounding of the uniforms (``u[0]`` is compared with the Poisson CDF in
+        ``u.dtype``).
 
         ``N = #{k : F(k) < u[0]}`` is the number of reversals (inversion of the ``Poisson(a s)``
         CDF ``F``).  Given ``N``, ``W = (1 + X/(c s))/2`` (the fraction of time spent in the initial
@@ -311,8 +314,9 @@ class KacProcess:
         return x.mul_(front).reshape(shape)
 
     def _flips(self, s: torch.Tensor, u: torch.Tensor, generator) -> torch.Tensor:
-        """``N ~ Poisson(a s)`` elementwise by inversion of ``u``, or (rates >= 10, with a
-        ``generator``) by transformed rejection.
+        """``N ~ Poisson(a s)`` elementwise by inversion of ``u``.
+
+        With rates >= 10 and a ``generator``: by transformed rejection instead.
         """
         lam = (self.a * s).expand(u.shape)
         if bool((lam < 10).all()):
@@ -323,16 +327,20 @@ class KacProcess:
 
 
 def _beta_exponents(flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exponents of :meth:`KacProcess.sample_from_uniforms` for counts ``N``: ``2/(2m - 1)``
-    (``m = ceil(N/2)``, any finite value at ``N = 0``) and ``1/N`` (even), ``0`` (odd), ``inf`` (0).
+    """The exponents of :meth:`KacProcess.sample_from_uniforms` for counts ``N``.
+
+    They are ``2/(2m - 1)`` (``m = ceil(N/2)``, any finite value at ``N = 0``) and ``1/N`` (even), ``0``
+    (odd), ``inf`` (0).
     """
     odd = flips - 2 * torch.floor(0.5 * flips)
     return 2 / torch.clamp(flips - 1 + odd, min=1), (1 - odd) / flips
 
 
 def _constant_rows(s: torch.Tensor) -> torch.Tensor | None:
-    """The times of the rows ``s[i]`` as a ``(B,)`` tensor (``B = 1`` for a scalar or a constant
-    tensor) when every row is constant and has at least 16 elements; else ``None``.
+    """The times of the rows ``s[i]`` as a ``(B,)`` tensor when every row is constant; else ``None``.
+
+    ``B = 1`` for a scalar or a constant tensor; otherwise every row needs at least 16 elements (else
+    ``None``).
     """
     if s.ndim == 0:
         return s.reshape(1)
@@ -380,8 +388,9 @@ class _CdfTable:
 
     @staticmethod
     def build(lam: torch.Tensor, dtype, per_row: int | None = None) -> "_CdfTable":
-        """Tables for rates ``lam`` ``(B,)`` (float64) and uniforms of ``dtype``; ``per_row``: the
-        number of draws per row (``None``: many), which decides whether a guide pays.
+        """Tables for rates ``lam`` ``(B,)`` (float64) and uniforms of ``dtype``.
+
+        ``per_row``: the number of draws per row (``None``: many), which decides whether a guide pays.
         """
         B, dev = lam.numel(), lam.device
         sd = torch.sqrt(lam)
@@ -427,8 +436,10 @@ class _CdfTable:
         return c
 
     def search(self, u: torch.Tensor):
-        """``(n, slow)``: for the fast elements ``N = lo + n - 1``; ``slow`` = ``(rows, cols, N)``
-        of the others, found by binary search (and sequential continuation beyond the table).
+        """``(n, slow)``: for the fast elements ``N = lo + n - 1``.
+
+        ``slow`` = ``(rows, cols, N)`` of the others, found by binary search (and sequential
+        continuation beyond the table).
         """
         if self.start is None:
             c = self._count(u)
@@ -444,8 +455,9 @@ class _CdfTable:
         return n, (self.slow_counts(u, rows, cols) if rows.numel() else None)
 
     def slow_counts(self, u: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
-        """``(rows, cols, N)``: the counts of the elements ``u[rows, cols]`` by binary search, and
-        sequential continuation beyond the table (float64).
+        """``(rows, cols, N)``: the counts of the elements ``u[rows, cols]``.
+
+        Found by binary search, and sequential continuation beyond the table (float64).
         """
         uu = u[rows, cols]
         F = self.F[:, 1:]  # nn = #{i : F(lo + i) < u}
@@ -465,8 +477,9 @@ class _CdfTable:
 
 
 def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_beta_exponents` of every count of the table, in its columns (column 0: a placeholder);
-    one 1-D row, shared by all rows, when every row's table starts at 0.
+    """:func:`_beta_exponents` of every count of the table, in its columns (column 0: a placeholder).
+
+    One 1-D row, shared by all rows, when every row's table starts at 0.
     """
     lo = table.lo[:, None] if bool((table.lo > 0).any()) else table.lo[:1]
     k = lo + torch.arange(-1, table.W, dtype=torch.float64, device=table.lo.device)
@@ -475,8 +488,10 @@ def _exponent_tables(table: "_CdfTable", dtype) -> tuple[torch.Tensor, torch.Ten
 
 @functools.lru_cache(maxsize=32)
 def _single_rate_tables(lam: float, udtype, dtype, device: str):
-    """One rate's (a latent's) table and its exponents per guide bucket, ``(1, G + 1)``: those of
-    the bucket's count, NaN where the bucket needs a search; kept for the next call.
+    """One rate's (a latent's) table and its exponents per guide bucket, ``(1, G + 1)``.
+
+    The exponents are those of the bucket's count, NaN where the bucket needs a search; kept for the
+    next call.
     """
     table = _CdfTable.build(torch.tensor([lam], dtype=torch.float64, device=device), udtype)
     E1, E2 = (e.reshape(1, -1) for e in _exponent_tables(table, dtype))
@@ -485,8 +500,10 @@ def _single_rate_tables(lam: float, udtype, dtype, device: str):
 
 
 def _table_exponents(lam: torch.Tensor, u: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Beta exponents of :func:`_beta_exponents` for ``N`` drawn by table inversion of ``u``
-    ``(B, P)`` (rates ``lam`` ``(B,)``), gathered from per-row tables without forming ``N``.
+    """The Beta exponents of :func:`_beta_exponents` for ``N`` drawn by table inversion of ``u``.
+
+    ``u`` is ``(B, P)`` (rates ``lam`` ``(B,)``); the exponents are gathered from per-row tables without
+    forming ``N``.
     """
     if lam.numel() == 1:  # one gather per exponent, by guide bucket
         table, E1b, E2b = _single_rate_tables(float(lam), u.dtype, dtype, str(u.device))
@@ -509,8 +526,9 @@ def _table_exponents(lam: torch.Tensor, u: torch.Tensor, dtype) -> tuple[torch.T
 
 
 def poisson_table_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``N = #{k : F(k) < u}`` row by row: ``lam`` ``(B,)`` rates, ``u`` ``(B, P)`` uniforms; returns
-    the counts as floats of ``u``'s dtype.
+    """``N = #{k : F(k) < u}`` row by row, by table inversion.
+
+    ``lam`` ``(B,)`` rates, ``u`` ``(B, P)`` uniforms; returns the counts as floats of ``u``'s dtype.
 
     Exact inversion up to float64 rounding of the CDF (then rounding to ``u``'s dtype), no stored
     table: each row's CDF is tabulated on ``lo <= k < lo + W`` (``lo = max(0, lam - 12 sqrt(lam) -
@@ -531,8 +549,9 @@ def poisson_table_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _continue_inversion(lam, u, k, p, F, max_terms: int = 100_000) -> torch.Tensor:
-    """Sequential inversion beyond ``k`` (where the CDF is ``F`` and the pmf ``p``): returns
-    ``k + 1 + #{j > k : F(j) < u}`` (float64; ``u > F`` on entry).
+    """Sequential inversion beyond ``k`` (where the CDF is ``F`` and the pmf ``p``).
+
+    Returns ``k + 1 + #{j > k : F(j) < u}`` (float64; ``u > F`` on entry).
     """
     n = k + 1
     for _ in range(max_terms):

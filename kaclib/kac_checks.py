@@ -1,5 +1,6 @@
-"""Independent checks of :class:`kaclib.kac.KacProcess`: the Kac process simulated from its
-definition, and the telegraph PDE its law solves.
+"""Independent checks of :class:`kaclib.kac.KacProcess`.
+
+The Kac process simulated from its definition, and the telegraph PDE its law solves:
 
 * :func:`simulate_kac`: whole sample paths of the Kac process (a particle at speed ``c`` that
   reverses at the jumps of a Poisson clock of rate ``a``), evaluated exactly at any times.  It is
@@ -52,6 +53,7 @@ class KacTrajectories:
 
     @property
     def n(self) -> int:
+        """Number of paths."""
         return self.direction.shape[0]
 
     def position(self, s) -> torch.Tensor:
@@ -70,8 +72,10 @@ class KacTrajectories:
         return xk + self.c * self.direction[:, None] * sign * (s[None, :] - tk)
 
     def corners(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(times, positions)``, both ``(n, K + 2)``: every path at 0, at each reversal and at
-        ``s_max`` (reversals after ``s_max`` are clamped to ``s_max``).  Cost ``O(n K)``.
+        """The corners ``(times, positions)`` of every path, both ``(n, K + 2)``.
+
+        Every path at 0, at each reversal and at ``s_max`` (reversals after ``s_max`` are clamped to
+        ``s_max``).  Cost ``O(n K)``.
         """
         zero = torch.zeros(self.n, 1, dtype=self.flips.dtype)
         t = torch.cat([zero, self.flips.clamp(max=self.s_max), torch.full_like(zero, self.s_max)], dim=1)
@@ -96,8 +100,9 @@ class KacTrajectories:
         return (self.flips <= s).sum(1)
 
     def polyline(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Times and positions of path ``i``'s corners (0, its reversals, ``s_max``): the path is
-        the straight line between consecutive corners.
+        """Times and positions of path ``i``'s corners (0, its reversals, ``s_max``).
+
+        The path is the straight line between consecutive corners.
         """
         f = self.flips[i]
         times = torch.cat(
@@ -140,9 +145,10 @@ def simulate_kac(
 
 
 def kolmogorov_to_law(process: KacProcess, s: float, samples: torch.Tensor, n_grid: int = 8001) -> float:
-    """Kolmogorov distance ``sup_x |F_n(x) - F(x)|`` between draws of ``X_s`` and the exact law,
-    atoms included (both one-sided limits are compared at every sample, so the jumps of ``F`` at
-    the fronts are handled exactly).
+    """Kolmogorov distance ``sup_x |F_n(x) - F(x)|`` between draws of ``X_s`` and the exact law.
+
+    Atoms are included: both one-sided limits are compared at every sample, so the jumps of ``F``
+    at the fronts are handled exactly.
 
     The exact CDF is computed on ``n_grid`` points of ``[-c s, c s]`` (``KacProcess.cdf``) and
     interpolated linearly in between: the interpolation error, at most ``h^2 max|p'| / 8`` with
@@ -168,9 +174,10 @@ def kolmogorov_to_law(process: KacProcess, s: float, samples: torch.Tensor, n_gr
 
 
 def kolmogorov_to_heat(process: KacProcess, s: float, D: float | None = None, n_x: int = 2001) -> float:
-    """``sup_x |F_Kac(x) - F_heat(x)|`` between the law of ``X_s`` and ``N(0, 2 D s)`` (``D`` defaults
-    to the process's ``c^2/(2a)``), on a grid of ``n_x`` points over ``[-c s, c s]`` plus both sides
-    of each front (where the Kac CDF jumps).
+    """``sup_x |F_Kac(x) - F_heat(x)|`` between the law of ``X_s`` and ``N(0, 2 D s)``.
+
+    ``D`` defaults to the process's ``c^2/(2a)``.  The supremum is taken on a grid of ``n_x`` points
+    over ``[-c s, c s]`` plus both sides of each front (where the Kac CDF jumps).
     """
     D = process.diffusivity if D is None else check_finite_param("D", D, positive=True)
     front = process.c * s
@@ -231,8 +238,10 @@ def telegraph_fd(a: float, c: float, x, p0, s_end: float, n_out: int, cfl: float
 
 
 def smoothed_kac_law(process: KacProcess, x, s: float, sigma: float, nodes: int = 8) -> np.ndarray:
-    """Density of ``Z + X_s`` with ``Z ~ N(0, sigma^2)``: the closed-form solution of the
-    telegrapher's problem of :func:`telegraph_fd` started from a Gaussian bump::
+    """Density of ``Z + X_s`` with ``Z ~ N(0, sigma^2)``.
+
+    It is the closed-form solution of the telegrapher's problem of :func:`telegraph_fd` started from
+    a Gaussian bump::
 
         e^{-a s}/2 (phi(x - c s) + phi(x + c s)) + int_{-cs}^{cs} phi(x - y) p(y, s) dy
 
@@ -263,7 +272,8 @@ def smoothed_kac_law(process: KacProcess, x, s: float, sigma: float, nodes: int 
 def pde_residual(
     process: KacProcess, s: float, n_x: int = 200, h: float = 1e-3, margin: float = 0.05
 ) -> float:
-    """Relative residual of ``p_ss + 2a p_s - c^2 p_xx`` for the closed-form density at time ``s``:
+    """Relative residual of ``p_ss + 2a p_s - c^2 p_xx`` for the closed-form density at time ``s``.
+
     ``max |residual| / max(|p_ss| + |2a p_s| + |c^2 p_xx|)`` over ``n_x`` points with
     ``|x| <= (1 - margin) c s`` (central differences of step ``h`` in float64).
     """
@@ -285,8 +295,10 @@ def pde_residual(
 def continuity_residual(
     process: KacProcess, s: float, n_x: int = 200, h: float = 1e-4, margin: float = 0.05
 ) -> float:
-    """Relative residual of the continuity equation ``p_s + (p v)_x = 0`` for the closed-form density
-    and conditional velocity: ``max |p_s + (p v)_x| / max |p_s|`` on ``|x| <= (1 - margin) c s``.
+    """Relative residual of the continuity equation ``p_s + (p v)_x = 0``.
+
+    For the closed-form density and conditional velocity: ``max |p_s + (p v)_x| / max |p_s|`` on
+    ``|x| <= (1 - margin) c s``.
     """
     c = process.c
     x = torch.linspace(-(1 - margin) * c * s, (1 - margin) * c * s, n_x, dtype=torch.float64)

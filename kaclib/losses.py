@@ -40,6 +40,7 @@ class FlowMatchingLoss:
     def __call__(
         self, net: nn.Module, x0: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator, acc=None
     ) -> torch.Tensor:
+        """The loss of one training step on the batch ``x0`` (labels ``y``), drawing from ``generator``."""
         b, device = x0.shape[0], x0.device
         t = torch.rand(b, generator=generator, device=device, dtype=x0.dtype) * float(self.path.T)
         ps = self.path.sample(x0, t, generator=generator)

@@ -44,8 +44,9 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def degrade(data: ImageData, kind: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """The images of ``data`` damaged by ``kind`` (a key of :data:`DEGRADATIONS`) at ``level``;
-    labels stay those of ``data`` (the intended classes).
+    """The images of ``data`` damaged by ``kind`` (a key of :data:`DEGRADATIONS`) at ``level``.
+
+    Labels stay those of ``data`` (the intended classes).
     """
     x, y = data.images, data.labels
     if kind == "noise":
@@ -71,8 +72,10 @@ def degrade(data: ImageData, kind: str, level: float, generator: torch.Generator
 
 @dataclass(frozen=True)
 class SanityResult:
-    """Per-seed scores of every control (``rows[name][metric] -> values``), the paired comparisons
-    and whether each degradation is monotone in each metric (means over seeds).
+    """What :func:`sanity_check` found: scores, paired comparisons and monotonicity.
+
+    Per-seed scores of every control (``rows[name][metric] -> values``), the paired comparisons and
+    whether each degradation is monotone in each metric (means over seeds).
     """
 
     n: int
@@ -82,6 +85,7 @@ class SanityResult:
     monotone: dict
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict: per-seed values with mean and CI, the comparisons, ``monotone``."""
         summary = {
             name: {m: {"values": v, **mean_ci(v).to_dict()} for m, v in row.items()}
             for name, row in self.rows.items()

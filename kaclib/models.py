@@ -130,6 +130,7 @@ class UNetConfig:
         return cls(**d)
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict (``dataclasses.asdict``), the inverse of :meth:`from_dict`."""
         return dataclasses.asdict(self)
 
 
@@ -218,8 +219,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def _groups(channels: int, max_groups: int) -> int:
-    """Largest group count ``<= max_groups`` dividing ``channels`` with at least 4 channels per group
-    (2 if the channels are too few).
+    """Largest group count ``<= max_groups`` dividing ``channels``.
+
+    Each group gets at least 4 channels (2 if the channels are too few).
 
     A group of ONE channel is an instance norm: it subtracts each channel's own mean and so erases
     the per-channel time/class embedding that :class:`ResBlock` adds before ``norm2`` — the network
@@ -325,6 +327,7 @@ class BoundedHead(nn.Module):
         self.path = path
 
     def forward(self, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The bounded velocity ``f'(t) tanh(A) + g'(t) c tanh(B)`` from the output ``(A, B)``."""
         a, b = out.chunk(2, dim=1)
         shape = (-1,) + (1,) * (out.ndim - 1)
         df = self.path.df(t).to(out.dtype).reshape(shape)
@@ -448,6 +451,7 @@ class UNet(nn.Module):
             raise ValueError(f"x is {tuple(x.shape[2:])}, the model expects image_size={c.image_size}")
 
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        """The velocity ``u`` (``x``'s shape) at ``x``, times ``t``, labels ``y`` (``None``: null class)."""
         self._check_x(x)
         t = _prepare_t(t, x.shape[0], x.device)
         y = _prepare_y(y, x.shape[0], self.cfg.num_classes, x.device)
@@ -517,6 +521,7 @@ class MLPVelocity(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        """The velocity ``(B, dim)`` at ``x``, times ``t``, labels ``y`` (``None``: null class)."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         t = _prepare_t(t, x.shape[0], x.device)

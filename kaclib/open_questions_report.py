@@ -65,7 +65,9 @@ def ring_fraction(x: torch.Tensor, front: float, tol: float = 1e-9) -> float:
 
 
 def radial_ks(r: torch.Tensor, cdf, grid: torch.Tensor) -> float:
-    """``max |F_n(r) - F(r)|`` over the radii ``grid``: ``F_n`` the empirical CDF of the draws ``r``,
+    """The largest gap between the empirical CDF of the draws ``r`` and ``cdf`` over ``grid``.
+
+    ``max |F_n(r) - F(r)|`` over the radii ``grid``: ``F_n`` the empirical CDF of the draws ``r``,
     ``cdf`` the closed form (a callable of a tensor).  A lower bound of the Kolmogorov distance that
     obeys the same DKW bound ``P(sup |F_n - F| > eps) <= 2 exp(-2 n eps^2)``.
     """
@@ -83,8 +85,10 @@ def _read(name: str) -> dict | None:
 
 
 def load_section(section: str) -> tuple[dict, dict] | None:
-    """``(whole JSON, section)`` of the committed ``open_questions.json`` (``limit``, ``rules`` or
-    ``flights``), or of ``flights.json`` for ``flights``; ``None`` when not committed yet.
+    """``(whole JSON, section)`` of a committed section, or ``None`` when not committed yet.
+
+    Read from the committed ``open_questions.json`` (``limit``, ``rules`` or ``flights``), or from
+    ``flights.json`` for ``flights``.
     """
     res = _read("open_questions")
     if res is not None and section in res:
@@ -97,8 +101,9 @@ def load_section(section: str) -> tuple[dict, dict] | None:
 
 
 def section_provenance(res: dict, section: str) -> str:
-    """:func:`kaclib.results.provenance` of the command that produced ``section`` (an earlier run's
-    when the section was carried over from it).
+    """:func:`kaclib.results.provenance` of the command that produced ``section``.
+
+    That is an earlier run's command when the section was carried over from it.
     """
     origin = res.get("earlier_sections", {}).get(section)
     return provenance({**res, **{k: v for k, v in (origin or {}).items() if v is not None}})
@@ -124,9 +129,17 @@ def _fmt(v) -> str:
 
 
 def rows_table(rows: dict, metrics=None, extra=None) -> tuple[list, list]:
-    """``(header, body)`` of a benchmark's ``rows`` (``{name: {metric: mean, metric_values: [...]}}``):
-    one line per row, ``mean ± 95% CI`` over seeds for each metric of ``metrics`` (default: every
-    metric with per-seed values, in a fixed order), and the columns ``extra`` (``{title: fn(row)}``).
+    """``(header, body)`` of a benchmark's ``rows``, one line per row.
+
+    Parameters
+    ----------
+    rows : dict
+        ``{name: {metric: mean, metric_values: [...]}}``.
+    metrics : list, optional
+        The metrics shown, each as ``mean ± 95% CI`` over seeds; default: every metric with per-seed
+        values, in a fixed order.
+    extra : dict, optional
+        Further columns, ``{title: fn(row)}``.
     """
     extra = extra or {}
     if metrics is None:
@@ -147,8 +160,10 @@ def show_rows(rows: dict, caption: str, metrics=None, extra=None) -> None:
 
 
 def show_section_comparisons(res: dict, section: str, comparisons: list, contains: str = "", metrics=None):
-    """Display the paired comparisons of a section (those whose claim contains ``contains`` and, if
-    given, whose metric is in ``metrics``); returns them.
+    """Display the paired comparisons of a section; returns them.
+
+    Shown are those whose claim contains ``contains`` and, if ``metrics`` is given, whose metric is
+    in ``metrics``.
     """
     rows = [c for c in comparisons if contains in c["claim"] and (metrics is None or c["metric"] in metrics)]
     header, body = list(COMPARISON_HEADER), comparison_rows(rows)
@@ -160,8 +175,10 @@ def show_section_comparisons(res: dict, section: str, comparisons: list, contain
 
 
 def _metrics(rows: dict, few_steps) -> list:
-    """The columns of a section's table: quality at the teacher's steps, at the fewest and the most
-    Euler steps, the few-step RMSE there, and the straightness (those present).
+    """The columns of a section's table (those present).
+
+    Quality at the teacher's steps, at the fewest and the most Euler steps, the few-step RMSE there,
+    and the straightness.
     """
     few = sorted(few_steps or [])
     want = ["fid", "accuracy"]
@@ -212,8 +229,10 @@ def _show_block(res: dict, sec: dict, section: str, what: str, extra=None) -> li
 
 
 def show_committed(res: dict, sec: dict, section: str) -> list:
-    """Display a committed section (``flights``, ``limit`` or ``rules``): its rows with CIs and its
-    paired comparisons.  Returns the comparisons (for ``rules``, of every data set).
+    """Display a committed section (``flights``, ``limit`` or ``rules``); returns its comparisons.
+
+    Shows its rows with CIs and its paired comparisons.  Returns the comparisons (for ``rules``, of
+    every data set).
     """
     if section == "rules":
         comps = []
@@ -250,8 +269,10 @@ _VERDICT_WORDS = {"holds": "holds", "fails": "is reversed", "inconclusive": "is 
 
 
 def verdict_summary(comparisons: list, section: str, contains: str = "", metrics=None) -> str:
-    """One sentence per selected paired comparison: ``"<claim> (metric): holds / is reversed / is
-    inconclusive, a - b = ..., 95% CI [...]"``; a "not yet run" note with the command when empty.
+    """One sentence per selected paired comparison, or a "not yet run" note with the command.
+
+    Each sentence reads ``"<claim> (metric): holds / is reversed / is inconclusive, a - b = ...,
+    95% CI [...]"``; the note comes when no comparison is selected.
     """
     rows = [c for c in comparisons if contains in c["claim"] and (metrics is None or c["metric"] in metrics)]
     if not rows:
@@ -264,8 +285,10 @@ def verdict_summary(comparisons: list, section: str, contains: str = "", metrics
 
 
 def rule_outcomes(sec: dict) -> dict:
-    """``{data set: {rule: outcome}}`` of a committed ``rules`` section (``better``, ``tied`` or
-    ``worse`` than the grid's best by the paired 95% CI of the FID difference).
+    """``{data set: {rule: outcome}}`` of a committed ``rules`` section.
+
+    An outcome is ``better``, ``tied`` or ``worse`` than the grid's best by the paired 95% CI of the
+    FID difference.
     """
     return {d: {c["a"]: c["outcome"] for c in v["comparisons"]} for d, v in sec["datasets"].items()}
 
@@ -277,8 +300,9 @@ def _not_run_claim(claim: str, section: str, source: str):
 
 
 def limit_claim(comparisons: list, profile):
-    """Claim: the profile's Kac teacher beats its variance-matched Gaussian twin (FID), from the
-    committed ``limit`` comparisons.
+    """Claim: the profile's Kac teacher beats its variance-matched Gaussian twin (FID).
+
+    The verdict comes from the committed ``limit`` comparisons.
     """
     from .claims import Claim
 
@@ -299,8 +323,10 @@ def limit_claim(comparisons: list, profile):
 
 
 def rules_claim(outcomes: dict, min_datasets: int = 2):
-    """Claim: some rule lands within the CI of the grid's best (or beats it) on every data set; no
-    verdict (``holds=None``) with fewer than ``min_datasets`` data sets (the question asks for two).
+    """Claim: some rule lands within the CI of the grid's best (or beats it) on every data set.
+
+    No verdict (``holds=None``) with fewer than ``min_datasets`` data sets (the question asks for
+    two).
     """
     from .claims import Claim
 
@@ -318,8 +344,10 @@ def rules_claim(outcomes: dict, min_datasets: int = 2):
 
 
 def flights_claim(comparisons: list):
-    """Claim: the random-flight teacher beats the coordinate-wise Kac teacher (FID at the teacher's
-    steps), with the verdict of the committed ``flights`` comparison.
+    """Claim: the random-flight teacher beats the coordinate-wise Kac teacher.
+
+    Measured by the FID at the teacher's steps, with the verdict of the committed ``flights``
+    comparison.
     """
     from .claims import Claim
 
@@ -336,8 +364,10 @@ def flights_claim(comparisons: list):
 
 
 def flight_scatter_figure(samples: dict, front: float, n_show: int = 3000):
-    """Side-by-side scatter of 2D draws (``{title: (n, 2) tensor}``) with the light cone ``front``
-    and the circle ``|x| = front`` (the flight's light cone; the product's square fits inside it).
+    """Side-by-side scatter of 2D draws (``{title: (n, 2) tensor}``) with the light cone ``front``.
+
+    Each panel also draws the circle ``|x| = front`` (the flight's light cone; the product's square
+    fits inside it).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -406,8 +436,9 @@ def radial_cdf_figure(grid, empirical, exact, title: str):
 
 
 def velocity_regression_figure(reg, x, field, title: str):
-    """Bin averages of the simulated ``V_s`` (with ±2 standard errors) against the closed-form Kac
-    field ``field`` drawn at the points ``x``.
+    """Bin averages of the simulated ``V_s`` (±2 standard errors) against the closed-form Kac field.
+
+    The closed-form field ``field`` is drawn at the points ``x``.
     """
     import plotly.graph_objects as go
 
@@ -434,8 +465,9 @@ def velocity_regression_figure(reg, x, field, title: str):
 
 
 def law_distance_figure(t, laws: dict, key: str, title: str):
-    """Kolmogorov distances along the path, one line per Kac path (``{name: LawDistance}``), on a
-    log axis; ``key`` is ``"to_diffusion"`` or ``"to_matched"``.
+    """Kolmogorov distances along the path, one line per Kac path (``{name: LawDistance}``).
+
+    Drawn on a log axis; ``key`` is ``"to_diffusion"`` or ``"to_matched"``.
     """
     import plotly.graph_objects as go
 

@@ -32,7 +32,9 @@ TEACHER_STEPS = 100
 
 
 def ladder_fid(dataset: str, key) -> float | None:
-    """The paper's FID of ``key`` (steps, ``"teacher"`` or ``"single_stage"``; a step count of
+    """The paper's FID of ``key`` on ``dataset``.
+
+    The paper's FID of ``key`` (steps, ``"teacher"`` or ``"single_stage"``; a step count of
     :data:`TEACHER_STEPS` is the teacher) on ``dataset``, or ``None`` where it reports none.
     """
     if dataset not in LADDER_FID:
@@ -46,6 +48,21 @@ def ladder_ratio(dataset: str, key) -> float | None:
     """FID of ``key`` divided by the teacher's: 1 means no loss from distillation."""
     fid = ladder_fid(dataset, key)
     return None if fid is None else fid / LADDER_FID[dataset]["teacher"]
+
+
+def key_label(key) -> str:
+    """What a key of :data:`LADDER_FID` names: ``"teacher, 100 AB-2 steps, guided"``, ``"student, 4 steps"``, ..."""
+    labels = {
+        "teacher": f"teacher, {TEACHER_STEPS} AB-2 steps, guided",
+        "single_stage": f"single stage {TEACHER_STEPS} -> 1",
+    }
+    return labels.get(key, f"student, {key} steps")
+
+
+def fid_text(dataset: str, key) -> str:
+    """The paper's FID of ``key`` on ``dataset`` as text (``"-"`` where it reports none)."""
+    fid = ladder_fid(dataset, key)
+    return "-" if fid is None else f"{fid:.2f}"
 
 
 def describe_ladder(dataset: str) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "GaussianPath",
     "DiffusionPath",
     "VarianceMatchedGaussianPath",
+    "PathConfig",
     "build_path",
 ]
 
@@ -102,6 +103,8 @@ class _KacSchedule(_Schedule):
     """A schedule ``(f, g, T)`` with the Kac process ``K`` of rate ``a`` and speed ``c`` beside it."""
 
     def __init__(self, a: float = 9.0, c: float = 3.0, f: str = "linear", g: str = "t", T: float = 1.0):
+        # the defaults are the official Kac-flow code's, as in PathConfig; a recipe's teacher
+        # path (kaclib.recipe) is the measured choice
         super().__init__(f, g, T)
         self.process = KacProcess(a, c)
 
@@ -129,6 +132,7 @@ class KacPath(_KacSchedule):
         return f"KacPath(a={self.a}, c={self.c}, f={self.f_name!r}, g={self.g_name!r}, T={self.T})"
 
     def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        """Draw ``x_t = f(t) x0 + K_{g(t)}`` and its target at times ``t``."""
         tt = _expand_t(t, x0)
         _check_time_range(tt, self.T)
         s = self.g(tt).expand_as(x0).contiguous()
@@ -151,6 +155,7 @@ class KacPath(_KacSchedule):
     def sample_latent(
         self, shape, generator: torch.Generator | None = None, device=None, dtype=None
     ) -> torch.Tensor:
+        """A draw of the latent ``K_{g(T)}`` with shape ``shape``."""
         s = torch.full(
             tuple(shape),
             float(self.g(torch.tensor(self.T))),
@@ -163,19 +168,23 @@ class KacPath(_KacSchedule):
     """Uniforms per coordinate of :meth:`latent_from_uniforms` (counter-based latents, :mod:`kaclib.latents`)."""
 
     def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
-        """The latent ``K_{g(T)}`` from independent uniforms ``u`` ``(4, *shape)``: the exact sampler
-        :meth:`~kaclib.kac.KacProcess.sample_from_uniforms` (one CDF table, no per-element rates).
+        """The latent ``K_{g(T)}`` from independent uniforms ``u`` ``(4, *shape)``.
+
+        It is drawn by the exact sampler :meth:`~kaclib.kac.KacProcess.sample_from_uniforms`
+        (one CDF table, no per-element rates).
         """
         return self.process.sample_from_uniforms(float(self.g(torch.tensor(self.T))), u, dtype=dtype)
 
     def velocity_bound(self, t, data_bound: float = 1.0) -> torch.Tensor:
-        """Per-coordinate bound on the target for data in ``[-data_bound, data_bound]``:
-        ``|f'(t)| data_bound + g'(t) c``.
+        """Per-coordinate bound on the target for data in ``[-data_bound, data_bound]``.
+
+        The bound is ``|f'(t)| data_bound + g'(t) c``.
         """
         t = torch.as_tensor(t)
         return self.df(t).abs() * data_bound + self.dg(t) * self.c
 
     def config(self) -> dict:
+        """The path's ``config()`` dict: ``{"kind": "kac", "a", "c", "f", "g", "T"}``."""
         return {"kind": "kac", "a": self.a, "c": self.c, "f": self.f_name, "g": self.g_name, "T": self.T}
 
 
@@ -189,6 +198,7 @@ class DiffusionPath(_Schedule):
         self.D = check_finite_param("D", D, positive=True)
 
     def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        """Draw ``x_t = f(t) x0 + sqrt(2 D g(t)) eps`` and its target at times ``t``."""
         tt = _expand_t(t, x0)
         _check_time_range(tt, self.T)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -203,10 +213,12 @@ class DiffusionPath(_Schedule):
         )
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
-        """``f' x0 + g' (x - f x0)/(2 g)``.  Where ``g(t) = 0`` (``t = 0``, which ``torch.rand``
-        does draw) the state is ``f x0`` exactly and the noise term is ``0/0``: it is replaced by
-        its conditional mean, 0 (for ``g = t^2`` the term is ``sqrt(2D/T) eps`` with mean 0; for
-        ``g = t`` it has mean 0 and diverges), so the target stays finite: ``f'(0) x0``.
+        """``f' x0 + g' (x - f x0)/(2 g)``.
+
+        Where ``g(t) = 0`` (``t = 0``, which ``torch.rand`` does draw) the state is ``f x0`` exactly
+        and the noise term is ``0/0``: it is replaced by its conditional mean, 0 (for ``g = t^2``
+        the term is ``sqrt(2D/T) eps`` with mean 0; for ``g = t`` it has mean 0 and diverges), so
+        the target stays finite: ``f'(0) x0``.
         """
         tt = _expand_t(t, x0)
         g = self.g(tt)
@@ -217,6 +229,7 @@ class DiffusionPath(_Schedule):
         return self.df(tt) * x0 + self.dg(tt) * noise_term
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+        """A draw of the latent ``sqrt(2 D g(T)) eps`` with shape ``shape``."""
         std = math.sqrt(2 * self.D * float(self.g(torch.tensor(self.T))))
         return std * torch.randn(
             tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype()
@@ -229,6 +242,7 @@ class DiffusionPath(_Schedule):
         return math.sqrt(2 * self.D * float(self.g(torch.tensor(self.T)))) * box_muller(u, dtype)
 
     def config(self) -> dict:
+        """The path's ``config()`` dict: ``{"kind": "diffusion", "D", "f", "g", "T"}``."""
         return {"kind": "diffusion", "D": self.D, "f": self.f_name, "g": self.g_name, "T": self.T}
 
 
@@ -283,6 +297,7 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         return out.to(t.dtype if t.is_floating_point() else torch.float64)
 
     def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        """Draw ``x_t = f(t) x0 + sigma(t) eps`` and its target ``f' x0 + sigma' eps``."""
         tt = _expand_t(t, x0)
         _check_time_range(tt, self.T)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -297,8 +312,10 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         )
 
     def conditional_velocity(self, x: torch.Tensor, x0: torch.Tensor, t) -> torch.Tensor:
-        """``f' x0 + sigma' (x - f x0)/sigma``; where ``sigma = 0`` (``t = 0``) the noise ``eps`` is
-        replaced by its conditional mean 0, so the target is ``f'(0) x0``.
+        """``f' x0 + sigma' (x - f x0)/sigma``.
+
+        Where ``sigma = 0`` (``t = 0``) the noise ``eps`` is replaced by its conditional mean 0, so
+        the target is ``f'(0) x0``.
         """
         tt = _expand_t(t, x0)
         sig = self.sigma(tt)
@@ -311,6 +328,7 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         return float(self.sigma(torch.tensor(self.T, dtype=torch.float64)))
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+        """A draw of the latent ``sigma(T) eps`` (``eps ~ N(0, 1)``) with shape ``shape``."""
         return self.latent_std() * torch.randn(
             tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype()
         )
@@ -322,6 +340,7 @@ class VarianceMatchedGaussianPath(_KacSchedule):
         return self.latent_std() * box_muller(u, dtype)
 
     def config(self) -> dict:
+        """The path's ``config()`` dict: ``{"kind": "gaussian-twin", "a", "c", "f", "g", "T"}``."""
         return {
             "kind": "gaussian-twin",
             "a": self.a,
@@ -342,6 +361,7 @@ class GaussianPath:
         return "GaussianPath()"
 
     def sample(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> PathSample:
+        """Draw ``x_t = (1 - t) x0 + t eps`` and its target ``eps - x0`` (a :class:`PathSample`)."""
         tt = _expand_t(t, x0)
         _check_time_range(tt, self.T)
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
@@ -360,6 +380,7 @@ class GaussianPath:
         return (x - x0) / tt
 
     def sample_latent(self, shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+        """A draw of the latent ``eps ~ N(0, 1)`` with shape ``shape``."""
         return torch.randn(
             tuple(shape), generator=generator, device=device, dtype=dtype or torch.get_default_dtype()
         )
@@ -371,25 +392,115 @@ class GaussianPath:
         return box_muller(u, dtype)
 
     def config(self) -> dict:
+        """The path's ``config()`` dict: ``{"kind": "gaussian", "T": 1.0}``."""
         return {"kind": "gaussian", "T": 1.0}
 
 
-def build_path(cfg: dict):
-    """Path from its ``config()`` dictionary (the form saved beside every checkpoint)."""
-    cfg = dict(cfg)
-    kind = cfg.pop("kind")
-    if kind == "kac":
-        return KacPath(**cfg)
-    if kind == "gaussian":
-        return GaussianPath()
-    if kind == "diffusion":
-        return DiffusionPath(**cfg)
-    if kind == "gaussian-twin":
-        return VarianceMatchedGaussianPath(**cfg)
-    if kind == "flight":
+#: the fields of each path kind, in the order of its ``config()`` dict (the form saved in run JSON)
+PATH_FIELDS = {
+    "kac": ("a", "c", "f", "g", "T"),
+    "gaussian": ("T",),
+    "diffusion": ("D", "f", "g", "T"),
+    "gaussian-twin": ("a", "c", "f", "g", "T"),
+    "flight": ("a", "c", "f", "g", "T"),
+}
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    """A probability path's configuration: one frozen value from a recipe to a run's JSON.
+
+    ``kind`` is one of :data:`PATH_FIELDS`; the other fields are the path's parameters (``a`` flip
+    rate, ``c`` speed, ``D`` diffusion coefficient, ``f`` mean schedule, ``g`` clock, ``T``
+    horizon); a field the kind does not use must stay ``None`` (or its default).  The defaults are
+    the official Kac-flow code's (``a, c = 9, 3``, ``g = t``); a recipe's teacher path is chosen
+    by measurement (:mod:`kaclib.recipe`).  Validated once, on construction, by building the path.
+    :meth:`to_dict` is the path's ``config()`` dict, the form saved beside every checkpoint, and
+    :meth:`build` the path object.
+    """
+
+    kind: str = "kac"
+    a: float | None = None
+    c: float | None = None
+    D: float | None = None
+    f: str = "linear"
+    g: str = "t"
+    T: float = 1.0
+
+    _DEFAULTS = {
+        "kac": {"a": 9.0, "c": 3.0},
+        "gaussian-twin": {"a": 9.0, "c": 3.0},
+        "flight": {"a": 9.0, "c": 3.0},
+        "diffusion": {"D": 0.5},
+    }
+
+    def __post_init__(self):
+        if self.kind not in PATH_FIELDS:
+            raise ValueError(
+                f"path kind must be one of {', '.join(map(repr, PATH_FIELDS))}, got {self.kind!r}"
+            )
+        used = PATH_FIELDS[self.kind]
+        for name in ("a", "c", "D"):
+            value = getattr(self, name)
+            if name not in used:
+                if value is not None:
+                    raise ValueError(f"a {self.kind!r} path has no parameter {name!r}")
+            elif value is None:
+                object.__setattr__(self, name, self._DEFAULTS[self.kind][name])
+            else:
+                object.__setattr__(self, name, check_finite_param(name, value))  # ranges: the path's own
+        if self.kind == "gaussian":
+            if self.T != 1.0 or (self.f, self.g) != ("linear", "t"):
+                raise ValueError("the gaussian path has T = 1 and no schedule parameters")
+        object.__setattr__(self, "T", float(self.T))
+        self.build()  # validates the schedule names and every parameter
+
+    @classmethod
+    def from_dict(cls, d) -> "PathConfig":
+        """From a ``config()`` dict (or a :class:`PathConfig`); one-line errors on unknown fields."""
+        if isinstance(d, PathConfig):
+            return d
+        if not isinstance(d, dict) or "kind" not in d:
+            raise ValueError(f"path must be a PathConfig or a dict with a 'kind', got {d!r}")
+        d = dict(d)
+        kind = d.pop("kind")
+        allowed = PATH_FIELDS.get(kind, ())
+        unknown = sorted(set(d) - set(allowed))
+        if kind in PATH_FIELDS and unknown:
+            raise ValueError(f"a {kind!r} path has no parameter(s) {', '.join(unknown)}")
+        return cls(kind=kind, **d)
+
+    def to_dict(self) -> dict:
+        """The path's ``config()`` dict: ``{"kind", <its fields>}``."""
+        return {"kind": self.kind, **{name: getattr(self, name) for name in PATH_FIELDS[self.kind]}}
+
+    def replace(self, **changes) -> "PathConfig":
+        """The same path with fields changed (validated again)."""
+        return PathConfig.from_dict({**self.to_dict(), **changes})
+
+    def build(self):
+        """The path object (:class:`KacPath`, :class:`GaussianPath`, ...)."""
+        args = {
+            name: getattr(self, name)
+            for name in PATH_FIELDS[self.kind]
+            if name != "T" or self.kind != "gaussian"
+        }
+        if self.kind == "kac":
+            return KacPath(**args)
+        if self.kind == "gaussian":
+            return GaussianPath()
+        if self.kind == "diffusion":
+            return DiffusionPath(**args)
+        if self.kind == "gaussian-twin":
+            return VarianceMatchedGaussianPath(**args)
         from .flights import RandomFlightPath  # flights imports this module
 
-        return RandomFlightPath(**cfg)
-    raise ValueError(
-        f"path kind must be 'kac', 'gaussian', 'diffusion', 'gaussian-twin' or 'flight', got {kind!r}"
-    )
+        return RandomFlightPath(**args)
+
+
+def build_path(cfg):
+    """Path from a :class:`PathConfig` or its ``config()`` dictionary.
+
+    The dictionary is the form saved beside every checkpoint.
+    """
+    return PathConfig.from_dict(cfg).build()

@@ -19,8 +19,10 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 def load(name: str, require: str | None = "comparisons") -> dict | None:
-    """``benchmarks/results/<name>.json``, or ``None`` when it is absent or predates the key
-    ``require`` (the held-out protocol's results all carry ``"comparisons"``).
+    """The committed ``benchmarks/results/<name>.json``, or ``None``.
+
+    ``None`` when it is absent or predates the key ``require`` (the held-out protocol's results all
+    carry ``"comparisons"``).
     """
     path = RESULTS_DIR / f"{name}.json"
     if not path.is_file():
@@ -47,8 +49,9 @@ def find_comparison(res: dict | None, claim: str, metric: str = "fid") -> dict |
 
 
 def show_comparisons(res: dict, contains: str = "", metrics=("fid", "kid")) -> list[dict]:
-    """Display the paired comparisons of ``res`` whose claim contains ``contains`` (HTML table
-    with the provenance as caption); returns them.
+    """Display the paired comparisons of ``res`` whose claim contains ``contains``; returns them.
+
+    Only those whose metric is in ``metrics``, as an HTML table with the provenance as caption.
     """
     from .plots import show_table
 

@@ -57,6 +57,7 @@ class RuleChoice:
 
     @property
     def xi(self) -> float:
+        """The damping ``xi = 2a``."""
         return 2 * self.a
 
     def path_config(self) -> dict:
@@ -64,6 +65,7 @@ class RuleChoice:
         return {"kind": "kac", "a": self.a, "c": self.c, "f": self.f, "g": self.g, "T": self.T}
 
     def to_dict(self) -> dict:
+        """The fields as a dict, plus ``xi``."""
         return {**asdict(self), "xi": self.xi}
 
 
@@ -90,8 +92,10 @@ def _check_data(data) -> torch.Tensor:
 
 
 def data_variance(data) -> float:
-    """Per-coordinate variance of ``data`` ``(N, ...)`` averaged over coordinates (``1/N``
-    normalisation): the one variance a coordinate-wise path with shared ``(a, c)`` can match.
+    """Per-coordinate variance of ``data`` ``(N, ...)``, averaged over coordinates.
+
+    With ``1/N`` normalisation: the one variance a coordinate-wise path with shared ``(a, c)`` can
+    match.
     """
     return float(_check_data(data).var(dim=0, unbiased=False).mean())
 
@@ -146,8 +150,9 @@ def solve_variance(
 def light_cone_rule(
     data, f: str = "linear", g: str = "t", T: float = 1.0, quantile: float = 1.0
 ) -> RuleChoice:
-    """R1: ``c g(T) = r`` (``r`` = :func:`data_range` at ``quantile``), then ``a`` such that
-    ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`).
+    """R1: ``c g(T) = r``, then ``a`` such that ``Var K_{g(T)}(a, c) = v``.
+
+    ``r`` is :func:`data_range` at ``quantile``, ``v`` is :func:`data_variance`.
 
     With ``quantile = 1`` a root exists for any non-constant data (``v <= E x^2 <= r^2``, equal only
     if every pixel is ``+-r`` with mean 0).
@@ -162,8 +167,9 @@ def light_cone_rule(
 
 
 def variance_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, a: float = 25.0) -> RuleChoice:
-    """R2: ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`) solved for ``c`` at the given ``a``
-    (default 25, the ``cpu`` profile's: the rule then only rescales the speed).
+    """R2: ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`) solved for ``c`` at the given ``a``.
+
+    ``a`` defaults to 25, the ``cpu`` profile's: the rule then only rescales the speed.
     """
     s = _final_time(f, g, T)
     v = data_variance(data)
@@ -174,8 +180,10 @@ def variance_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, a: floa
 
 
 def reversal_rule(data, f: str = "linear", g: str = "t", T: float = 1.0, k: float = 4.0) -> RuleChoice:
-    """R3: ``a g(T) = k`` expected reversals before the latent (the atoms at the fronts then hold
-    mass ``exp(-k)``), then ``c`` from ``Var K_{g(T)}(a, c) = v`` (:func:`data_variance`).
+    """R3: ``a g(T) = k`` expected reversals before the latent, then ``c`` by variance matching.
+
+    The atoms at the fronts then hold mass ``exp(-k)``; ``c`` solves ``Var K_{g(T)}(a, c) = v``
+    (:func:`data_variance`).
     """
     k = check_finite_param("k", k, positive=True)
     s = _final_time(f, g, T)
@@ -191,8 +199,9 @@ RULES = {"light-cone": light_cone_rule, "variance": variance_rule, "reversals": 
 
 
 def apply_rules(data, f: str = "linear", g: str = "t", T: float = 1.0, options: dict | None = None) -> dict:
-    """``{name: RuleChoice}`` of every rule of :data:`RULES` on ``data``; ``options`` maps a rule's
-    name to its keyword arguments (e.g. ``{"reversals": {"k": 8}}``).
+    """``{name: RuleChoice}`` of every rule of :data:`RULES` on ``data``.
+
+    ``options`` maps a rule's name to its keyword arguments (e.g. ``{"reversals": {"k": 8}}``).
     """
     options = options or {}
     unknown = sorted(set(options) - set(RULES))

@@ -52,6 +52,7 @@ class Scores:
     out_of_range: float = 0.0
 
     def to_dict(self) -> dict:
+        """The scores as a dict."""
         return dataclasses.asdict(self)
 
 

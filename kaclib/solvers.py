@@ -86,24 +86,30 @@ def time_grid(steps: int, T: float = 1.0) -> torch.Tensor:
 
 
 def grid_times(index: torch.Tensor, steps: int, T: float, dtype) -> torch.Tensor:
-    """Entries ``index`` of :func:`time_grid` (``T (steps - index)/steps``, computed in float64 and
-    cast to ``dtype``): the times a stage's student or a teacher substep sees, one per sample.
+    """Entries ``index`` of :func:`time_grid`, one time per sample.
+
+    ``T (steps - index)/steps``, computed in float64 and cast to ``dtype``: the times a stage's
+    student or a teacher substep sees.
     """
     return (T * (steps - index.to(torch.float64)) / steps).to(dtype)
 
 
 def passes_per_call(velocity, t: torch.Tensor | None = None) -> int:
-    """Network forward passes per sample that one call of ``velocity`` costs: what the velocity
-    reports itself (``velocity.passes_per_call(t)``, e.g. a guided field's 2), else 1 (a bare model
-    or a plain function).  The solver counts passes this way and knows nothing else of guidance.
+    """Network forward passes per sample that one call of ``velocity`` costs.
+
+    What the velocity reports itself (``velocity.passes_per_call(t)``, e.g. a guided field's 2),
+    else 1 (a bare model or a plain function).  The solver counts passes this way and knows nothing
+    else of guidance.
     """
     fn = getattr(velocity, "passes_per_call", None)
     return int(fn(t)) if callable(fn) else 1
 
 
 def step(velocity, x: torch.Tensor, t: torch.Tensor, h: float, y, method: str, u_prev=None, t_mid=None):
-    """One step of ``method`` from time ``t`` down to ``t - h``: the step rules every integration
-    of the library uses (:func:`sample` and the teacher's segments of :mod:`kaclib.distill`).
+    """One step of ``method`` from time ``t`` down to ``t - h``.
+
+    These are the step rules every integration of the library uses (:func:`sample` and the teacher's
+    segments of :mod:`kaclib.distill`).
 
     ``t`` (and, for midpoint, ``t_mid``, the half-step time) are ``(B,)`` tensors computed by the
     caller on its own grid.  AB-2 takes ``u_prev``, the velocity of the previous step (``None``:

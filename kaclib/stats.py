@@ -41,12 +41,15 @@ class Interval:
 
     @property
     def half_width(self) -> float:
+        """Half the interval's width, ``(hi - lo) / 2``."""
         return (self.hi - self.lo) / 2
 
     def excludes_zero(self) -> bool:
+        """Whether the interval lies strictly on one side of 0."""
         return self.lo > 0 or self.hi < 0
 
     def to_dict(self) -> dict:
+        """The fields as a dict, plus ``half_width``."""
         return {**asdict(self), "half_width": self.half_width}
 
 
@@ -74,8 +77,9 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
 
 
 def verdict(interval: Interval, direction: str) -> str:
-    """``"holds"`` / ``"fails"`` / ``"inconclusive"`` for the claim "the difference is ``direction``
-    zero" (``direction``: ``"<"`` or ``">"``), read from the interval alone.
+    """``"holds"`` / ``"fails"`` / ``"inconclusive"`` for a claim, read from the interval alone.
+
+    The claim is "the difference is ``direction`` zero" (``direction``: ``"<"`` or ``">"``).
     """
     if direction not in ("<", ">"):
         raise ValueError(f"direction must be '<' or '>', got {direction!r}")
@@ -100,6 +104,7 @@ class Comparison:
     verdict: str
 
     def to_dict(self) -> dict:
+        """The fields as a dict (``diff_values`` and ``ci95`` as lists)."""
         d = asdict(self)
         d["diff_values"], d["ci95"] = list(self.diff_values), list(self.ci95)
         return d
@@ -136,3 +141,27 @@ def fmt_ci(values: Sequence[float], digits: int = 3) -> str:
     if ci.n < 2:
         return f"{ci.mean:.{digits}f} (n=1)"
     return f"{ci.mean:.{digits}f} ± {ci.half_width:.{digits}f} (n={ci.n})"
+
+
+def ks_distance(samples, cdf) -> float:
+    """Kolmogorov-Smirnov distance between samples and an exact law that may have atoms.
+
+    Compares the empirical and the exact CDF both at and just left of every distinct sample value
+    (right- and left-limits), so atoms (the Kac law's at ``+-c s``) are handled.  ``samples``: a
+    tensor; ``cdf``: a callable on a float64 tensor.
+    """
+    import torch
+
+    x = samples.double().flatten()
+    n = x.numel()
+    vals, counts = torch.unique(x, sorted=True, return_counts=True)
+    ecdf_right = torch.cumsum(counts, 0).double() / n
+    ecdf_left = ecdf_right - counts.double() / n
+    f_right = cdf(vals)
+    f_left = cdf(torch.nextafter(vals, torch.full_like(vals, -math.inf)))
+    return max((ecdf_right - f_right).abs().max().item(), (ecdf_left - f_left).abs().max().item())
+
+
+def ks_bound_99(n: int) -> float:
+    """Asymptotic 99% critical value of the one-sample KS statistic (conservative with atoms)."""
+    return math.sqrt(-0.5 * math.log(0.005)) / math.sqrt(n)

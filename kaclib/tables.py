@@ -36,8 +36,9 @@ COMPARISON_HEADER = ["claim", "metric", "a - b (mean)", "95% CI", "seeds", "verd
 
 
 def comparison_rows(comparisons: list) -> list[list]:
-    """Rows of a table of paired comparisons (dicts of :meth:`kaclib.stats.Comparison.to_dict`),
-    under :data:`COMPARISON_HEADER`.
+    """Rows of a table of paired comparisons, under :data:`COMPARISON_HEADER`.
+
+    ``comparisons`` are dicts of :meth:`kaclib.stats.Comparison.to_dict`.
     """
     return [
         [

@@ -98,10 +98,11 @@ def mixture_density(
 
 
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` between the empirical laws of two
-    samples (Székely and Rizzo 2013): always >= 0, 0 iff the laws agree.  These are V-statistics
-    (diagonal included), so two samples of the same law give a small positive value of order
-    ``1/n``: compare against that floor.  Computed in float64.
+    """Energy distance ``2 E|X - Y| - E|X - X'| - E|Y - Y'|`` between the empirical laws of two samples.
+
+    Always >= 0, 0 iff the laws agree (Székely and Rizzo 2013).  These are V-statistics (diagonal
+    included), so two samples of the same law give a small positive value of order ``1/n``: compare
+    against that floor.  Computed in float64.
     """
     x, y = x.double().reshape(len(x), -1), y.double().reshape(len(y), -1)
     if len(x) < 2 or len(y) < 2:
@@ -121,8 +122,10 @@ def gaussian_marginal_velocity(
     spacing: float = MIXTURE["spacing"],
     std: float = MIXTURE["std"],
 ) -> torch.Tensor:
-    """The exact marginal velocity ``E[eps - x0 | x_t = x]`` of the Gaussian path
-    ``x_t = (1 - t) x0 + t eps`` for the mixture data, at points ``x (n, 2)`` and time ``0 < t <= 1``.
+    """Exact marginal velocity ``E[eps - x0 | x_t = x]`` of the Gaussian path for the mixture data.
+
+    The path is ``x_t = (1 - t) x0 + t eps``; the velocity is evaluated at points ``x (n, 2)`` and time
+    ``0 < t <= 1``.
 
     Per component ``k`` (mean ``mu_k``): ``x_t ~ N((1 - t) mu_k, S I)`` with ``S = (1 - t)^2 std^2 + t^2``
     and ``E[eps - x0 | x_t = x, k] = (t - (1 - t) std^2)/S (x - (1 - t) mu_k) - mu_k``; the components
@@ -146,8 +149,10 @@ def mode_stats(
     std: float = MIXTURE["std"],
     radius: float = 3.0,
 ) -> dict:
-    """``{"near": fraction of points within radius*std of a centre, "modes": number of centres with
-    at least one such point}``.
+    """Mode coverage of ``x``: ``{"near": fraction, "modes": count}``.
+
+    ``near``: the fraction of points within radius*std of a centre; ``modes``: the number of centres
+    with at least one such point.
     """
     centers = mixture_centers(grid, spacing).to(x.dtype)
     d = torch.cdist(x, centers)
@@ -161,8 +166,10 @@ def mode_stats(
 
 @dataclass
 class ToyModel:
-    """A trained toy model: ``model`` (EMA weights, eval mode), its ``path``, the artifact folder,
-    the per-step ``losses`` and ``seconds_per_step`` of the training run.
+    """A trained toy model.
+
+    ``model`` (EMA weights, eval mode), its ``path``, the artifact folder, the per-step ``losses`` and
+    ``seconds_per_step`` of the training run.
     """
 
     model: torch.nn.Module
@@ -255,8 +262,9 @@ def _toy_mlp(path, model_cfg: dict):
 
 
 def _fit_toy(tmp: Path, path, config: dict, progress: bool) -> None:
-    """Train the model of ``config`` on its mixture data and write its EMA weights
-    (``ema.safetensors``) and losses (``train.json``) into ``tmp``.
+    """Train the model of ``config`` on its mixture data and write its outputs into ``tmp``.
+
+    Its EMA weights go to ``ema.safetensors``, its losses to ``train.json``.
     """
     from . import runs
     from .train import fit

@@ -57,6 +57,7 @@ from . import accel as _accel
 from . import runs
 from .accel import AccelConfig
 from .kac import check_finite_param
+from .loaded_run import LoadedRun, load_run, run_sampling_defaults  # re-exported
 from .loop import (
     EpochOrder,
     FiniteGuard,
@@ -72,7 +73,6 @@ from .loop import (
     step_seed,
 )
 from .losses import FlowMatchingLoss
-from .paths import build_path
 from .train_config import (
     MAX_BATCH,
     MAX_STEPS,
@@ -92,6 +92,7 @@ __all__ = [
     "fit",
     "train",
     "load_run",
+    "run_sampling_defaults",
     "resolve_model_config",
     "init_distributed",
     "step_seed",
@@ -111,7 +112,9 @@ _FiniteGuard = FiniteGuard
 
 @dataclass
 class FitResult:
-    """``model``: the trained (bare) module; ``ema``: its EMA copy (bare module, eval mode);
+    """What :func:`fit` returns.
+
+    ``model``: the trained (bare) module; ``ema``: its EMA copy (bare module, eval mode);
     ``step``: steps done in total; ``start_step``: where this call started (> 0 after a resume);
     ``losses``: per-step training losses of this call (this rank's batch; CPU float tensor);
     ``seconds_per_step``: wall time of this call / its steps.
@@ -160,7 +163,9 @@ def _check_fit_args(hp: dict) -> SimpleNamespace:
 
 
 def _fit_config(path, hp: SimpleNamespace, acc) -> dict:
-    """The default ``config.json`` of :func:`fit`: its hyper-parameters, the path's config and the
+    """The default ``config.json`` of :func:`fit`.
+
+    The default ``config.json`` of :func:`fit`: its hyper-parameters, the path's config and the
     accelerator switches unless plain fp32.
     """
     keys = ("batch_size", "lr", "p_uncond", "grad_clip", "ema_decay", "seed", "num_classes", "steps")
@@ -177,7 +182,9 @@ _rng_devices = rng_devices  # the name this module used before kaclib.loop
 
 
 def _open_run_dir(run_dir, config, acc, resume, model, ema, optimizer, lock, is_main, world):
-    """Check / write ``run_dir`` for :func:`fit` (rank 0 takes its lock on ``lock``) and load its
+    """Check or write ``run_dir`` for :func:`fit` and load its checkpoint when resuming.
+
+    Check / write ``run_dir`` for :func:`fit` (rank 0 takes its lock on ``lock``) and load its
     checkpoint when resuming.  Returns ``(config, start, last_good)``.
     """
     saved = runs.read_config(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
@@ -301,7 +308,9 @@ def fit(
 
 @dataclass
 class _FitLoop:
-    """The steps of :func:`fit` on this rank: :func:`_train_step`, the log window, checkpoints
+    """The steps of :func:`fit` on this rank.
+
+    The steps of :func:`fit` on this rank: :func:`_train_step`, the log window, checkpoints
     (rank 0) and the finite guard.
     """
 
@@ -393,7 +402,9 @@ def _train_step(
     device,
     acc=None,
 ):
-    """One optimisation step of ``loss_fn`` (:class:`kaclib.losses.FlowMatchingLoss`); every random
+    """One optimisation step of ``loss_fn`` (:class:`kaclib.losses.FlowMatchingLoss`).
+
+    One optimisation step of ``loss_fn`` (:class:`kaclib.losses.FlowMatchingLoss`); every random
     draw comes from ``step_seed(seed, rank, k, ...)``: stream 1 seeds the global RNG (dropout), stream
     0 the step's generator.
     """
@@ -422,7 +433,9 @@ def _save_checkpoint(
 
 @dataclass
 class TrainResult:
-    """``model``/``ema``: trained bare modules (eval mode); ``path``: the path object;
+    """What :func:`train` returns.
+
+    ``model``/``ema``: trained bare modules (eval mode); ``path``: the path object;
     ``config``: the resolved :class:`TrainConfig`; ``step``: steps done; ``losses``: per-step
     losses of this call; ``seconds_per_step``; ``run_dir``.
     """
@@ -464,7 +477,7 @@ def train(
         acc = cfg.accel.resolve(dev)  # recorded as run on this device; plain fp32 records nothing
         cfg = cfg.replace(accel=acc if acc != _accel.OFF else AccelConfig())
         data = load_dataset(cfg.dataset, "train", root=data_root, seed=cfg.data_seed)
-        path = build_path(cfg.path)
+        path = cfg.path.build()
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = build_model(UNetConfig.from_dict(cfg.model), path=path)
         res = fit(
@@ -505,66 +518,23 @@ def train(
     )
 
 
-@dataclass
-class LoadedRun:
-    """A trained run ready for sampling: ``model`` (eval mode, on ``device``), its ``path``, the
-    run's ``config`` (a :class:`TrainConfig` for runs made by :func:`train`, else the raw dict)
-    and the checkpoint's ``step``.
-    """
-
-    model: nn.Module
-    path: object
-    config: TrainConfig | dict
-    step: int
-
-
-def load_run(run_dir: str | os.PathLike, ema: bool = True, device="cpu") -> LoadedRun:
-    """Model + path of a run directory (EMA weights by default).
-
-    Needs ``config.json`` with ``"model"`` (a full UNet config dict) and ``"path"`` entries, as
-    written by :func:`train` (distillation runs follow the same layout).
-    """
-    from .models import UNetConfig, build_model
-
-    run_dir = runs.check_run_path(run_dir)
-    raw = runs.read_config(run_dir)
-    if "model" not in raw or "path" not in raw:
-        raise ValueError(f"{run_dir}/{runs.CONFIG_FILE} lacks 'model' or 'path': not a model run")
-    name = runs.EMA_FILE if ema else runs.MODEL_FILE
-    if not (run_dir / name).is_file() and not (run_dir / runs.PENDING_FILE).is_file():
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (missing {name})")
-    ckpt = runs.read_checkpoint(run_dir, names=(name,))  # verified, read-only: nothing is recovered
-    raw = ckpt.config
-    try:
-        path = build_path(raw["path"])
-        model = build_model(UNetConfig.from_dict(raw["model"]), path=path)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise runs.RunDirError(f"{run_dir / runs.CONFIG_FILE}: not a usable model config ({e})") from None
-    ckpt.load_into(model, name)
-    runs.check_finite(model, str(run_dir / name))
-    model.to(device).eval()
-    step = ckpt.step
-    try:
-        config = TrainConfig.from_dict(raw)
-    except (ValueError, TypeError):
-        config = raw
-    return LoadedRun(model=model, path=path, config=config, step=step)
-
-
 # =============================================================================== command line
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kaclib.train``: the thin entry for scripts and ``torchrun`` (users: ``python -m
-    kaclib train``).  ``--config`` (a :class:`TrainConfig` JSON file; default ``TrainConfig()``) with
-    ``--set key=value`` overrides (dotted keys) -> :func:`train` into ``--run-dir``; rank 0 prints
-    ``{"run_dir", "step", "seconds_per_step"}`` as JSON.
+    """``python -m kaclib.train``: the thin entry for scripts and ``torchrun``.
+
+    Users run ``python -m kaclib train``; both start from the same default, the current recipe's
+    teacher (:meth:`kaclib.recipe.Recipe.teacher_config`).  ``--config`` (a :class:`TrainConfig`
+    JSON file) replaces that default; ``--set key=value`` overrides fields (dotted keys) ->
+    :func:`train` into ``--run-dir``; rank 0 prints ``{"run_dir", "step", "seconds_per_step"}``
+    as JSON.
     """
     parser = argparse.ArgumentParser(
         prog="python -m kaclib.train",
         description="Train a velocity model from a TrainConfig JSON (the CLI is `python -m kaclib train`).",
     )
-    parser.add_argument("--config", help="TrainConfig JSON file (default: TrainConfig())")
+    parser.add_argument("--config", help="TrainConfig JSON file (default: the current recipe's teacher)")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (dotted keys)"
@@ -574,7 +544,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    base = json.loads(Path(args.config).read_text()) if args.config else TrainConfig().to_dict()
+    if args.config:
+        base = json.loads(Path(args.config).read_text())
+    else:  # the same default as `python -m kaclib train`
+        from .teachers import teacher_config
+
+        base = teacher_config().to_dict()
     cfg = TrainConfig.from_dict(runs.apply_overrides(base, args.set))
     res = train(
         cfg,

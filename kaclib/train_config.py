@@ -1,6 +1,8 @@
-"""The configuration of a teacher run: :class:`TrainConfig` (frozen, JSON round trip, validated
-with one-line errors), the fields that may change on resume, and the resolution of a model preset
-against a data set.  :mod:`kaclib.train` runs it (and re-exports every name here).
+"""The configuration of a teacher run.
+
+It holds :class:`TrainConfig` (frozen, JSON round trip, validated with one-line errors), the fields
+that may change on resume, and the resolution of a model preset against a data set.
+:mod:`kaclib.train` runs it (and re-exports every name here).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from . import accel as _accel
 from .accel import AccelConfig
 from .configs import JSONConfig
 from .kac import check_finite_param
-from .paths import build_path
+from .paths import PathConfig
 
 __all__ = ["MAX_BATCH", "MAX_STEPS", "MUTABLE_FIELDS", "TrainConfig", "resolve_model_config"]
 
@@ -31,10 +33,6 @@ MAX_BATCH = 16384
 
 
 # =============================================================================== configuration
-
-
-def _default_path() -> dict:
-    return {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
 
 
 def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
@@ -67,8 +65,9 @@ class TrainConfig(JSONConfig):
 
     ``model``: a full UNet config dict, or ``{"preset": name, **overrides}`` (resolved by
     :meth:`resolved` to the full :class:`kaclib.models.UNetConfig` dict that is saved).
-    ``path``: ``{"kind": "kac", "a", "c", "f", "g", "T"}``, ``{"kind": "gaussian"}`` or
-    ``{"kind": "diffusion", ...}`` (see :func:`kaclib.paths.build_path`).
+    ``path``: a :class:`kaclib.paths.PathConfig` (or its dict, ``{"kind": "kac", "a", "c", "f",
+    "g", "T"}``, ``{"kind": "gaussian"}``, ...), kept as the one frozen value and saved in its
+    ``config()`` form.
     ``batch_size`` is the global batch (split across ranks).  ``grad_clip=None`` disables clipping.
     ``seed`` drives initialisation, data order and noise; ``data_seed`` the data set's seeded
     train/val split (``load_dataset(..., seed=data_seed)``).  ``checkpoint_every=0`` checkpoints only
@@ -82,7 +81,7 @@ class TrainConfig(JSONConfig):
 
     dataset: str = "digits"
     model: dict = field(default_factory=lambda: {"preset": "digits-tiny"})
-    path: dict = field(default_factory=_default_path)
+    path: PathConfig = field(default_factory=PathConfig)
     p_uncond: float = 0.1
     lr: float = 5e-4
     batch_size: int = 128
@@ -103,8 +102,7 @@ class TrainConfig(JSONConfig):
             raise ValueError(
                 f"model must be a dict (UNet config or {{'preset': name, ...}}), got {self.model!r}"
             )
-        if not isinstance(self.path, dict) or "kind" not in self.path:
-            raise ValueError(f"path must be a dict with a 'kind', got {self.path!r}")
+        object.__setattr__(self, "path", PathConfig.from_dict(self.path))
         object.__setattr__(self, "p_uncond", _check_prob("p_uncond", self.p_uncond))
         object.__setattr__(self, "lr", check_finite_param("lr", self.lr, positive=True))
         _check_int("batch_size", self.batch_size, 1, MAX_BATCH)
@@ -117,10 +115,8 @@ class TrainConfig(JSONConfig):
         _check_int("data_seed", self.data_seed, 0)
 
     def resolved(self) -> "TrainConfig":
-        """The same config with ``model`` as a full UNet config dict and ``path`` in its full form."""
-        path = build_path(self.path)
-        model = resolve_model_config(self.model, self.dataset)
-        return self.replace(model=model, path=path.config())
+        """The same config with ``model`` as a full UNet config dict (``path`` is always full)."""
+        return self.replace(model=resolve_model_config(self.model, self.dataset))
 
 
 def resolve_model_config(model: dict, dataset: str | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""End points and whole trajectories: does matching end points keep the student's path close?
+"""End points and whole trajectories: whether matching end points keeps the student's path close.
 
 A distilled stage (:mod:`kaclib.distill`) trains the student's ONE Euler step over
 ``[t_{k+1}, t_k]`` (``Delta = T / M``) to land on the teacher's end point after ``N`` substeps of
@@ -231,8 +231,9 @@ class PathDeviation:
 def path_deviation(
     teacher_field: TeacherField, student, path, spec: StageSpec, x_T: torch.Tensor, y, batch_size: int = 256
 ) -> PathDeviation:
-    """:func:`interval_deviation` of every interval ``k = 0..M-1`` at the states of
-    :func:`sampler_states` from the latents ``x_T`` (in batches of ``batch_size`` samples).
+    """:func:`interval_deviation` of every interval ``k = 0..M-1`` from the latents ``x_T``.
+
+    At the states of :func:`sampler_states`, in batches of ``batch_size`` samples.
     """
     spec = _check_spec(spec)
     _check_state(x_T, y)
@@ -290,9 +291,10 @@ def correlations(a, b) -> dict:
 
 @dataclass(frozen=True)
 class SlopeFit:
-    """Least-squares slope of ``log(deviation)`` on ``log(Delta)`` with its CI at ``level``
-    (``slope +/- t_{(1+level)/2, n-2} stderr``; ``nan`` bounds with fewer than 3 points, as
-    :func:`kaclib.stats.mean_ci` gives ``nan`` for one value).
+    """Least-squares slope of ``log(deviation)`` on ``log(Delta)`` with its CI at ``level``.
+
+    The CI is ``slope +/- t_{(1+level)/2, n-2} stderr``; ``nan`` bounds with fewer than 3 points, as
+    :func:`kaclib.stats.mean_ci` gives ``nan`` for one value.
     """
 
     slope: float
@@ -305,6 +307,7 @@ class SlopeFit:
 
     @property
     def half_width(self) -> float:
+        """Half the width of the CI, ``(hi - lo) / 2``."""
         return (self.hi - self.lo) / 2
 
     def contains(self, value: float) -> bool:
@@ -312,6 +315,7 @@ class SlopeFit:
         return bool(self.lo <= value <= self.hi)
 
     def to_dict(self) -> dict:
+        """The fit as a JSON-ready dict (with ``half_width``)."""
         return {
             "slope": self.slope,
             "lo": self.lo,
@@ -371,12 +375,15 @@ class StageDeviation:
 
     @property
     def spec(self) -> StageSpec:
+        """The stage's :class:`StageSpec` (that of its deviation)."""
         return self.deviation.spec
 
     def summary(self) -> dict:
-        """JSON-ready: the stage, ``Delta``, ``n``; mean and 95% CI over samples of the mean and of the
-        largest (over intervals) end-point error and interior deviation; Pearson / Spearman of the
-        per-sample largest values (``per_sample``) and of all (sample, interval) pairs (``per_interval``).
+        """JSON-ready summary of the stage's end-point errors and interior deviations.
+
+        The stage, ``Delta``, ``n``; mean and 95% CI over samples of the mean and of the largest (over
+        intervals) end-point error and interior deviation; Pearson / Spearman of the per-sample largest
+        values (``per_sample``) and of all (sample, interval) pairs (``per_interval``).
         """
         d = self.deviation
         s = self.spec
@@ -433,6 +440,7 @@ class DeviationStudy:
     label: str = ""
 
     def to_dict(self) -> dict:
+        """JSON-ready: the label, each stage's summary, the two slopes and the pooled correlations."""
         return {
             "label": self.label,
             "stages": [s.summary() for s in self.stages],
@@ -445,9 +453,10 @@ class DeviationStudy:
 def deviation_study(
     stages, path, x_T: torch.Tensor, y, label: str = "", batch_size: int = 256
 ) -> DeviationStudy:
-    """:func:`path_deviation` of every ``(spec, teacher_field, student)`` in ``stages`` from the SAME
-    latents ``x_T`` (and labels ``y``), with the slopes of the interior deviation against ``Delta``
-    (when at least two stages have different ``Delta``) and the pooled correlations.
+    """:func:`path_deviation` of every ``(spec, teacher_field, student)`` in ``stages``.
+
+    All from the SAME latents ``x_T`` (and labels ``y``), with the slopes of the interior deviation
+    against ``Delta`` (when at least two stages have different ``Delta``) and the pooled correlations.
     """
     out = []
     for item in stages:
@@ -472,11 +481,13 @@ def deviation_study(
 
 
 def load_ladder_stages(ladder, device="cpu"):
-    """``(path, stages, num_classes, image_shape)`` of a finished ladder (a run directory of
-    :func:`kaclib.distill.run_ladder`, or its :class:`~kaclib.distill.LadderResult`): ``stages`` the
-    ``(spec, teacher_field, student)`` triples, built as :func:`kaclib.distill.run_ladder` builds them
-    (the flow teacher guided with the ladder's ``w`` and ``teacher_solver``; later teachers the
-    previous students, Euler, unguided).  Unfinished stages are left out.
+    """``(path, stages, num_classes, image_shape)`` of a finished ladder.
+
+    ``ladder`` is a run directory of :func:`kaclib.distill.run_ladder`, or its
+    :class:`~kaclib.distill.LadderResult`.  ``stages`` are the ``(spec, teacher_field, student)``
+    triples, built as :func:`kaclib.distill.run_ladder` builds them (the flow teacher guided with the
+    ladder's ``w`` and ``teacher_solver``; later teachers the previous students, Euler, unguided).
+    Unfinished stages are left out.
     """
     from . import runs
     from .distill import DistillConfig, load_ladder
@@ -516,8 +527,9 @@ def load_ladder_stages(ladder, device="cpu"):
 def stage_deviation_study(
     ladder, n: int = 256, seed: int = 0, device="cpu", batch_size: int = 256, label: str | None = None
 ) -> DeviationStudy:
-    """:func:`deviation_study` of every finished stage of ``ladder`` (a run directory or a
-    :class:`~kaclib.distill.LadderResult`) on ``n`` shared latents: image ``i``'s latent is
+    """:func:`deviation_study` of every finished stage of ``ladder`` on ``n`` shared latents.
+
+    ``ladder`` is a run directory or a :class:`~kaclib.distill.LadderResult`.  Image ``i``'s latent is
     :func:`kaclib.evaluation.image_latents` of ``(seed, i)`` and its label ``i mod num_classes``, the
     same for every stage.  ``label`` defaults to the path's kind.
     """
@@ -538,8 +550,9 @@ def stage_deviation_study(
 
 
 def deviation_figure(studies: dict, title: str | None = None, max_points: int = 400):
-    """Scatter of the per-sample largest end-point error (x) against the largest interior deviation (y),
-    one colour per stage, one panel per study (e.g. ``{"Kac": study, "Gaussian": study}``), log axes,
+    """Scatter of the per-sample largest end-point error (x) against the largest interior deviation (y).
+
+    One colour per stage, one panel per study (e.g. ``{"Kac": study, "Gaussian": study}``), log axes,
     with the diagonal ``y = x``.  ``max_points`` per stage (the first ones) keep the page light.
     """
     if not isinstance(studies, dict) or not studies:
@@ -559,8 +572,10 @@ def deviation_figure(studies: dict, title: str | None = None, max_points: int = 
 
 
 def scatter_panels_figure(panels: dict, title: str | None, x_title: str, opacity: float = 0.6):
-    """The end-point / interior-deviation scatter itself, whatever holds the points (a live
-    :class:`DeviationStudy` or a committed benchmark): ``panels`` maps a panel title to its stages
+    """The end-point / interior-deviation scatter itself, whatever holds the points.
+
+    The points come from a live :class:`DeviationStudy` or a committed benchmark: ``panels`` maps a
+    panel title to its stages
     ``[(student_steps, trace name, end-point errors, interior deviations), ...]``; one colour per
     student step count (shared across panels), log axes, the diagonal ``interior = end point``.
     """

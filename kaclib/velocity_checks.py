@@ -26,10 +26,11 @@ def coordinate_bound(path, t: float) -> float:
 
 @dataclass(frozen=True)
 class TrajectoryBound:
-    """Per solver time ``times[k]`` (``t > 0``): ``bound`` (per coordinate), ``ratio_max`` (max over
-    images and coordinates of ``|u| / bound``), ``violation_fraction`` (coordinates with ratio > 1),
-    ``norm_max`` / ``norm_q99`` / ``norm_bound`` (largest and 99th-percentile ``||u||`` against
-    ``bound sqrt(d)``).
+    """The velocity ``u`` against the finite-speed bound, per solver time ``times[k]`` (``t > 0``).
+
+    ``bound`` (per coordinate), ``ratio_max`` (max over images and coordinates of ``|u| / bound``),
+    ``violation_fraction`` (coordinates with ratio > 1), ``norm_max`` / ``norm_q99`` /
+    ``norm_bound`` (largest and 99th-percentile ``||u||`` against ``bound sqrt(d)``).
     """
 
     times: list
@@ -41,6 +42,7 @@ class TrajectoryBound:
     norm_bound: list
 
     def to_dict(self) -> dict:
+        """The fields as a plain dict."""
         return asdict(self)
 
 
@@ -48,10 +50,11 @@ class TrajectoryBound:
 def trajectory_bound_stats(
     velocity, path, trajectory: torch.Tensor, times, labels=None, batch_size: int = 500
 ) -> TrajectoryBound:
-    """``velocity(x, t, y)`` at the states ``trajectory[k]`` (``(S + 1, N, ...)`` from
+    """``velocity(x, t, y)`` along a sampling trajectory, against :func:`coordinate_bound`.
+
+    Evaluated at the states ``trajectory[k]`` (``(S + 1, N, ...)`` from
     :func:`kaclib.evaluation.generate` with ``return_trajectory=True``) and times ``times[k]``
-    (``(S + 1,)``, from ``T`` down to 0), against :func:`coordinate_bound`; the final state
-    (``t = 0``) is skipped.
+    (``(S + 1,)``, from ``T`` down to 0); the final state (``t = 0``) is skipped.
     """
     if getattr(path, "name", None) != "kac":
         raise ValueError("the finite-speed bound is a property of the Kac path")

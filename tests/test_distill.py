@@ -162,8 +162,8 @@ def test_profiles_give_consistent_ladders():
 
     for prof in PROFILES.values():
         cfg = config_for_profile(prof)
-        assert cfg.ladder[0] == prof.teacher_steps and cfg.ladder[-1] == 1
-        assert [s.iters for s in cfg.stages()] == [prof.distill_iters] * (len(cfg.ladder) - 1)
+        assert cfg.ladder[0] == prof.sampling.steps and cfg.ladder[-1] == 1
+        assert [s.iters for s in cfg.stages()] == [prof.distill.iters] * (len(cfg.ladder) - 1)
     assert config_for_profile("smoke", states="rollout").states == "rollout"
 
 

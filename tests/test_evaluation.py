@@ -223,17 +223,17 @@ def test_teacher_config_follows_the_profile():
 
     prof = get_profile("cpu")
     k = teacher_config("cpu")
-    assert k.path == {
+    assert k.path.to_dict() == {
         "kind": "kac",
-        "a": prof.kac_a,
-        "c": prof.kac_c,
-        "f": prof.kac_f,
-        "g": prof.kac_g,
+        "a": prof.path.a,
+        "c": prof.path.c,
+        "f": prof.path.f,
+        "g": prof.path.g,
         "T": 1.0,
     }
-    assert k.model == {"preset": prof.model_preset, "head": prof.head} and k.steps == prof.train_steps
+    assert k.model == {"preset": prof.teacher.model_preset, "head": prof.teacher.head} and k.steps == prof.teacher.train_steps
     g = teacher_config("cpu", path="gaussian", seed=1)
-    assert g.path == {"kind": "gaussian"} and g.model["head"] == "free" and g.seed == 1
+    assert g.path.to_dict() == {"kind": "gaussian", "T": 1.0} and g.model["head"] == "free" and g.seed == 1
     assert (g.steps, g.batch_size, g.model["preset"]) == (k.steps, k.batch_size, k.model["preset"])
     with pytest.raises(ValueError, match="path must be"):
         teacher_config("cpu", path="heat")

@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy import integrate
 from scipy.stats import chi2
-from test_kac import ks_bound_99, ks_distance
 
 from kaclib.flights import (
     RandomFlight,
@@ -17,6 +16,7 @@ from kaclib.flights import (
 )
 from kaclib.kac import KacProcess
 from kaclib.paths import build_path
+from kaclib.stats import ks_bound_99, ks_distance
 
 F64 = torch.float64
 torch.set_num_threads(1)

@@ -8,28 +8,11 @@ import torch
 from scipy import integrate
 
 from kaclib.kac import KacProcess, poisson, standard_gamma
+from kaclib.stats import ks_bound_99, ks_distance
 
 PARAMS = [(9.0, 3.0), (25.0, 2.0), (1.0, 1.0)]
 TIMES = [2.0**-10, 2.0**-6, 2.0**-3, 1.0]
 F64 = torch.float64
-
-
-def ks_distance(samples: torch.Tensor, cdf) -> float:
-    """Kolmogorov-Smirnov distance for a law with atoms: compares the empirical and exact CDFs both
-    at and just left of every distinct sample value (right- and left-limits)."""
-    x = samples.double().flatten()
-    n = x.numel()
-    vals, counts = torch.unique(x, sorted=True, return_counts=True)
-    ecdf_right = torch.cumsum(counts, 0).double() / n
-    ecdf_left = ecdf_right - counts.double() / n
-    f_right = cdf(vals)
-    f_left = cdf(torch.nextafter(vals, torch.full_like(vals, -math.inf)))
-    return max((ecdf_right - f_right).abs().max().item(), (ecdf_left - f_left).abs().max().item())
-
-
-def ks_bound_99(n: int) -> float:
-    """Asymptotic 99% critical value of the one-sample KS statistic (conservative with atoms)."""
-    return math.sqrt(-0.5 * math.log(0.005)) / math.sqrt(n)
 
 
 @pytest.mark.parametrize("a,c", PARAMS)

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from scipy import stats
-from test_kac import ks_bound_99, ks_distance
 
 from kaclib.kac import KacProcess
 from kaclib.latents import (
@@ -17,6 +16,7 @@ from kaclib.latents import (
     image_latents,
 )
 from kaclib.paths import DiffusionPath, GaussianPath, KacPath
+from kaclib.stats import ks_bound_99, ks_distance
 from kaclib.train import step_seed
 
 MASK = (1 << 64) - 1

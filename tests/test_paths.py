@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from test_kac import ks_bound_99, ks_distance
 
 from kaclib.kac import KacProcess
 from kaclib.paths import DiffusionPath, GaussianPath, KacPath, build_path
+from kaclib.stats import ks_bound_99, ks_distance
 
 F64 = torch.float64
 

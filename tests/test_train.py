@@ -66,10 +66,10 @@ def test_config_json_round_trip_and_resolution():
     assert TrainConfig.from_dict(d) == cfg
     r = cfg.resolved()
     assert r.model["base_channels"] == 16 and r.model["num_classes"] == 10 and "preset" not in r.model
-    assert r.path == {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
+    assert r.path.to_dict() == {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}
     assert TrainConfig.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     assert r.resolved() == r  # idempotent
-    assert TrainConfig(path={"kind": "gaussian"}).resolved().path == {"kind": "gaussian", "T": 1.0}
+    assert TrainConfig(path={"kind": "gaussian"}).resolved().path.to_dict() == {"kind": "gaussian", "T": 1.0}
 
 
 @pytest.mark.parametrize(

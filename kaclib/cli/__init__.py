@@ -39,13 +39,22 @@ from __future__ import annotations
 import os
 import sys
 
-from .distill import cmd_distill, ladder_gate
+from .distill import cmd_distill, distill_config_from_args, ladder_gate
 from .evaluate import cmd_evaluate
 from .parser import EXIT_ERROR, PROG, CLIError, build_parser
 from .sample import cmd_sample, save_grid
-from .train import cmd_train
+from .train import cmd_train, train_config_from_args
 
-__all__ = ["main", "build_parser", "CLIError", "COMMANDS", "ladder_gate", "save_grid"]
+__all__ = [
+    "main",
+    "build_parser",
+    "CLIError",
+    "COMMANDS",
+    "distill_config_from_args",
+    "ladder_gate",
+    "save_grid",
+    "train_config_from_args",
+]
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "distill": cmd_distill}
 

@@ -1,5 +1,7 @@
-"""What the commands share: the device, the profile, reading a run's config and its sampling
-defaults, and the checks that keep outputs off a run's files and non-finite images off disk.
+"""What the commands share.
+
+The device, the profile, reading a run's config, and the checks that keep outputs off a run's files
+and non-finite images off disk.
 """
 
 from __future__ import annotations
@@ -42,19 +44,6 @@ def _read_run(run_dir: str) -> dict:
             "for a distillation ladder pass one of its stage-* directories"
         )
     return cfg
-
-
-def _sampling_defaults(raw: dict, profile) -> dict:
-    """Steps / method / w defaults for a run: its own for a distilled student, the profile's else."""
-    dist = raw.get("distilled")
-    if isinstance(dist, dict):
-        return {
-            "steps": int(dist.get("steps", 1)),
-            "method": dist.get("sampler", "euler"),
-            "w": float(dist.get("sample_w", 1.0)),
-            "student": True,
-        }
-    return {"steps": profile.teacher_steps, "method": "ab2", "w": profile.guidance_w, "student": False}
 
 
 def _w_tag(w) -> str:

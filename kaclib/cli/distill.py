@@ -10,9 +10,11 @@ from .parser import CLIError
 
 
 def ladder_gate(config, dataset: str, path, num_classes: int):
-    """The quality gate of a distillation ladder, scored with :mod:`kaclib.evaluation`: the
-    ``gate`` factory of :func:`kaclib.distill.run_ladder` (see :mod:`kaclib.distill.gate`); FID-
-    ``dataset`` of the student against its teacher, configured by ``config.gate_*``.
+    """The quality gate of a distillation ladder, scored with :mod:`kaclib.evaluation`.
+
+    It is the ``gate`` factory of :func:`kaclib.distill.run_ladder` (see
+    :mod:`kaclib.distill.gate`); FID-``dataset`` of the student against its teacher, configured by
+    ``config.gate_*``.
     """
     from ..distill.gate import fid_gate
     from ..evaluation import Evaluator, generate
@@ -20,30 +22,38 @@ def ladder_gate(config, dataset: str, path, num_classes: int):
     return fid_gate(config, path, num_classes, generate=generate, score=Evaluator(dataset).score)
 
 
-def cmd_distill(args) -> int:
-    try:
-        from ..distill import DistillConfig, run_ladder
-    except ImportError as e:
-        raise CLIError(f"distillation is not available: kaclib.distill could not be imported ({e})") from None
-    prof = _profile(args.profile)
-    device = _device(args.device)
-    teacher = runs.check_run_path(args.teacher)
-    runs.check_run_path(args.run_dir)
-    if not (teacher / "config.json").is_file():
-        raise CLIError(f"--teacher {teacher}: not a run directory (no config.json)")
-    try:
-        from ..distill import config_for_profile
-    except ImportError:  # an older kaclib.distill: the profile's iterations and weight only
-        base = DistillConfig(iters=prof.distill_iters, w=prof.guidance_w).to_dict()
-    else:  # the profile's ladder, iterations, guidance weight and batch size
-        base = config_for_profile(prof).to_dict()
+def distill_config_from_args(args, prof):
+    """The :class:`~kaclib.distill.DistillConfig` a ``distill`` command runs.
+
+    It is the recipe's (:meth:`kaclib.recipe.Recipe.distill_config`) with ``--ladder``, ``--seed``,
+    ``--dataset`` and ``--set`` applied (validated).
+    """
+    from ..distill import DistillConfig
+
+    base = prof.distill_config().to_dict()  # the recipe's ladder, iterations, guidance weight, batch
     if args.ladder is not None:
         base["ladder"] = args.ladder
     if args.seed is not None:
         base["seed"] = args.seed
     if args.dataset is not None:
         base["dataset"] = args.dataset
-    cfg = DistillConfig.from_dict(apply_overrides(base, args.set))
+    return DistillConfig.from_dict(apply_overrides(base, args.set))
+
+
+def cmd_distill(args) -> int:
+    """Run ``distill``: distil a ladder from the ``--teacher`` run, print its stages; returns 0."""
+    try:
+        from ..distill import run_ladder
+    except ImportError as e:
+        raise CLIError(f"distillation is not available: kaclib.distill could not be imported ({e})") from None
+
+    prof = _profile(args.profile)
+    device = _device(args.device)
+    teacher = runs.check_run_path(args.teacher)
+    runs.check_run_path(args.run_dir)
+    if not (teacher / "config.json").is_file():
+        raise CLIError(f"--teacher {teacher}: not a run directory (no config.json)")
+    cfg = distill_config_from_args(args, prof)
     res = run_ladder(
         teacher,
         args.run_dir,

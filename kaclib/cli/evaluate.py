@@ -1,5 +1,7 @@
-"""``python -m kaclib evaluate``: FID-<dataset>, class accuracy, NFE, network passes and time per
-image of a run, one row per steps x method x w, merged into ``<run-dir>/evaluation.json``.
+"""``python -m kaclib evaluate``: score a run's samples.
+
+FID-<dataset>, class accuracy, NFE, network passes and time per image of a run, one row per
+steps x method x w, merged into ``<run-dir>/evaluation.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from .common import (
     _read_run,
     _refuse_inside_run,
     _same_path,
-    _sampling_defaults,
     _w_tag,
 )
 from .parser import CLIError, _w_value
@@ -54,57 +55,45 @@ def _read_results(out: Path) -> list:
 
 
 def cmd_evaluate(args) -> int:
-    from ..evaluation import Evaluator, generate, model_num_classes
-    from ..train import load_run
+    """Run ``evaluate``: score a run, print the rows and merge them into the results file; returns 0."""
+    from ..evaluation import Evaluator, evaluate_grid
+    from ..train import load_run, run_sampling_defaults
 
     prof = _profile(args.profile)
     device = _device(args.device)
     raw = _read_run(args.run_dir)
-    dflt = _sampling_defaults(raw, prof)
-    steps_list = args.steps or [dflt["steps"]]
-    methods = args.method or [dflt["method"]]
-    ws = [_w_value(w) for w in args.w] if args.w else [dflt["w"]]
-    n = args.n or prof.n_eval
+    dflt = run_sampling_defaults(raw, prof)
+    ws = [_w_value(w) for w in args.w] if args.w else [dflt.w]
+    n = args.n or prof.evaluation.n
     if n < 2:
         raise CLIError("--n: FID needs at least 2 images")
     dataset = _evaluation_dataset(args, raw)
     out = _results_path(args)
     run_tag = os.path.relpath(os.path.abspath(args.run_dir), os.path.abspath(out.parent))
-    run = load_run(args.run_dir, device=device)
+    run = load_run(args.run_dir, device=device, recipe=prof)
     evaluator = Evaluator(dataset, device=device, root=args.data_root)
-    K = model_num_classes(run.model)
     # the floor: unseen real images at the same n and class balance (None above the held-out size)
     floor = evaluator.floor(n) if n <= evaluator.max_n else None
-    rows = []
-    for steps in steps_list:
-        for method in methods:
-            for w in ws:
-                gen = generate(
-                    run.model,
-                    run.path,
-                    n,
-                    steps,
-                    method=method,
-                    w=(None if K == 0 else w),
-                    seed=args.seed,
-                    batch_size=args.batch_size,
-                    device=device,
-                    progress=not args.no_progress,
-                )
-                _check_images(gen.images, f"sampling {args.run_dir}")
-                sc = evaluator.score(gen.images, gen.labels)
-                rows.append(
-                    {
-                        "run": run_tag,
-                        **sc.to_dict(),
-                        "floor": floor and floor.fid,
-                        "floor_kid": floor and floor.kid,
-                        **gen.summary(),
-                        "student": dflt["student"],
-                        "checkpoint_step": run.step,
-                        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    }
-                )
+    rows = evaluate_grid(
+        run,
+        steps=args.steps or [dflt.steps],
+        methods=args.method or [dflt.method],
+        ws=ws,
+        seeds=[args.seed],
+        n=n,
+        evaluator=evaluator,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.no_progress,
+        check=lambda gen: _check_images(gen.images, f"sampling {args.run_dir}"),
+    )
+    stamp = {
+        "student": run.is_student,
+        "checkpoint_step": run.step,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    floors = {"floor": floor and floor.fid, "floor_kid": floor and floor.kid}
+    rows = [{"run": run_tag, **r, **floors, **stamp} for r in rows]
     _print_rows(rows, evaluator.metric_name)
     _merge_results(out, rows, args.run_dir)
     print(f"wrote {out}")
@@ -131,8 +120,10 @@ def _evaluation_dataset(args, raw: dict) -> str:
 
 
 def _results_path(args) -> Path:
-    """``--out`` (default ``DIR/evaluation.json``), refused before any work when it lies inside a
-    run directory (other than the default) or holds something other than a results file.
+    """``--out`` (default ``DIR/evaluation.json``), checked before any work.
+
+    It is refused when it lies inside a run directory (other than the default) or holds something
+    other than a results file.
     """
     default_out = Path(args.run_dir) / "evaluation.json"
     out = Path(args.out) if args.out else default_out
@@ -166,8 +157,10 @@ def _print_rows(rows: list[dict], metric_name: str) -> None:
 
 
 def _merge_key(r: dict) -> tuple:
-    """The identity of a results row.  It includes the run (its path relative to the results
-    file), so a file shared by several runs keeps every run's rows.
+    """The identity of a results row.
+
+    It includes the run (its path relative to the results file), so a file shared by several runs
+    keeps every run's rows.
     """
     return (
         r.get("run"),

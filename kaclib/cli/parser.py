@@ -1,5 +1,7 @@
-"""The argument parser of ``python -m kaclib``: argument types, shared options, one sub-parser per
-command (:func:`build_parser`), and :class:`CLIError`, the one-line user error.
+"""The argument parser of ``python -m kaclib``.
+
+Argument types, shared options, one sub-parser per command (:func:`build_parser`), and
+:class:`CLIError`, the one-line user error.
 """
 
 from __future__ import annotations
@@ -171,6 +173,7 @@ def _add_sampling(p, many: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m kaclib``: ``--threads`` and the sub-parser of each command."""
     parser = _Parser(
         prog="python -m kaclib",
         description="kaclib: Kac-flow teachers with velocity-space guidance and endpoint-only distillation "

@@ -14,7 +14,6 @@ from .common import (
     _profile,
     _read_run,
     _refuse_inside_run,
-    _sampling_defaults,
     _w_tag,
 )
 from .parser import CLIError, _w_value
@@ -64,18 +63,17 @@ def save_grid(images, path: Path, nrow: int, cell: int = 32) -> None:
 
 
 def cmd_sample(args) -> int:
-    from ..evaluation import generate, model_num_classes
-    from ..train import load_run
+    """Run ``sample``: generate images from a run, write ``OUT.png`` and ``OUT.npz``; returns 0."""
+    from ..train import load_run, run_sampling_defaults
 
     prof = _profile(args.profile)
     device = _device(args.device)
-    raw = _read_run(args.run_dir)
-    dflt = _sampling_defaults(raw, prof)
-    steps = args.steps or dflt["steps"]
-    method = args.method or dflt["method"]
-    w = _w_value(args.w) if args.w is not None else dflt["w"]
-    run = load_run(args.run_dir, device=device)
-    K = model_num_classes(run.model)
+    dflt = run_sampling_defaults(_read_run(args.run_dir), prof)
+    steps = args.steps or dflt.steps
+    method = args.method or dflt.method
+    w = _w_value(args.w) if args.w is not None else dflt.w
+    run = load_run(args.run_dir, device=device, recipe=prof)
+    K = run.num_classes
     labels = _labels_arg(args.labels, args.n, K)
     if K == 0:
         w = None
@@ -84,13 +82,11 @@ def cmd_sample(args) -> int:
     if args.out:
         _refuse_inside_run(out, allowed=samples)
     _check_sample_out(out)
-    gen = generate(
-        run.model,
-        run.path,
+    gen = run.generate(
         labels,
         steps,
-        method=method,
-        w=w,
+        method,
+        w,
         seed=args.seed,
         batch_size=args.batch_size,
         device=device,

@@ -9,22 +9,32 @@ from .common import _device, _profile
 from .parser import CLIError
 
 
-def cmd_train(args) -> int:
-    from ..evaluation import teacher_config
-    from ..train import TrainConfig, train
+def train_config_from_args(args, prof):
+    """The resolved :class:`~kaclib.train.TrainConfig` a ``train`` command runs.
 
-    prof = _profile(args.profile)
-    device = _device(args.device)
-    cfg = teacher_config(prof, path=args.path, seed=args.seed)
-    d = cfg.to_dict()
+    It is the recipe's teacher on ``--path`` (:meth:`kaclib.recipe.Recipe.teacher_config`) with
+    ``--dataset``, ``--preset``, ``--steps`` and ``--set`` applied (validated: data set, preset,
+    path, every field).
+    """
+    from ..train import TrainConfig
+
+    d = prof.teacher_config(path=args.path, seed=args.seed).to_dict()
     if args.dataset is not None:
         d["dataset"] = args.dataset
     if args.preset is not None:
         d["model"] = {"preset": args.preset, "head": d["model"].get("head", "free")}
     if args.steps is not None:
         d["steps"] = args.steps
-    d = apply_overrides(d, args.set)
-    cfg = TrainConfig.from_dict(d).resolved()  # validates data set, preset, path, every field
+    return TrainConfig.from_dict(apply_overrides(d, args.set)).resolved()
+
+
+def cmd_train(args) -> int:
+    """Run ``train``: train a teacher into ``--run-dir`` and print a summary table; returns 0."""
+    from ..train import train
+
+    prof = _profile(args.profile)
+    device = _device(args.device)
+    cfg = train_config_from_args(args, prof)
     run_dir = runs.check_run_path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise CLIError(f"--run-dir {run_dir} exists and is not a directory")
@@ -41,7 +51,7 @@ def cmd_train(args) -> int:
     print(
         format_table(
             ["run dir", "dataset", "path", "steps", "s/step", "loss (last 50)"],
-            [[str(run_dir), cfg.dataset, cfg.path["kind"], res.step, res.seconds_per_step, tail]],
+            [[str(run_dir), cfg.dataset, cfg.path.kind, res.step, res.seconds_per_step, tail]],
         )
     )
     return 0

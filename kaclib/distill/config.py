@@ -100,8 +100,10 @@ def _pos_float(name, v) -> float:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage: ``teacher_steps -> student_steps`` with ``substeps = teacher_steps/student_steps``
-    teacher steps per student step, learning rate ``lr`` and ``iters`` iterations (before the gate).
+    """One stage of a ladder: ``teacher_steps -> student_steps``.
+
+    ``substeps = teacher_steps/student_steps`` teacher steps per student step, learning rate ``lr``
+    and ``iters`` iterations (before the gate).
     """
 
     index: int
@@ -112,6 +114,7 @@ class StageSpec:
     iters: int
 
     def to_dict(self) -> dict:
+        """The stage's fields as a plain dict (``dataclasses.asdict``)."""
         return dataclasses.asdict(self)
 
 
@@ -135,6 +138,7 @@ def ladder_schedule(ladder=(100, 20, 4, 2, 1), iters=500, lr=3e-4) -> list[Stage
 
 
 def stage_dir_name(spec: StageSpec) -> str:
+    """The folder name of a stage: ``stage-<index>-<student_steps>steps``."""
     return f"stage-{spec.index}-{spec.student_steps}steps"
 
 
@@ -250,6 +254,7 @@ class DistillConfig(JSONConfig):
                 )
 
     def stages(self) -> list[StageSpec]:
+        """The ladder's stages (:func:`ladder_schedule` of ``ladder``, ``iters`` and ``lr``)."""
         return ladder_schedule(self.ladder, self.iters, self.lr)
 
     @property
@@ -258,15 +263,18 @@ class DistillConfig(JSONConfig):
         return sum(s.iters for s in self.stages())
 
     def flow_passes_per_substep(self) -> int:
-        """Network passes per sample of one substep of the flow teacher: the solver's evaluations
-        per step times the guided field's passes per evaluation (2 for ``w`` not in {0, 1}).
+        """Network passes per sample of one substep of the flow teacher.
+
+        They are the solver's evaluations per step times the guided field's passes per evaluation
+        (2 for ``w`` not in {0, 1}).
         """
         return NFE_PER_STEP[self.teacher_solver] * guided_passes(self.w)
 
     def planned_teacher_passes(self) -> int:
-        """Teacher passes x samples the ladder spends with online targets and no gate extension:
-        ``iters x substeps x batch_size`` per stage, times :meth:`flow_passes_per_substep` in the
-        first stage (later teachers are distilled students: one pass per substep).
+        """Teacher passes x samples the ladder spends with online targets and no gate extension.
+
+        They are ``iters x substeps x batch_size`` per stage, times :meth:`flow_passes_per_substep`
+        in the first stage (later teachers are distilled students: one pass per substep).
         """
         first = self.flow_passes_per_substep()
         return sum(
@@ -274,9 +282,10 @@ class DistillConfig(JSONConfig):
         )
 
     def single_stage(self, teacher_passes: int | None = None) -> "DistillConfig":
-        """DistillKac's single stage at this ladder's budget: ``ladder[0] -> 1`` with as many student
-        iterations as the whole ladder (learning rate: the last stage's) and a pool of teacher end
-        points whose teacher passes match ``teacher_passes`` (default
+        """DistillKac's single stage at this ladder's budget: ``ladder[0] -> 1``.
+
+        It has as many student iterations as the whole ladder (learning rate: the last stage's) and
+        a pool of teacher end points whose teacher passes match ``teacher_passes`` (default
         :meth:`planned_teacher_passes`): ``pool_size = passes / (ladder[0] x passes per substep)``.
         """
         passes = self.planned_teacher_passes() if teacher_passes is None else int(teacher_passes)
@@ -291,18 +300,12 @@ class DistillConfig(JSONConfig):
 
 
 def config_for_profile(profile=None, **changes) -> DistillConfig:
-    """The :class:`DistillConfig` of a run profile (:mod:`kaclib.profiles`): its ``distill_ladder``,
-    ``distill_iters`` (per stage), ``guidance_w`` and ``batch_size``; the other fields keep the
-    defaults of :class:`DistillConfig` (chosen by measurement, see the book); ``changes`` replace
-    fields.
-    """
-    from ..profiles import Profile, get_profile
+    """The :class:`DistillConfig` of a recipe (:meth:`kaclib.recipe.Recipe.distill_config`).
 
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    cfg = DistillConfig(
-        ladder=tuple(prof.distill_ladder),
-        iters=prof.distill_iters,
-        w=prof.guidance_w,
-        batch_size=prof.batch_size,
-    )
-    return cfg.replace(**changes) if changes else cfg
+    ``profile``: a :class:`~kaclib.recipe.Recipe` or its name (default: the current profile);
+    ``changes`` replace fields.
+    """
+    from ..recipe import Recipe, get_recipe
+
+    recipe = profile if isinstance(profile, Recipe) else get_recipe(profile)
+    return recipe.distill_config(**changes)

@@ -36,8 +36,10 @@ def segment_endpoint(
     method: str = "euler",
     return_path: bool = False,
 ):
-    """Integrate ``dx/dt = velocity(x, t, y)`` with ``substeps`` steps of ``method`` from ``t_k`` to
-    ``t_{k+1}`` of the ``student_steps`` grid (per-sample ``k``, a ``(B,)`` int tensor).
+    """Integrate ``dx/dt = velocity(x, t, y)`` from ``t_k`` to ``t_{k+1}`` of the student grid.
+
+    It takes ``substeps`` steps of ``method``; ``t_k`` is on the ``student_steps`` grid (per-sample
+    ``k``, a ``(B,)`` int tensor).
 
     The substeps lie on the ``student_steps * substeps`` teacher grid; AB-2 restarts in every
     interval with an Euler substep; midpoint evaluates at the half-substep times.  Runs under
@@ -72,12 +74,14 @@ def student_step(
 
 @dataclass(frozen=True)
 class EndpointLoss:
-    """The endpoint-only distillation loss of one stage (DistillKac), a callable in the manner of
-    EDM's losses: ``(1 / Delta^2) E || x_k - Delta u_phi(x_k, t_k, y) - target ||^2``, ``target``
-    the frozen teacher's end point of its ``N`` substeps from ``t_k`` to ``t_{k+1}``
-    (:func:`segment_endpoint`) and ``Delta = T / student_steps``.  Dividing by ``Delta^2`` makes it
-    the squared error of the student's *velocity* against the teacher's average velocity over the
-    interval, so its scale does not depend on the stage.
+    """The endpoint-only distillation loss of one stage (DistillKac).
+
+    A callable in the manner of EDM's losses:
+    ``(1 / Delta^2) E || x_k - Delta u_phi(x_k, t_k, y) - target ||^2``, ``target`` the frozen
+    teacher's end point of its ``N`` substeps from ``t_k`` to ``t_{k+1}`` (:func:`segment_endpoint`)
+    and ``Delta = T / student_steps``.  Dividing by ``Delta^2`` makes it the squared error of the
+    student's *velocity* against the teacher's average velocity over the interval, so its scale
+    does not depend on the stage.
     """
 
     student_steps: int
@@ -86,6 +90,7 @@ class EndpointLoss:
     def __call__(
         self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor
     ) -> torch.Tensor:
+        """The student's loss at states ``x``, steps ``k``, against the teacher's ``target``."""
         delta = self.T / self.student_steps
         pred = student_step(student, x, k, y, self.student_steps, self.T)
         return torch.mean((pred.to(target.dtype) - target) ** 2) / delta**2

@@ -35,7 +35,9 @@ from .teacher import TeacherField, hand_off
 
 @dataclass
 class LadderResult:
-    """``stages``: one :class:`StageResult` per stage (stages finished before a resume are loaded,
+    """The outcome of a distillation ladder.
+
+    ``stages``: one :class:`StageResult` per stage (stages finished before a resume are loaded,
     with empty ``losses``); ``student``: the last stage's EMA student; ``path``; ``config``;
     ``teacher``: the flow teacher's :class:`kaclib.train.LoadedRun`; ``seconds``: wall time.
     """
@@ -49,12 +51,14 @@ class LadderResult:
     seconds: float
 
     def stage_dirs(self) -> list[Path]:
+        """The run folder of each stage, in ladder order."""
         return [s.run_dir for s in self.stages]
 
 
 def _relative(path: Path, ladder_dir: Path) -> str:
-    """``path`` relative to the ladder directory (configs hold no absolute paths: a ladder moved or
-    copied together with its teacher resumes).
+    """``path`` relative to the ladder directory.
+
+    Configs hold no absolute paths: a ladder moved or copied together with its teacher resumes.
     """
     return os.path.relpath(os.path.abspath(path), os.path.abspath(ladder_dir))
 
@@ -150,22 +154,22 @@ def run_ladder(
         runs.prepare_run_dir(
             run_dir, top, resume=resume, mutable=MUTABLE_FIELDS + ("teacher.run_dir",), rewrite=True
         )
-        results, current = _run_stages(
-            config,
-            run_dir,
-            loaded,
-            tinfo,
-            dataset,
-            data,
-            path,
-            num_classes,
-            acc,
-            device,
-            progress,
-            callback,
-            gate_fn,
-            teacher_run_dir,
+        ctx = _LadderRun(
+            config=config,
+            run_dir=run_dir,
+            teacher_run_dir=teacher_run_dir,
+            loaded=loaded,
+            tinfo=tinfo,
+            dataset=dataset,
+            data=data,
+            num_classes=num_classes,
+            accel=acc,
+            device=device,
+            progress=progress,
+            callback=callback,
+            gate_fn=gate_fn,
         )
+        results, current = _run_stages(ctx)
     return LadderResult(
         run_dir=run_dir,
         config=config,
@@ -189,8 +193,10 @@ def _check_gate(config: DistillConfig, gate) -> None:
 
 
 def _open_teacher(config: DistillConfig, teacher_run_dir: Path, run_dir: Path, device):
-    """``(loaded, tinfo, num_classes, dataset)``: the teacher run (verified; a non-finite teacher is
-    refused), its :func:`_teacher_info`, its number of classes and the data set of forward states.
+    """``(loaded, tinfo, num_classes, dataset)`` of the teacher run.
+
+    They are the teacher run (verified; a non-finite teacher is refused), its :func:`_teacher_info`,
+    its number of classes and the data set of forward states.
     """
     from ..train import load_run
 
@@ -223,67 +229,85 @@ def _load_data(config: DistillConfig, dataset: str, tinfo: dict, data_root):
     return data
 
 
-def _run_stages(
-    config,
-    run_dir,
-    loaded,
-    tinfo,
-    dataset,
-    data,
-    path,
-    num_classes,
-    acc,
-    device,
-    progress,
-    callback,
-    gate_fn,
-    teacher_run_dir,
-):
-    current = loaded.model
+@dataclass
+class _LadderRun:
+    """What every stage of one :func:`run_ladder` call shares.
+
+    The config and directories, the opened teacher (``loaded``, its ``tinfo``), the data of forward
+    states, and the run options.
+    """
+
+    config: DistillConfig
+    run_dir: Path
+    teacher_run_dir: Path
+    loaded: object
+    tinfo: dict
+    dataset: str
+    data: object
+    num_classes: int
+    accel: object
+    device: torch.device
+    progress: bool
+    callback: Callable[[int, dict], None] | None
+    gate_fn: Callable | None
+
+
+def _run_stages(ctx: _LadderRun):
+    """Run (or load) every stage in turn, each distilled from the previous student."""
+    current = ctx.loaded.model
     results = []
-    teacher_dir = _relative(teacher_run_dir, run_dir)
-    for spec in config.stages():
-        sdir = run_dir / stage_dir_name(spec)
-        first_flow = spec.index == 1 and tinfo["distilled"] is None
-        ho = hand_off(
-            current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, accel=acc
-        )
-        tf = TeacherField(
-            ho.teacher,
-            guided=first_flow,
-            w=config.w,
-            num_classes=num_classes,
-            solver=config.teacher_solver if first_flow else "euler",
-        )
-        scfg = _stage_config(config, spec, tinfo, dataset, teacher_dir)
-        stage_mutable = MUTABLE_FIELDS + ("distilled.teacher", "distilled.flow_teacher")
-        with runs.writer(sdir):
-            runs.prepare_run_dir(sdir, scfg, resume=True, mutable=stage_mutable)
-        if (sdir / RESULT_FILE).is_file():
-            res = load_finished_stage(spec, sdir, ho)
-        else:
-            res = train_stage(
-                tf,
-                ho,
-                path,
-                spec,
-                config,
-                data.images,
-                data.labels,
-                num_classes,
-                device=device,
-                run_dir=sdir,
-                resume=True,
-                progress=progress,
-                callback=callback,
-                gate_fn=gate_fn,
-                run_config=scfg,
-            )
-            write_stage_result(res, spec, sdir)
+    teacher_dir = _relative(ctx.teacher_run_dir, ctx.run_dir)
+    for spec in ctx.config.stages():
+        sdir = ctx.run_dir / stage_dir_name(spec)
+        res = _one_stage(ctx, spec, current, sdir, teacher_dir)
         results.append(res)
         current = res.student
-        teacher_dir = _relative(sdir, run_dir)
+        teacher_dir = _relative(sdir, ctx.run_dir)
     return results, current
+
+
+def _one_stage(ctx: _LadderRun, spec, current, sdir: Path, teacher_dir: str):
+    """Stage ``spec`` distilled from the model ``current`` into ``sdir``.
+
+    Loaded when finished, else trained (resuming from its checkpoint).
+    """
+    config = ctx.config
+    first_flow = spec.index == 1 and ctx.tinfo["distilled"] is None
+    handed = hand_off(
+        current, lr=spec.lr, ema_decay=config.ema_decay, ema_warmup=config.ema_warmup, accel=ctx.accel
+    )
+    teacher_field = TeacherField(
+        handed.teacher,
+        guided=first_flow,
+        w=config.w,
+        num_classes=ctx.num_classes,
+        solver=config.teacher_solver if first_flow else "euler",
+    )
+    stage_config = _stage_config(config, spec, ctx.tinfo, ctx.dataset, teacher_dir)
+    stage_mutable = MUTABLE_FIELDS + ("distilled.teacher", "distilled.flow_teacher")
+    with runs.writer(sdir):
+        runs.prepare_run_dir(sdir, stage_config, resume=True, mutable=stage_mutable)
+    if (sdir / RESULT_FILE).is_file():
+        return load_finished_stage(spec, sdir, handed)
+    res = train_stage(
+        teacher_field,
+        handed,
+        ctx.loaded.path,
+        spec,
+        config,
+        ctx.data.images,
+        ctx.data.labels,
+        ctx.num_classes,
+        device=ctx.device,
+        run_dir=sdir,
+        resume=True,
+        progress=ctx.progress,
+        callback=ctx.callback,
+        gate_fn=ctx.gate_fn,
+        run_config=stage_config,
+    )
+    write_stage_result(res, spec, sdir)
+    return res
 
 
 def load_ladder(run_dir: str | os.PathLike, device="cpu") -> dict:
@@ -301,9 +325,10 @@ def load_ladder(run_dir: str | os.PathLike, device="cpu") -> dict:
 
 
 def ladder_cache_dir(teacher_dir: str | os.PathLike, config: DistillConfig, root=None) -> Path:
-    """Where the benchmarks cache the ladder of ``config`` distilled from the teacher run
-    ``teacher_dir``: ``<root>/ladder-<hash>``, the hash of the teacher directory's NAME (teacher
-    runs are named by their config hash, so a moved cache still matches) and ``config.to_dict()``.
+    """Where the benchmarks cache the ladder of ``config`` distilled from the run ``teacher_dir``.
+
+    The folder is ``<root>/ladder-<hash>``, the hash of the teacher directory's NAME (teacher runs
+    are named by their config hash, so a moved cache still matches) and ``config.to_dict()``.
     ``root`` defaults to :func:`kaclib.artifacts.cache_root`.
     """
     from ..artifacts import derived_run_dir

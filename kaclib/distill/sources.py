@@ -81,8 +81,10 @@ class _ForwardOnline(_Source):
 
 
 class _RolloutOnline(_Source):
-    """``batch_size`` teacher trajectories at staggered grid positions, advanced one interval per
-    iteration; each restarts from fresh noise and label after reaching ``t = 0``.
+    """``batch_size`` teacher trajectories at staggered grid positions.
+
+    They advance one interval per iteration; each restarts from fresh noise and label after reaching
+    ``t = 0``.
     """
 
     def __init__(self, ctx):

@@ -50,11 +50,13 @@ RESULT_FILE = "result.json"
 
 @dataclass
 class StageResult:
-    """A finished stage.  ``student``: the EMA student (eval mode); ``model``: the raw weights;
-    ``teacher``: the frozen teacher it was distilled from; ``iters``: iterations done (gate
-    extensions included); ``losses``: this call's per-iteration losses (velocity scale);
-    ``teacher_passes``: teacher network passes x samples spent (pool included);
-    ``gate``: the gate's evaluations; ``seconds``: wall time of this call.
+    """A finished stage.
+
+    ``student``: the EMA student (eval mode); ``model``: the raw weights; ``teacher``: the frozen
+    teacher it was distilled from; ``iters``: iterations done (gate extensions included);
+    ``losses``: this call's per-iteration losses (velocity scale); ``teacher_passes``: teacher
+    network passes x samples spent (pool included); ``gate``: the gate's evaluations; ``seconds``:
+    wall time of this call.
     """
 
     spec: StageSpec
@@ -75,8 +77,9 @@ def _lr_at(it: int, lr: float, warmup: int) -> float:
 
 
 def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num_classes, device, progress):
-    """Validate a stage's data (on ``device`` for forward states) and return the :class:`_Ctx` its
-    batch sources work in.
+    """Validate a stage's data and return the :class:`_Ctx` its batch sources work in.
+
+    Forward states' data are validated on ``device``.
     """
     if num_classes is None:
         num_classes = teacher.num_classes
@@ -111,8 +114,9 @@ def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num
 
 
 def _lock_stage_dir(lock: contextlib.ExitStack, run_dir, run_config, config, spec):
-    """Create and lock (on ``lock``) the stage directory; returns the config its checkpoints record:
-    ``run_config``, else the ``config.json`` the caller wrote, else this stage's own.
+    """Create and lock (on ``lock``) the stage directory; returns the config its checkpoints record.
+
+    That config is ``run_config``, else the ``config.json`` the caller wrote, else this stage's own.
     """
     if run_dir is None:
         return run_config
@@ -147,21 +151,35 @@ def train_stage(
     loss_fn: Callable | None = None,
     batch_fn: Callable | None = None,
 ) -> StageResult:
-    """Distil ``teacher`` into ``handoff.student`` for one stage (the loss of
-    :mod:`kaclib.distill.endpoint` on the states of :mod:`kaclib.distill.sources`).
+    """Distil ``teacher`` into ``handoff.student`` for one stage.
 
-    ``data`` ``(N, ...)``/``labels`` ``(N,)`` are needed for forward states (roll-outs draw labels
-    uniformly from ``num_classes``).  With ``run_dir`` (its ``config.json`` already written by the
-    caller) checkpoints go there every ``config.checkpoint_every`` iterations and at the end, and
-    ``resume=True`` continues from one.  ``gate_fn(student_ema, teacher, spec) -> dict`` with key
-    ``"pass"`` implements the quality gate (``run_ladder`` supplies one when ``config.gate``).
-    ``callback(iteration, info)`` runs after every iteration.
+    The loss is that of :mod:`kaclib.distill.endpoint`, on the states of
+    :mod:`kaclib.distill.sources`.
 
-    Hooks for other few-step methods (:mod:`kaclib.fewstep`): ``loss_fn(student, x, k, y, target)``
-    replaces :class:`EndpointLoss` (default ``EndpointLoss(spec.student_steps, path.T)``);
-    ``batch_fn(it, g) -> (x, k, y, target)`` replaces the batch source chosen by ``config.states``/
-    ``config.targets`` (it must be a pure function of ``it`` and the per-iteration generator ``g``
-    so that a resumed stage replays it; the loop hands its four tensors to ``loss_fn`` unchanged).
+    Parameters
+    ----------
+    data, labels
+        ``(N, ...)`` and ``(N,)``, needed for forward states (roll-outs draw labels uniformly from
+        ``num_classes``).
+    run_dir
+        Its ``config.json`` already written by the caller; checkpoints go there every
+        ``config.checkpoint_every`` iterations and at the end.
+    resume
+        ``True`` continues from a checkpoint in ``run_dir``.
+    gate_fn
+        ``gate_fn(student_ema, teacher, spec) -> dict`` with key ``"pass"`` implements the quality
+        gate (``run_ladder`` supplies one when ``config.gate``).
+    callback
+        ``callback(iteration, info)`` runs after every iteration.
+    loss_fn
+        A hook for other few-step methods (:mod:`kaclib.fewstep`):
+        ``loss_fn(student, x, k, y, target)`` replaces :class:`EndpointLoss` (default
+        ``EndpointLoss(spec.student_steps, path.T)``).
+    batch_fn
+        A hook for other few-step methods: ``batch_fn(it, g) -> (x, k, y, target)`` replaces the
+        batch source chosen by ``config.states``/``config.targets``.  It must be a pure function of
+        ``it`` and the per-iteration generator ``g`` so that a resumed stage replays it; the loop
+        hands its four tensors to ``loss_fn`` unchanged.
     """
     if not isinstance(teacher, TeacherField):
         raise ValueError("teacher must be a TeacherField")
@@ -276,8 +294,9 @@ class _StageLoop:
             self.last_good = step
 
     def step(self, it: int, loss_fn, acc):
-        """Iteration ``it`` (0-based): seed, batch, loss, optimizer and EMA update.  Returns
-        ``(loss, grad_norm, lr)``.
+        """Iteration ``it`` (0-based): seed, batch, loss, optimizer and EMA update.
+
+        Returns ``(loss, grad_norm, lr)``.
         """
         config, spec, device, student = self.config, self.spec, self.device, self.student
         g = seed_step(
@@ -358,8 +377,9 @@ class _StageLoop:
 
 
 def load_finished_stage(spec: StageSpec, sdir: Path, ho: Handoff) -> StageResult:
-    """The :class:`StageResult` of a stage finished before (its weights loaded into ``ho``'s
-    student and EMA; empty ``losses``).
+    """The :class:`StageResult` of a stage finished before.
+
+    Its weights are loaded into ``ho``'s student and EMA; its ``losses`` are empty.
     """
     done = sdir / RESULT_FILE
     summary = runs.read_json_object(done)

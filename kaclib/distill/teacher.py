@@ -70,8 +70,10 @@ def freeze(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Handoff:
-    """What a stage starts from: a frozen ``teacher``, a trainable ``student`` (a copy of the
-    teacher), a fresh Adam ``optimizer`` and a fresh EMA ``ema`` of the student.
+    """What a stage starts from: teacher, student, optimizer and EMA.
+
+    A frozen ``teacher``, a trainable ``student`` (a copy of the teacher), a fresh Adam
+    ``optimizer`` and a fresh EMA ``ema`` of the student.
     """
 
     teacher: nn.Module
@@ -81,9 +83,11 @@ class Handoff:
 
 
 def _ema_avg_fn(decay: float, warmup: bool):
-    """``ema <- d ema + (1 - d) theta`` with ``d = min(decay, (1 + n)/(10 + n))`` after ``n``
-    updates when ``warmup`` (else ``d = decay``): a short stage's EMA then averages its last
-    iterations instead of keeping a share ``decay^iters`` of the initial weights (0.999^500 = 0.61).
+    """The EMA averaging function ``ema <- d ema + (1 - d) theta``.
+
+    ``d = min(decay, (1 + n)/(10 + n))`` after ``n`` updates when ``warmup`` (else ``d = decay``):
+    a short stage's EMA then averages its last iterations instead of keeping a share
+    ``decay^iters`` of the initial weights (0.999^500 = 0.61).
     """
 
     def avg_fn(avg, cur, num_averaged):
@@ -101,10 +105,11 @@ def hand_off(
     ema_warmup: bool = True,
     accel: AccelConfig | None = None,
 ) -> Handoff:
-    """The one place where a model becomes a teacher: a frozen deep copy of ``model`` (``eval()``,
-    ``requires_grad_(False)``) as the teacher, a second deep copy as the trainable student, a fresh
-    Adam optimizer on the student and a fresh EMA of it (first update copies; see
-    :func:`_ema_avg_fn` for ``ema_warmup``).
+    """The one place where a model becomes a teacher.
+
+    It makes a frozen deep copy of ``model`` (``eval()``, ``requires_grad_(False)``) the teacher, a
+    second deep copy the trainable student, with a fresh Adam optimizer on the student and a fresh
+    EMA of it (first update copies; see :func:`_ema_avg_fn` for ``ema_warmup``).
 
     ``model`` itself is left untouched.  At a ladder boundary ``model`` is the finished stage's
     EMA student; the first stage hands off the flow-matching teacher.  ``accel``: the optimizer is

@@ -61,10 +61,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TrainFields(JSONConfig):
-    """Optimisation fields shared by every few-step config; they mean what they mean in
-    :class:`kaclib.distill.DistillConfig` (which validates them).  ``lr`` is one value for every
-    stage of a method; ``accel`` (:class:`kaclib.accel.AccelConfig`, left out of :meth:`to_dict`
-    when default) the accelerator switches of the stage loop.
+    """Optimisation fields shared by every few-step config.
+
+    They mean what they mean in :class:`kaclib.distill.DistillConfig` (which validates them).  ``lr`` is
+    one value for every stage of a method; ``accel`` (:class:`kaclib.accel.AccelConfig`, left out of
+    :meth:`to_dict` when default) the accelerator switches of the stage loop.
     """
 
     batch_size: int = 128
@@ -83,8 +84,9 @@ class TrainFields(JSONConfig):
         self.distill_config()  # validates the shared fields (one-line ValueError)
 
     def distill_config(self, ladder=(2, 1)) -> DistillConfig:
-        """The :class:`DistillConfig` that :func:`kaclib.distill.train_stage` runs with (forward
-        states, online targets, no gate; ``ladder`` is informative only).
+        """The :class:`DistillConfig` that :func:`kaclib.distill.train_stage` runs with.
+
+        Forward states, online targets, no gate; ``ladder`` is informative only.
         """
         return DistillConfig(
             ladder=tuple(ladder),
@@ -102,14 +104,16 @@ class TrainFields(JSONConfig):
 
     @classmethod
     def from_dict(cls, d: dict):
+        """The config of ``d`` (its fields checked by ``check_fields``; lists become tuples)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cls.check_fields(d).items()})
 
     def planned_budget(self, evals_per_step: int = 1) -> dict:
-        """The budget a run of this config will spend, before running it (pure function):
-        ``{"student_iters", "teacher_passes", "flow_teacher_passes"}``, ``evals_per_step`` the flow
-        teacher's network passes per sample and solver step (``TeacherField``: 2 for midpoint, times 2
-        for a guided field; :func:`teacher_evals_per_step`).  Distilled intermediate teachers cost
-        1 pass per step.  Every method implements it; the run's :class:`FewStepResult` reports the
+        """The budget a run of this config will spend, before running it (pure function).
+
+        Returns ``{"student_iters", "teacher_passes", "flow_teacher_passes"}``; ``evals_per_step`` is
+        the flow teacher's network passes per sample and solver step (``TeacherField``: 2 for midpoint,
+        times 2 for a guided field; :func:`teacher_evals_per_step`).  Distilled intermediate teachers
+        cost 1 pass per step.  Every method implements it; the run's :class:`FewStepResult` reports the
         same numbers.
         """
         raise NotImplementedError
@@ -167,9 +171,10 @@ def one_step_map(student: nn.Module, x_T: torch.Tensor, T: float = 1.0, y=None) 
 
 
 def student_handoff(student: nn.Module, teacher: nn.Module, tf: TrainFields, device="cpu"):
-    """A :class:`kaclib.distill.Handoff` whose trainable student starts from ``student`` (a deep
-    copy; fresh Adam (fused where ``tf.accel`` says so on ``device``), fresh EMA, exactly
-    :func:`kaclib.distill.hand_off`) and whose frozen teacher
+    """A :class:`kaclib.distill.Handoff` from a trainable ``student`` to a frozen ``teacher``.
+
+    The trainable student starts from ``student`` (a deep copy; fresh Adam (fused where ``tf.accel``
+    says so on ``device``), fresh EMA, exactly :func:`kaclib.distill.hand_off`) and the frozen teacher
     is ``teacher`` (frozen in place).  With ``student is teacher`` this is ``hand_off(teacher)``.
     """
     same = student is teacher
@@ -187,9 +192,11 @@ def student_handoff(student: nn.Module, teacher: nn.Module, tf: TrainFields, dev
 def stage_config(
     method: str, config: TrainFields, spec: StageSpec, path, info: dict | None, steps: int, w: float
 ) -> dict:
-    """The ``config.json`` of one stage directory: ``info`` (e.g. the teacher's ``"model"``,
-    ``"dataset"``), the path, the method's config, the stage and a ``"distilled"`` section (the
-    student samples with ``steps`` Euler steps, guidance weight ``w`` baked in).
+    """The ``config.json`` of one stage directory.
+
+    It holds ``info`` (e.g. the teacher's ``"model"``, ``"dataset"``), the path, the method's config,
+    the stage and a ``"distilled"`` section (the student samples with ``steps`` Euler steps, guidance
+    weight ``w`` baked in).
     """
     return {
         **(info or {}),
@@ -210,8 +217,9 @@ def stage_config(
 
 
 def open_run_dir(run_dir, top: dict, resume: bool) -> Path:
-    """Create (or, with ``resume``, re-open) a few-step run directory holding ``top`` as
-    ``config.json``; a directory that already holds a run without ``resume``: ``FileExistsError``.
+    """Create (or, with ``resume``, re-open) a few-step run directory holding ``top`` as ``config.json``.
+
+    A directory that already holds a run, without ``resume``: ``FileExistsError``.
     """
     run_dir = runs.check_run_path(run_dir)
     if (run_dir / runs.CONFIG_FILE).is_file() and not resume:
@@ -243,9 +251,10 @@ def run_stage(
     loss_fn=None,
     batch_fn=None,
 ) -> StageResult:
-    """Train one stage with :func:`kaclib.distill.train_stage` (hooks ``loss_fn``/``batch_fn``),
-    in ``run_dir/name`` when ``run_dir`` is given: a finished stage (``result.json``) is loaded,
-    an interrupted one resumes from its checkpoint.
+    """Train one stage with :func:`kaclib.distill.train_stage` (hooks ``loss_fn``/``batch_fn``).
+
+    With ``run_dir`` it trains in ``run_dir/name``: a finished stage (``result.json``) is loaded, an
+    interrupted one resumes from its checkpoint.
     """
     kw = dict(device=device, progress=progress, callback=callback, loss_fn=loss_fn, batch_fn=batch_fn)
     dcfg = config.distill_config(
@@ -277,8 +286,9 @@ def run_stage(
 
 
 def check_inputs(teacher, path, data, labels, num_classes):
-    """Validate the common inputs of the ``run_*`` functions; returns ``(labels, num_classes)``
-    (labels default to zeros, ``num_classes`` to the teacher's or 1).
+    """Validate the common inputs of the ``run_*`` functions; returns ``(labels, num_classes)``.
+
+    Labels default to zeros, ``num_classes`` to the teacher's or 1.
     """
     if not isinstance(teacher, TeacherField):
         raise ValueError(f"teacher must be a kaclib.distill.TeacherField, got {type(teacher).__name__}")

@@ -1,5 +1,7 @@
-"""Consistency distillation (Song, Dhariwal, Chen & Sutskever, "Consistency Models", ICML 2023,
-arXiv:2303.01469, Algorithm 2), with the flow teacher as the ODE solver.
+"""Consistency distillation (Song et al. 2023), with the flow teacher as the ODE solver.
+
+The method is Algorithm 2 of Song, Dhariwal, Chen & Sutskever, "Consistency Models", ICML 2023,
+arXiv:2303.01469.
 
 Parameterisation.  The consistency function is built from a velocity network ``u_phi``::
 
@@ -66,8 +68,10 @@ METHOD = "consistency"
 
 @dataclass(frozen=True)
 class ConsistencyConfig(TrainFields):
-    """A consistency-distillation run: ``N`` discretisation steps of ``[0, T]``, ``iters`` student
-    iterations; ``ema_decay`` is the target network's ``mu``.  Other fields: :class:`TrainFields`.
+    """The settings of a consistency-distillation run.
+
+    ``N`` discretisation steps of ``[0, T]``, ``iters`` student iterations; ``ema_decay`` is the
+    target network's ``mu``.  Other fields: :class:`TrainFields`.
     """
 
     N: int = 18
@@ -80,6 +84,7 @@ class ConsistencyConfig(TrainFields):
 
     @property
     def total_iters(self) -> int:
+        """Student iterations of the whole run: ``iters`` (one stage)."""
         return self.iters
 
     def planned_budget(self, evals_per_step: int = 1) -> dict:
@@ -104,8 +109,9 @@ def consistency_fn(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y=None) -
 def consistency_sample(
     model: nn.Module, path, x_T: torch.Tensor, steps: int, y=None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Multistep consistency sampling (Song et al. 2023, Algorithm 1) on the grid
-    ``t_k = T (steps - k)/steps``: ``x = f(x_T, T)``; for ``k = 1 .. steps - 1``:
+    """Multistep consistency sampling (Song et al. 2023, Algorithm 1).
+
+    On the grid ``t_k = T (steps - k)/steps``: ``x = f(x_T, T)``; for ``k = 1 .. steps - 1``:
     ``x = f(path.sample(x, t_k).x_t, t_k)``.  ``steps = 1`` is :func:`kaclib.fewstep.one_step_map`;
     ``generator`` draws the re-noising (the path's forward law).
     """
@@ -126,9 +132,10 @@ def consistency_sample(
 
 @dataclass(frozen=True)
 class ConsistencyLoss:
-    """The consistency-distillation loss (module docstring) for ``target = x_hat`` (one teacher step
-    from ``x`` at ``t_k`` to ``t_{k+1}``); ``target_net`` is ``phi^-`` (the EMA module, updated in
-    place by the stage loop; evaluated without gradients).
+    """The consistency-distillation loss (module docstring) for ``target = x_hat``.
+
+    ``x_hat`` is one teacher step from ``x`` at ``t_k`` to ``t_{k+1}``; ``target_net`` is ``phi^-``
+    (the EMA module, updated in place by the stage loop; evaluated without gradients).
     """
 
     N: int
@@ -138,6 +145,7 @@ class ConsistencyLoss:
     def __call__(
         self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor
     ) -> torch.Tensor:
+        """The loss of a batch ``x`` at grid index ``k`` against its teacher step ``target``."""
         k = k.to(x.device)
         t_hi = grid_times(k, self.N, self.T, x.dtype)
         t_lo = grid_times(k + 1, self.N, self.T, x.dtype)

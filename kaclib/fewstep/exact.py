@@ -40,8 +40,9 @@ METHODS = ("progressive", "consistency", "reflow")
 
 
 class MixtureField(nn.Module):
-    """The exact marginal velocity ``E[eps - x0 | x_t = x]`` of the Gaussian path for data from an
-    equal-weight mixture ``sum_k N(mu_k, s^2 I)``.
+    """The exact marginal velocity ``E[eps - x0 | x_t = x]`` of the Gaussian path for mixture data.
+
+    The data come from an equal-weight mixture ``sum_k N(mu_k, s^2 I)``.
 
     Given component ``k``, ``(x0, eps, x_t)`` are jointly Gaussian, ``x_t ~ N((1 - t) mu_k, sigma_t^2 I)``
     with ``sigma_t^2 = (1 - t)^2 s^2 + t^2`` and ``E[eps - x0 | x_t, k] = (t - (1 - t) s^2)/sigma_t^2
@@ -55,6 +56,7 @@ class MixtureField(nn.Module):
         self.s = float(s)
 
     def forward(self, x, t, y=None):
+        """The exact velocity at ``x`` ``(B, D)`` and times ``t``, in ``x``'s dtype (``y`` is ignored)."""
         dtype, x = x.dtype, x.double()
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1, 1)
         sig2 = (1 - t) ** 2 * self.s**2 + t**2  # (B, 1, 1)
@@ -73,16 +75,19 @@ def mixture_log_density(x, t: float, means, s: float):
 
 
 def exact_flow_map(field: nn.Module, x_T: torch.Tensor, steps: int = 512) -> torch.Tensor:
-    """The flow map ``x_T -> x_0`` of ``field``: ``steps`` midpoint steps in float64, returned in
-    ``x_T``'s dtype.
+    """The flow map ``x_T -> x_0`` of ``field``.
+
+    ``steps`` midpoint steps in float64, returned in ``x_T``'s dtype.
     """
     return sample(field, x_T.double(), steps, "midpoint").x.to(x_T.dtype)
 
 
 @dataclass(frozen=True)
 class KnownAnswerCase:
-    """The exact field, training data drawn from the mixture, latents ``x_T`` and their exact end
-    points, the teacher (the exact field with midpoint substeps) and the path.
+    """A known-answer case: the exact field, its data, latents and their exact end points.
+
+    Its fields: the exact field, training data drawn from the mixture, latents ``x_T`` and their exact
+    end points, the teacher (the exact field with midpoint substeps) and the path.
     """
 
     field: MixtureField
@@ -96,8 +101,10 @@ class KnownAnswerCase:
 def known_answer_case(
     n_data: int = 4096, n_latents: int = 2000, means=MEANS, s: float = STD, steps: int = 512
 ) -> KnownAnswerCase:
-    """The mixture case: ``n_data`` training points (seed 0), ``n_latents`` latents (seed 1) and
-    their exact end points (``steps`` midpoint steps).
+    """The mixture case: training points, latents and their exact end points.
+
+    ``n_data`` training points (seed 0), ``n_latents`` latents (seed 1) and their exact end points
+    (``steps`` midpoint steps).
     """
     field = MixtureField(means, s)
     g = torch.Generator().manual_seed(0)
@@ -114,11 +121,12 @@ def endpoint_error(student: nn.Module, case: KnownAnswerCase) -> float:
 
 
 def known_answer_config(method: str, budget: int, batch_size: int = 256):
-    """The config of ``method`` (one of :data:`METHODS`) spending ``budget`` student iterations on the
-    mixture case, as ``tests/test_fewstep.py`` runs them: progressive 8 -> 4 -> 2 -> 1 (a third of
-    the budget per stage); consistency with ``N = 8``; reflow on 2,048 couplings of 32 teacher steps
-    for two thirds of the budget, then a 1-step end-point stage (8 Euler steps of the 2-rectified
-    flow) for the rest.
+    """The config of ``method`` (one of :data:`METHODS`) spending ``budget`` student iterations.
+
+    On the mixture case, as ``tests/test_fewstep.py`` runs them: progressive 8 -> 4 -> 2 -> 1 (a third
+    of the budget per stage); consistency with ``N = 8``; reflow on 2,048 couplings of 32 teacher steps
+    for two thirds of the budget, then a 1-step end-point stage (8 Euler steps of the 2-rectified flow)
+    for the rest.
     """
     from . import ConsistencyConfig, ProgressiveConfig, ReflowConfig
 

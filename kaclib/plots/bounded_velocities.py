@@ -1,6 +1,7 @@
-"""Figures of chapter 2 (bounded velocities): the conditional velocity of the Kac path, velocity
-magnitudes against their bounds, the 2D toy (mixture, losses, trajectories) and quality against
-the number of steps.
+"""Figures of chapter 2 (bounded velocities).
+
+The conditional velocity of the Kac path, velocity magnitudes against their bounds, the 2D toy (mixture,
+losses, trajectories) and quality against the number of steps.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def conditional_velocity_figure(process, times, n_x: int = 400):
 
 
 def velocity_magnitude_figure(ts, typical: dict, worst: dict, bound: float | None = None):
-    """Two panels, log-log in ``t``: the 99th percentile of ``|u(t, x_t | x0)|`` along the path, and the
-    worst case over a window of states.  ``typical``/``worst``: ``name -> values``.
+    """Two panels, log-log in ``t``: typical and worst-case velocity magnitudes.
+
+    The 99th percentile of ``|u(t, x_t | x0)|`` along the path, and the worst case over a window of
+    states.  ``typical``/``worst``: ``name -> values``.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -127,6 +130,7 @@ def velocity_magnitude_figure(ts, typical: dict, worst: dict, bound: float | Non
 
 
 def mixture_figure(x, centers=None, title: str = "The 2D toy: a 3 x 3 Gaussian mixture"):
+    """Scatter of the toy's data samples ``x`` (and the component means ``centers``, when given)."""
     import plotly.graph_objects as go
 
     fig = go.Figure(
@@ -181,8 +185,10 @@ def loss_figure(curves: dict, window: int = 50):
 
 
 def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim: float = 3.2):
-    """Particles flowing from noise (``t = T``) to data (``t = 0``): one panel per model, a slider
-    and a play button over the solver's steps.  ``trajs[name]`` is ``(steps + 1, n, 2)``.
+    """Particles flowing from noise (``t = T``) to data (``t = 0``).
+
+    One panel per model, a slider and a play button over the solver's steps.  ``trajs[name]`` is
+    ``(steps + 1, n, 2)``.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -216,8 +222,9 @@ def trajectory_animation(trajs: dict, times, data=None, n_frames: int = 26, lim:
 
 
 def _add_data_panels(fig, data, n_panels: int) -> int:
-    """The data points behind the particles of each of ``n_panels`` panels (legend once); returns
-    the number of traces added (0 without ``data``).
+    """The data points behind the particles of each of ``n_panels`` panels (legend once).
+
+    Returns the number of traces added (0 without ``data``).
     """
     import plotly.graph_objects as go
 
@@ -294,8 +301,9 @@ def _add_play_controls(fig, idx: list, t: np.ndarray) -> None:
 
 
 def velocity_bound_figure(times, stats: dict, bound=None, bound_label: str = "bound"):
-    """Largest learned speed ``max ||u_theta(x, t)||`` along the sampling trajectories, per model,
-    against the Kac bound.  ``stats[name] = (max_values, q99_values)``.
+    """Largest learned speed ``max ||u_theta(x, t)||`` along the sampling trajectories, per model.
+
+    Plotted against the Kac bound.  ``stats[name] = (max_values, q99_values)``.
     """
     import plotly.graph_objects as go
 

@@ -1,5 +1,7 @@
-"""Shared look and display of the book's figures: colours, :func:`style`, :func:`show` and
-:func:`to_html`, the static slider builders and the HTML tables.
+"""Shared look and display of the book's figures.
+
+Colours, :func:`style`, :func:`show` and :func:`to_html`, the static slider builders and the HTML
+tables.
 
 Figures of The Kac Flow Book, and how they are displayed.
 
@@ -26,7 +28,6 @@ Sliders
 
 Every builder returns a ``plotly.graph_objects.Figure``; none of them trains or samples a model
 (the chapters pass in what they computed).
-"
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def _legend_rows(fig) -> int:
 
 
 def _wrap_title(title: str | None, width: int = 68) -> tuple[str | None, int]:
-    """Break a long title once (at ': ' if possible, else at a space) so that it clears the
-    modebar; returns the title and the number of extra lines.
+    """Break a long title once so that it clears the modebar.
+
+    The break is at ': ' if possible, else at a space; returns the title and the number of extra
+    lines.
     """
     if not title or len(title) <= width or "<br>" in title:
         return title, 0
@@ -136,13 +139,20 @@ def style(
     legend: str = "top",
     legend_below: bool = False,
 ):
-    """Shared look: white template, readable fonts, axis titles, and a vertical layout computed in
-    pixels so that title, legend, plot, axis title and sliders never overlap.
+    """Shared look: white template, readable fonts, axis titles, and a vertical layout.
 
-    ``height``: the figure's height in pixels, not counting the room added below for sliders
-    (about 100 px).  ``legend``: ``"top"`` (a horizontal legend between the title and the plot, the
-    default), ``"bottom"`` (below the x-axis title; ``legend_below=True`` is the same) or
-    ``"none"``.
+    The vertical layout is computed in pixels so that title, legend, plot, axis title and sliders
+    never overlap.
+
+    Parameters
+    ----------
+    height : int
+        The figure's height in pixels, not counting the room added below for sliders (about 100 px).
+    legend : str
+        ``"top"`` (a horizontal legend between the title and the plot, the default), ``"bottom"``
+        (below the x-axis title) or ``"none"``.
+    legend_below : bool
+        ``True`` is the same as ``legend="bottom"``.
     """
     if legend_below:
         legend = "bottom"
@@ -186,8 +196,9 @@ def style(
 
 
 def _place_legend(fig, legend: str, plot_h: int, axis_h: int) -> None:
-    """A horizontal legend just above the plot (``"top"``) or below the x-axis title (``"bottom"``);
-    positions in plot heights, from pixels.
+    """A horizontal legend just above the plot (``"top"``) or below the x-axis title (``"bottom"``).
+
+    Positions in plot heights, from pixels.
     """
     if legend == "top":
         fig.update_layout(
@@ -289,12 +300,14 @@ def show(fig) -> None:
 
 
 def to_float32(a) -> np.ndarray:
+    """``a`` (tensor, array or sequence) as a float32 NumPy array (tensors detached, on the CPU)."""
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().double().numpy()
     return np.asarray(a, dtype=np.float32)
 
 
 def slider_spec(steps, prefix: str, active: int = 0, y: float = -0.16, x: float = 0.0, length: float = 1.0):
+    """A plotly slider (a dict) over ``steps``, its current value shown after ``prefix``."""
     return dict(
         active=active,
         steps=steps,
@@ -351,9 +364,11 @@ def two_slider_figure(
     active=(0, 0),
     cell_layouts: list[dict] | None = None,
 ):
-    """Two sliders over a grid: ``cells[i * n2 + j]`` (a list of traces) shows when slider 1 is on
-    ``labels1[i]`` and slider 2 on ``labels2[j]``, with title ``titles[i * n2 + j]`` and the layout
-    changes ``cell_layouts[i * n2 + j]`` (e.g. ``{"yaxis.range": [0, 2]}``).
+    """Two sliders over a grid of cells, each cell a list of traces.
+
+    ``cells[i * n2 + j]`` shows when slider 1 is on ``labels1[i]`` and slider 2 on ``labels2[j]``,
+    with title ``titles[i * n2 + j]`` and the layout changes ``cell_layouts[i * n2 + j]`` (e.g.
+    ``{"yaxis.range": [0, 2]}``).
 
     Each slider's steps restyle the visibility for the other slider at its *initial* position (so
     plain plotly, e.g. JupyterLab, moves one parameter at a time); in the book a small script
@@ -397,8 +412,9 @@ def two_slider_figure(
 
 
 def _check_grid(cells: list[list], shape: tuple[int, int], labels1, labels2, titles) -> int:
-    """Check that the cells, labels and titles of :func:`two_slider_figure` match the grid
-    ``shape`` and that every cell has as many traces; returns that number.
+    """Check the cells, labels and titles of :func:`two_slider_figure` against the grid ``shape``.
+
+    Also checks that every cell has as many traces; returns that number.
     """
     n1, n2 = shape
     if len(cells) != n1 * n2 or len(labels1) != n1 or len(labels2) != n2 or len(titles) != n1 * n2:
@@ -440,8 +456,10 @@ def html_table(header: list[str], rows: list[list], caption: str | None = None) 
 
 
 def show_source(*objects) -> None:
-    """Display the source code of library objects (functions, methods, classes), each under its
-    qualified name: a chapter shows the code that teaches without copying it.
+    """Display the source code of library objects (functions, methods, classes).
+
+    Each is shown under its qualified name: a chapter shows the code that teaches without copying
+    it.
     """
     import inspect
 

@@ -1,5 +1,7 @@
-"""Image grids (chapters 3 to 6): tiling ``(N, C, H, W)`` images into one array, a grid figure and
-a static slider over several grids (e.g. one per guidance weight or per distillation stage).
+"""Image grids (chapters 3 to 6).
+
+Tiling ``(N, C, H, W)`` images into one array, a grid figure and a static slider over several grids
+(e.g. one per guidance weight or per distillation stage).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ __all__ = [
 
 
 def image_tile(images, ncol: int, pad: int = 1, pad_value: float = -0.55) -> np.ndarray:
-    """``(N, C, H, W)`` images in ``[-1, 1]`` tiled row by row into one ``(C, rows*(H+pad)+pad,
-    ncol*(W+pad)+pad)`` array (missing cells and the padding get ``pad_value``).
+    """``(N, C, H, W)`` images in ``[-1, 1]`` tiled row by row into one array.
+
+    The array is ``(C, rows*(H+pad)+pad, ncol*(W+pad)+pad)``; missing cells and the padding get
+    ``pad_value``.
     """
     x = to_float32(images)
     if x.ndim != 4:
@@ -103,8 +107,10 @@ def image_grid_slider_figure(
     row_labels=None,
     active: int = 0,
 ):
-    """Static slider over several image grids (e.g. samples per class for each guidance weight, or
-    one grid per distillation stage for the same latents): ``image_sets[k]`` shows at ``labels[k]``.
+    """Static slider over several image grids: ``image_sets[k]`` shows at ``labels[k]``.
+
+    For example samples per class for each guidance weight, or one grid per distillation stage for
+    the same latents.
 
     The slider restyles the visibility of precomputed heatmaps, so it works in the static page.
     """

@@ -1,6 +1,8 @@
-"""Figures of chapter 1 (the Kac process): sample paths, the law against time (histograms, exact
-density and atoms), the telegraph PDE, the finite speed, the diffusion limit and the law's
-dependence on the speed ``c`` and the flip rate ``xi``, static sliders and live widgets.
+"""Figures of chapter 1 (the Kac process).
+
+Sample paths, the law against time (histograms, exact density and atoms), the telegraph PDE, the finite
+speed, the diffusion limit and the law's dependence on the speed ``c`` and the flip rate ``xi``, static
+sliders and live widgets.
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ def _law_curve(process, s: float, n_x: int = 400):
 
 
 def kac_law_frames(process, times, samples: dict, bins: int = 60):
-    """Per time: MC histogram of the interior samples (density units), exact density, exact and
-    MC atom masses.  ``samples[s]`` holds draws of ``X_s``.  Returns ``(frames_data, y_max)``.
+    """Per time: MC histogram of the interior samples, exact density, exact and MC atom masses.
+
+    The histogram is in density units.  ``samples[s]`` holds draws of ``X_s``.  Returns
+    ``(frames_data, y_max)``.
     """
     import plotly.graph_objects as go
 
@@ -451,8 +455,9 @@ def kac_law_grid_figure(cs, xis, s: float = 1.0, active=None):
 
 
 def kac_law_widget(c: float = 1.0, xi: float = 4.0, s: float = 1.0):
-    """Live sliders for ``c``, ``xi`` and ``s`` (ipywidgets; JupyterLab).  In the book build a note
-    is printed and ``None`` returned.
+    """Live sliders for ``c``, ``xi`` and ``s`` (ipywidgets; JupyterLab).
+
+    In the book build a note is printed and ``None`` returned.
     """
     if in_book_build():
         print("Live sliders: open this notebook in JupyterLab.")

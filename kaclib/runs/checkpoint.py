@@ -42,8 +42,10 @@ def save_checkpoint(
     config: Mapping | None = None,
     step: int | None = None,
 ) -> None:
-    """Commit ``files`` (``name -> content``, names from model/ema/state) into ``run_dir`` as one
-    atomic group, together with ``config`` (default: the saved ``config.json``) and the manifest.
+    """Commit ``files`` into ``run_dir`` as one atomic group, with ``config`` and the manifest.
+
+    ``files`` maps ``name -> content``, names from model/ema/state; ``config`` defaults to the saved
+    ``config.json``.
 
     See the module docstring: temporaries, then the journal (commit point), then the renames.
     Takes the directory's lock (re-entrant: callers normally hold it already).
@@ -110,8 +112,10 @@ def _read_pending(run_dir: Path) -> list[str] | None:
 
 
 def recover_checkpoint(run_dir: str | os.PathLike) -> None:
-    """Finish a committed checkpoint interrupted mid-rename; delete the uncommitted temporaries of
-    checkpoint files.  Only the writer runs it: it takes the directory's lock (re-entrant).
+    """Finish a committed checkpoint interrupted mid-rename; delete uncommitted temporaries.
+
+    The temporaries deleted are those of checkpoint files.  Only the writer runs it: it takes the
+    directory's lock (re-entrant).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -125,14 +129,17 @@ def recover_checkpoint(run_dir: str | os.PathLike) -> None:
 
 
 def has_checkpoint(run_dir: str | os.PathLike, names: Iterable[str] = (MODEL_FILE, STATE_FILE)) -> bool:
+    """Whether ``run_dir`` holds every file of ``names`` (default: the model and state files)."""
     run_dir = Path(run_dir)
     return all((run_dir / n).is_file() for n in names)
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint read and verified against its manifest: ``blobs`` (file name -> bytes),
-    ``manifest`` (``checkpoint.json``), ``config`` (``config.json``), ``step``.
+    """A checkpoint read and verified against its manifest.
+
+    ``blobs`` (file name -> bytes), ``manifest`` (``checkpoint.json``), ``config`` (``config.json``),
+    ``step``.
     """
 
     run_dir: Path
@@ -142,13 +149,19 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
+        """The manifest's ``step`` (-1 when it has no integer step)."""
         s = self.manifest.get("step")
         return int(s) if isinstance(s, int) else -1
 
     def tensors(self, name: str, device="cpu") -> dict[str, torch.Tensor]:
+        """The tensors of weights file ``name``, read from the verified bytes, on ``device``."""
         return load_tensors(self.blobs[name], self.run_dir / name, device=device)
 
     def state(self, device="cpu") -> dict:
+        """The training state (``state.pt``) loaded on ``device``.
+
+        Raises :class:`RunDirError` unless it unpickles to a dict with an integer ``step``.
+        """
         path = self.run_dir / STATE_FILE
         try:
             state = torch.load(io.BytesIO(self.blobs[STATE_FILE]), map_location=device, weights_only=True)
@@ -248,8 +261,9 @@ def read_checkpoint(
 
 
 def rewind_metrics(run_dir: str | os.PathLike, checkpoint: Checkpoint | None) -> None:
-    """Writer only: cut ``metrics.jsonl`` back to its length at ``checkpoint`` (empty without one),
-    after checking that part against the manifest's fingerprint (a damaged log is refused).
+    """Writer only: cut ``metrics.jsonl`` back to its length at ``checkpoint`` (empty without one).
+
+    That part is first checked against the manifest's fingerprint (a damaged log is refused).
     """
     path = Path(run_dir) / METRICS_FILE
     data = path.read_bytes() if path.is_file() else b""

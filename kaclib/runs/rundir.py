@@ -45,9 +45,11 @@ def _check_not_foreign(run_dir: Path) -> None:
 
 @contextlib.contextmanager
 def writer(run_dir: str | os.PathLike):
-    """Open ``run_dir`` for writing: refuse an empty name, a file, or a non-empty directory that is
-    not a run; create it; hold its lock (:func:`run_lock`).  On failure, a directory this call
-    created and that holds no checkpoint is removed again (nothing half-made is left behind).
+    """Open ``run_dir`` for writing and hold its lock (:func:`run_lock`).
+
+    Refuse an empty name, a file, or a non-empty directory that is not a run; create it; hold its
+    lock.  On failure, a directory this call created and that holds no checkpoint is removed again
+    (nothing half-made is left behind).
     """
     run_dir = check_run_path(run_dir)
     _check_not_foreign(run_dir)
