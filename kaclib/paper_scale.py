@@ -243,13 +243,14 @@ def inception_row(run_dir, npz, dataset: str, data_root=None, weights_path=None,
     return row
 
 
-def result_roots(repo_root) -> list[Path]:
+def result_roots(repo_root=None) -> list[Path]:
     """Where results of paper-scale runs are looked for.
 
-    Where results of paper-scale runs are looked for: ``runs/`` and ``benchmarks/results/`` of
-    the repository, and ``$KACLIB_RESULTS`` when set.
+    ``runs/`` and ``benchmarks/results/`` of the repository (default: the one this ``kaclib``
+    lies in), and ``$KACLIB_RESULTS`` when set.
     """
-    roots = [Path(repo_root) / "runs", Path(repo_root) / "benchmarks" / "results"]
+    repo_root = Path(repo_root) if repo_root is not None else Path(__file__).resolve().parents[1]
+    roots = [repo_root / "runs", repo_root / "benchmarks" / "results"]
     if os.environ.get("KACLIB_RESULTS"):
         roots.append(Path(os.environ["KACLIB_RESULTS"]).expanduser())
     return roots
