@@ -81,7 +81,9 @@ def _device(device) -> torch.device:
 
 @dataclass(frozen=True)
 class AccelConfig:
-    """The accelerator switches (module docstring).  ``AccelConfig()`` is the default policy:
+    """The accelerator switches (see the module docstring).
+
+    ``AccelConfig()`` is the default policy:
     bf16 + channels-last + fused Adam + TF32 on CUDA, plain fp32 on the CPU, no compile.
     """
 
@@ -121,6 +123,7 @@ class AccelConfig:
         return torch.bfloat16 if self.amp_dtype == "bf16" else None
 
     def to_dict(self) -> dict:
+        """The switches as a plain dict."""
         return dataclasses.asdict(self)
 
     @classmethod
@@ -183,7 +186,9 @@ def tf32_policy(device, cfg: AccelConfig | None):
 
 
 def compile_unavailable_reason(device) -> str | None:
-    """Why ``torch.compile`` cannot run on ``device`` here, or ``None`` when it can (as far as a
+    """Why ``torch.compile`` cannot run on ``device`` here, or ``None`` when it can.
+
+    Why ``torch.compile`` cannot run on ``device`` here, or ``None`` when it can (as far as a
     static check tells: a C++ compiler for the CPU backend, Triton for CUDA).
     """
     if not hasattr(torch, "compile"):
@@ -202,7 +207,9 @@ def compile_unavailable_reason(device) -> str | None:
 
 
 def compile_model(model: nn.Module, device) -> nn.Module:
-    """``torch.compile(model)`` (backend ``$KACLIB_COMPILE_BACKEND``, default inductor), or
+    """``torch.compile(model)``, or ``model`` itself when compiling cannot work here.
+
+    ``torch.compile(model)`` (backend ``$KACLIB_COMPILE_BACKEND``, default inductor), or
     ``model`` itself with a warning naming the reason when compiling cannot work here.
     """
     reason = compile_unavailable_reason(device)
@@ -213,7 +220,9 @@ def compile_model(model: nn.Module, device) -> nn.Module:
 
 
 def prepare_model(model: nn.Module, cfg: AccelConfig | None, device=None) -> nn.Module:
-    """Move ``model`` to ``device`` (default: where it is) and to channels-last when asked, IN
+    """Prepare ``model`` for ``device`` and return the module to call.
+
+    Move ``model`` to ``device`` (default: where it is) and to channels-last when asked, IN
     PLACE; return the module to call: ``torch.compile(model)`` when ``cfg.compile``, else
     ``model``.  Train, checkpoint and average the bare ``model``; call the returned one.
     """
@@ -235,7 +244,9 @@ def make_optimizer(params, lr: float, cfg: AccelConfig | None, device) -> torch.
 
 
 def to_device(x: torch.Tensor, device) -> torch.Tensor:
-    """``x`` on ``device``; a CPU tensor bound for CUDA goes through pinned memory (asynchronous
+    """``x`` on ``device`` (through pinned memory from the CPU to CUDA).
+
+    ``x`` on ``device``; a CPU tensor bound for CUDA goes through pinned memory (asynchronous
     copy), anything else is a plain ``.to``.
     """
     device = _device(device)
@@ -252,7 +263,9 @@ def format_input(x: torch.Tensor, cfg: AccelConfig | None) -> torch.Tensor:
 
 
 def velocity_fn(velocity, cfg: AccelConfig | None, device):
-    """``velocity(x, t, y)`` run under :func:`autocast` with :func:`format_input`, its output cast
+    """``velocity(x, t, y)`` run under :func:`autocast`, its output in ``x``'s dtype.
+
+    ``velocity(x, t, y)`` run under :func:`autocast` with :func:`format_input`, its output cast
     back to ``x``'s dtype (the ODE state stays float32).  ``cfg=None``: ``velocity`` unchanged.
     """
     if cfg is None:
@@ -272,7 +285,9 @@ def velocity_fn(velocity, cfg: AccelConfig | None, device):
 
 
 def saved_accel(saved_config: Mapping | None) -> AccelConfig | None:
-    """The switches a saved run config recorded: ``None`` for no config (a new run), :data:`OFF`
+    """The switches a saved run config recorded.
+
+    The switches a saved run config recorded: ``None`` for no config (a new run), :data:`OFF`
     for a config without ``accel`` (plain fp32: runs that used no switch, and every run written
     before the field existed).
     """
@@ -301,7 +316,9 @@ def check_resume(saved: AccelConfig | None, new: AccelConfig, run_dir) -> None:
 
 
 def resume_config(saved: Mapping | None, config: Mapping, acc: AccelConfig, run_dir) -> dict:
-    """``config`` (a run's new config dict; ``config["accel"]`` the switches it records, absent for
+    """``config`` made comparable with the saved config of ``run_dir``.
+
+    ``config`` (a run's new config dict; ``config["accel"]`` the switches it records, absent for
     plain fp32) made comparable with ``saved``, the same section of the ``config.json`` already in
     ``run_dir`` (``None``: a new run, ``config`` is returned as it is).
 

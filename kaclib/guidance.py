@@ -62,7 +62,9 @@ def guided_bound(w: float, c: float) -> float:
 
 
 def guided_passes(w: torch.Tensor | float) -> int:
-    """Network passes per sample of one guided evaluation with weight(s) ``w``: 1 when every weight
+    """Network passes per sample of one guided evaluation with weight(s) ``w``.
+
+    Network passes per sample of one guided evaluation with weight(s) ``w``: 1 when every weight
     is 0 or 1 (one field suffices), else 2 (conditional and unconditional).
     """
     if isinstance(w, torch.Tensor):
@@ -98,6 +100,7 @@ class GuidedVelocity(nn.Module):
         self.w = w if callable(w) else check_guidance_weight(w)
 
     def extra_repr(self) -> str:
+        """``w`` and the number of classes, for ``repr``."""
         return f"w={self.w!r}, num_classes={self.num_classes}"
 
     # ------------------------------------------------------------------ weights
@@ -127,6 +130,7 @@ class GuidedVelocity(nn.Module):
         return torch.full((t.shape[0],), self.num_classes, dtype=torch.long, device=t.device)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The guided velocity ``v_u + w (v_c - v_u)`` at ``(x, t)`` for labels ``y``."""
         if t.ndim != 1 or t.shape[0] != x.shape[0]:
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         null = self._null(t)

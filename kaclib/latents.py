@@ -104,7 +104,9 @@ def _check_count(name: str, value, minimum: int) -> int:
 
 
 def _per_image_generators(path, n: int, image_shape, seed: int, start: int, dtype) -> torch.Tensor:
-    """The slow fallback for a path without ``latent_from_uniforms``: one ``torch.Generator``
+    """The slow fallback for a path without ``latent_from_uniforms``.
+
+    The slow fallback for a path without ``latent_from_uniforms``: one ``torch.Generator``
     seeded with ``step_seed(seed, i)`` per image, ``path.sample_latent`` (about 1 ms per image).
     """
     from .train import step_seed
@@ -123,7 +125,9 @@ def _per_image_generators(path, n: int, image_shape, seed: int, start: int, dtyp
 def image_latents(
     path, n: int, image_shape, seed: int = 0, start: int = 0, dtype=torch.float32
 ) -> torch.Tensor:
-    """Latents ``x_T`` of images ``start .. start + n - 1`` on ``path`` (CPU, ``dtype``): image ``i``'s
+    """Latents ``x_T`` of images ``start .. start + n - 1`` on ``path`` (CPU, ``dtype``).
+
+    Latents ``x_T`` of images ``start .. start + n - 1`` on ``path`` (CPU, ``dtype``): image ``i``'s
     depends only on ``(seed, i)`` (see the module docstring).  A path without the
     ``latent_uniforms`` / ``latent_from_uniforms`` hook falls back to one ``torch.Generator`` per image
     (``step_seed(seed, i)``, ``path.sample_latent``): also per image, but slow.

@@ -48,6 +48,7 @@ NOTE = "Live slider: run this notebook in JupyterLab or VS Code (the static slid
 @dataclass(frozen=True)
 class Range:
     """A numeric slider from ``lo`` to ``hi`` in steps of ``step``, starting at ``value``.
+
     Integer bounds and step give an integer slider; ``log=True`` a log-scale slider (base 10).
     """
 
@@ -67,6 +68,7 @@ class Range:
 
     @property
     def is_int(self) -> bool:
+        """Whether the slider moves in integers (integer bounds and step, linear scale)."""
         return not self.log and all(float(v).is_integer() for v in (self.lo, self.hi, self.step, self.value))
 
 
@@ -148,7 +150,9 @@ def slider_widget(callback, **controls):
 
 
 def toy_steps_figure(models: dict, steps: int, n: int = 400, seed: int = 6, data=None, lim: float = 3.2):
-    """Samples of each 2D toy model after ``steps`` Euler steps from the same latents (one panel per
+    """Samples of each 2D toy model after ``steps`` Euler steps from the same latents.
+
+    Samples of each 2D toy model after ``steps`` Euler steps from the same latents (one panel per
     model; ``models[name]`` has ``.model`` and ``.path``, e.g. :class:`kaclib.toy.ToyModel`).
     ``data``: optional reference points drawn in grey.
     """
@@ -253,7 +257,9 @@ def ladder_samples_figure(
     w: float = 1.0,
     seed: int = 1,
 ):
-    """The ``steps``-step student (left half of each row) beside the undistilled teacher at the same
+    """The ``steps``-step student beside the undistilled teacher at as many AB-2 steps.
+
+    The ``steps``-step student (left half of each row) beside the undistilled teacher at the same
     number of AB-2 steps (right half, after an empty cell), the same latents for both.
     ``students[steps]`` is a model.
     """
@@ -282,7 +288,9 @@ def ladder_samples_figure(
 
 
 def cost_hours(flops: dict, tflops: float, gpus: int = 1) -> dict:
-    """Wall-clock hours of each job (``flops[job]`` floating-point operations) at a sustained
+    """Wall-clock hours of each job at an assumed throughput on ``gpus`` GPUs.
+
+    Wall-clock hours of each job (``flops[job]`` floating-point operations) at a sustained
     ``tflops`` TFLOP/s per GPU on ``gpus`` GPUs (perfect scaling assumed).
     """
     if tflops <= 0 or gpus < 1:

@@ -17,7 +17,9 @@ __all__ = ["poisson", "poisson_walk_inversion", "standard_gamma"]
 
 
 def poisson_walk_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``N = #{k : F(k) < u}`` elementwise for any rates (float64 inside, result in ``u``'s dtype):
+    """Poisson counts by inversion: ``N = #{k : F(k) < u}`` elementwise, for any rates.
+
+    ``N = #{k : F(k) < u}`` elementwise for any rates (float64 inside, result in ``u``'s dtype):
     start at the mode ``floor(lam)``, where ``F`` is the regularised incomplete gamma function, and
     walk up or down with the pmf recursion; ``O(sqrt(lam))`` passes over the elements still moving.
     """
@@ -50,7 +52,9 @@ def poisson_walk_inversion(lam: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def _rejection_loop(propose, n: int, like: torch.Tensor) -> torch.Tensor:
-    """Run ``propose(index) -> (values, accepted)`` on all ``n`` elements, then again on the rejected
+    """Rejection sampling, vectorised: redraw the rejected elements until none is left.
+
+    Run ``propose(index) -> (values, accepted)`` on all ``n`` elements, then again on the rejected
     ones until none is left (the first pass touches no index tensor: it is the fast path).
     """
     values, ok = propose(None)
@@ -66,7 +70,9 @@ def _rejection_loop(propose, n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def standard_gamma(alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Exact ``Gamma(alpha, 1)`` draws for ``alpha >= 1`` (Marsaglia and Tsang, 2000), vectorised:
+    """Exact ``Gamma(alpha, 1)`` draws for ``alpha >= 1`` (Marsaglia and Tsang, 2000).
+
+    Exact ``Gamma(alpha, 1)`` draws for ``alpha >= 1`` (Marsaglia and Tsang, 2000), vectorised:
     every element is proposed at once and only the rejected ones (2 to 5 percent) are redrawn.
     """
     if (alpha < 1).any():

@@ -1,4 +1,6 @@
-"""Figures of chapter 3 (guidance): the guided field against its bound, the guided speed ratio
+"""Figures of chapter 3 (guidance).
+
+Figures of chapter 3 (guidance): the guided field against its bound, the guided speed ratio
 against the triangle-inequality bound, and sample quality and class accuracy against ``w``.
 """
 
@@ -18,7 +20,9 @@ __all__ = [
 def guided_field_figure(
     x, v_u, v_c, v_w: dict, bounds: dict, title: str, active: int | None = None, class_label: str = "y"
 ):
-    """The guided field ``v_w = v_u + w (v_c - v_u)`` along a line of states, one slider position per
+    """The guided field along a line of states, one slider position per ``w``.
+
+    The guided field ``v_w = v_u + w (v_c - v_u)`` along a line of states, one slider position per
     ``w`` (keys of ``v_w``), with the band ``|v| <= bounds[w]``.  Arrays are 1D over ``x``.
     """
     import plotly.graph_objects as go
@@ -71,7 +75,9 @@ def guided_field_figure(
 def guidance_ratio_figure(
     ws, ratios: dict, title: str = "Largest guided speed against the triangle-inequality bound"
 ):
-    """``max |v_w| / B`` against ``w`` for several fields (``ratios[name]`` aligned with ``ws``) beside
+    """``max |v_w| / B`` against ``w`` for several fields, beside its bound.
+
+    ``max |v_w| / B`` against ``w`` for several fields (``ratios[name]`` aligned with ``ws``) beside
     the bound ``|1 - w| + |w|`` (``B``: the per-coordinate bound of the unguided fields).
     """
     import plotly.graph_objects as go

@@ -1,4 +1,6 @@
-"""Figures of chapters 4 to 6 (the teacher and the distillation ladder): quality against cost, the
+"""Figures of chapters 4 to 6 (the teacher and the distillation ladder).
+
+Figures of chapters 4 to 6 (the teacher and the distillation ladder): quality against cost, the
 ladder diagram, grouped ratio bars, sampling time, training curves and labelled scatter plots.
 
 Every builder returns a figure built from what the chapter computed; nothing here trains or
@@ -29,7 +31,9 @@ def quality_vs_nfe_figure(
     x_title: str = "network passes per sample (NFE)",
     paper: dict | None = None,
 ):
-    """Sample quality against cost, log-log: ``series[name] = (costs, values)`` or ``(costs, values,
+    """Sample quality against cost, log-log.
+
+    Sample quality against cost, log-log: ``series[name] = (costs, values)`` or ``(costs, values,
     labels)`` (labels show on hover, e.g. the step counts).
     """
     import plotly.graph_objects as go
@@ -87,7 +91,9 @@ def quality_vs_nfe_figure(
 
 
 def ladder_diagram_figure(stages: list, teacher_steps: int, single_stage: tuple | None = None):
-    """The ladder as a picture.  Top: the chain teacher -> students (``stages`` is a list of
+    """The ladder as a picture.
+
+    The ladder as a picture.  Top: the chain teacher -> students (``stages`` is a list of
     ``(student_steps, substeps)``); bottom: one stage on the time axis, the teacher's ``N`` substeps
     between two student grid points and the student's single step, matched only at the end point.
     """
@@ -285,7 +291,9 @@ def timing_figure(
 
 
 def training_log_figure(logs: dict, title: str = "Training loss", y_title: str = "loss (log scale)"):
-    """Logged training curves: ``logs[name] = (steps, values)`` (e.g. the ``loss`` records of a run's
+    """Logged training curves, log y axis.
+
+    Logged training curves: ``logs[name] = (steps, values)`` (e.g. the ``loss`` records of a run's
     ``metrics.jsonl``, each a mean over the steps since the previous record), log y axis.
     """
     import plotly.graph_objects as go

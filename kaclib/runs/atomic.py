@@ -29,6 +29,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda fh: fh.write(data))
 
 
@@ -37,6 +38,7 @@ def _json_bytes(obj) -> bytes:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
     return atomic_write_bytes(path, _json_bytes(obj))
 
 
@@ -48,7 +50,9 @@ def _write_synced(path: Path, write: Callable) -> None:
 
 
 def _write_temporary(path: Path, write: Callable) -> None:
-    """:func:`_write_synced`, looked up on the package :mod:`kaclib.runs` at each call, so that
+    """:func:`_write_synced`, looked up on the package :mod:`kaclib.runs` at each call.
+
+    :func:`_write_synced`, looked up on the package :mod:`kaclib.runs` at each call, so that
     replacing ``kaclib.runs._write_synced`` (the crash tests do) reaches every writer.
     """
     from .. import runs
@@ -81,7 +85,9 @@ def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """All complete records (JSON objects) of a JSONL file; a torn last line from a crash, or any
+    """All complete records (JSON objects) of a JSONL file.
+
+    All complete records (JSON objects) of a JSONL file; a torn last line from a crash, or any
     line that is not a JSON object, is skipped.
     """
     path = Path(path)

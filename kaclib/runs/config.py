@@ -86,7 +86,9 @@ def _parse_value(text: str):
 
 
 def apply_overrides(d: Mapping, items: Iterable[str]) -> dict:
-    """``KEY=VALUE`` overrides (``model.base_channels=32`` for nested fields) on a copy of a config
+    """Apply ``KEY=VALUE`` overrides to a copy of a config dict.
+
+    ``KEY=VALUE`` overrides (``model.base_channels=32`` for nested fields) on a copy of a config
     dict; values are parsed as JSON when possible (``steps=10`` is an int, ``f=exp`` a string).
     """
     d = json.loads(json.dumps(d))
