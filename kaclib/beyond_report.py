@@ -1,5 +1,6 @@
-"""Chapter 7's plumbing: the committed results of ``benchmarks/beyond.py`` (and of the section 3 and 4
-benchmarks) turned into tables, paired comparisons and figures.
+"""Chapter 7's plumbing: committed results turned into tables, comparisons and figures.
+
+The results are those of ``benchmarks/beyond.py`` and of the section 3 and 4 benchmarks.
 
 Every number comes from a committed JSON (``benchmarks/results/*.json``) or from code the chapter
 runs; verdicts are read from confidence intervals (:func:`kaclib.stats.compare`), never typed.
@@ -58,7 +59,9 @@ def committed_or_note(name: str, command: str, require: str | None = None) -> di
 
 
 def show_committed(res: dict) -> list[dict]:
-    """Display a committed benchmark: its ``"table_markdown"`` (else its ``"table"``), the command,
+    """Display a committed benchmark with its provenance and paired comparisons.
+
+    Display a committed benchmark: its ``"table_markdown"`` (else its ``"table"``), the command,
     machine and commit that produced it, and all its paired comparisons (every metric); returns them.
     """
     from IPython.display import Markdown, display
@@ -120,7 +123,9 @@ def method_findings(res: dict | None, metric: str = "fid") -> dict:
 def comparison_claims(
     res: dict | None, claim: str, command: str, where: str, source: str, limit: int = 8
 ) -> list:
-    """The claims-table rows of a committed benchmark: one :class:`~kaclib.claims.Claim` per paired
+    """Claims-table rows of a committed benchmark.
+
+    The claims-table rows of a committed benchmark: one :class:`~kaclib.claims.Claim` per paired
     comparison (verdict from its CI) when there are at most ``limit``, else one row ``claim`` with
     the counts of verdicts; ``"not yet run: <command>"`` when ``res`` has no comparison.
     """
@@ -145,7 +150,9 @@ def comparison_claims(
 
 
 def cached_ladder_dir(profile, path: str = "kac"):
-    """The ladder directory that chapter 5 (and ``benchmarks/beyond.py``, seed 0) distils for
+    """Chapter 5's cached ladder directory, or ``None`` when not cached.
+
+    The ladder directory that chapter 5 (and ``benchmarks/beyond.py``, seed 0) distils for
     ``profile`` on ``path``, or ``None`` when its teacher or any of its stages is not cached: the
     chapter then trains nothing.
     """
@@ -160,7 +167,9 @@ def cached_ladder_dir(profile, path: str = "kac"):
 
 
 def scatter_agreement(study, traj: dict, family: str) -> float:
-    """Largest absolute difference between a live :class:`~kaclib.trajectory_checks.DeviationStudy`
+    """Largest difference between a live deviation study and the committed scatter.
+
+    Largest absolute difference between a live :class:`~kaclib.trajectory_checks.DeviationStudy`
     (latent seed 1000, ``n`` images) and the committed per-image scatter of ``family`` (its first
     ``n`` images; the committed values are rounded to 6 decimals).
     """
@@ -205,7 +214,9 @@ def _ci_text(values, digits: int = 3) -> str:
 
 
 def stage_rows(traj: dict) -> list[list]:
-    """One row per (path, stage): mean over samples of the per-sample largest end-point error and
+    """Per-(path, stage) table of end-point error against interior deviation.
+
+    One row per (path, stage): mean over samples of the per-sample largest end-point error and
     interior deviation, their ratio and the per-sample Spearman correlation, each as mean [95% CI]
     over the seeds (ladders) of the path.
     """
@@ -231,7 +242,7 @@ def stage_rows(traj: dict) -> list[list]:
 
 
 def trajectory_comparisons(traj: dict) -> list[dict]:
-    """Paired comparisons (over seeds) read from the committed trajectories:
+    """Paired comparisons (over seeds) read from the committed trajectories.
 
     * per path, the slope of the whole-path deviation against ``Delta`` minus 1 (``> 0``: the
       deviation shrinks at least as fast as ``Delta``, the ``O(Delta)`` of the finite-speed argument);
@@ -280,7 +291,9 @@ _PALETTE = ["#1f5fa8", "#e07b00", "#2a9d3f", "#c0392b", "#8e44ad", "#555555"]
 
 
 def deviation_scatter_figure(traj: dict, title: str | None = None, max_points: int = 256):
-    """The committed scatter (``per_family[...]["scatter"]``: one seed's per-sample largest end-point
+    """Figure of the committed end-point error against interior deviation scatter.
+
+    The committed scatter (``per_family[...]["scatter"]``: one seed's per-sample largest end-point
     error against largest interior deviation, per stage): one panel per path, one colour per stage,
     log axes, the diagonal ``interior = end point``
     (:func:`kaclib.trajectory_checks.scatter_panels_figure`).
@@ -303,7 +316,9 @@ def deviation_scatter_figure(traj: dict, title: str | None = None, max_points: i
 
 
 def known_answer_figure(errors: dict, title: str | None = None):
-    """Mean distance of each method's 1-step map to the exact flow map against the student-iteration
+    """Figure of each method's distance to the exact flow map against its budget.
+
+    Mean distance of each method's 1-step map to the exact flow map against the student-iteration
     budget (``errors``: ``{method: {budget: error}}``), log-log.
     """
     import plotly.graph_objects as go
@@ -334,7 +349,9 @@ def known_answer_figure(errors: dict, title: str | None = None):
 
 
 def known_answer_maps_figure(exact_map, maps: dict, budget: int | None = None, max_points: int = 400):
-    """One panel per method: the exact flow map's end points (grey) and the method's 1-step end points
+    """Figure of each method's 1-step end points beside the exact flow map's.
+
+    One panel per method: the exact flow map's end points (grey) and the method's 1-step end points
     from the same latents (colour); ``maps``: ``{method: (n, 2) tensor}``.
     """
     import plotly.graph_objects as go
@@ -377,7 +394,9 @@ STRESS_NAMES = {
 
 
 def stress_findings(res: dict | None) -> str:
-    """Section 3's verdicts per family Kac is compared with: ``"against the Gaussian peer: FID 0
+    """Section 3's verdict counts per compared family, as one sentence.
+
+    Section 3's verdicts per family Kac is compared with: ``"against the Gaussian peer: FID 0
     holds, 2 fails, 18 inconclusive; range ..."``; ``"not yet run"`` without results.
     """
     comps = (res or {}).get("comparisons", [])
@@ -395,7 +414,9 @@ def stress_findings(res: dict | None) -> str:
 
 
 def stress_figure(res: dict, w: float, quantity: str = "fid"):
-    """One guidance weight ``w`` of the committed ``guidance_stress`` benchmark: ``quantity`` (``"fid"``
+    """Figure of one guidance weight of the committed guidance-stress benchmark.
+
+    One guidance weight ``w`` of the committed ``guidance_stress`` benchmark: ``quantity`` (``"fid"``
     or a :class:`kaclib.guidance_stress.StressResult` field such as ``"frac_out_of_range"``) against
     the number of Euler steps, mean and 95% CI over seeds, Kac and the Gaussian peer.
     """

@@ -27,7 +27,9 @@ __all__ = ["LawDistance", "FewStepError", "kac_family", "law_distance", "straigh
 
 
 def kac_family(D: float, xis) -> list[tuple[float, float]]:
-    """``[(a, c), ...]`` with ``a = xi/2`` and ``c = sqrt(D xi)`` for each damping ``xi`` of ``xis``:
+    """Kac processes ``(a, c)`` of one diffusivity ``D``, one per damping ``xi``.
+
+    ``[(a, c), ...]`` with ``a = xi/2`` and ``c = sqrt(D xi)`` for each damping ``xi`` of ``xis``:
     the Kac processes of diffusivity ``c^2 / (2a) = D``.
     """
     D = check_finite_param("D", D, positive=True)
@@ -57,9 +59,11 @@ class LawDistance:
 
     @property
     def D(self) -> float:
+        """Diffusivity ``c^2 / (2a)``."""
         return self.c**2 / (2 * self.a)
 
     def to_dict(self) -> dict:
+        """JSON-ready fields, with ``xi`` and ``D``."""
         return {
             "a": self.a,
             "c": self.c,
@@ -167,7 +171,9 @@ def straightness(trajectory: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FewStepError:
-    """Paired RMSE of ``steps``-step samples to ``reference_steps``-step samples from the same
+    """Paired RMSE of few-step samples to a many-step reference.
+
+    Paired RMSE of ``steps``-step samples to ``reference_steps``-step samples from the same
     latents and labels: ``rmse`` per image (tuple), ``mean`` its mean.
     """
 
@@ -178,9 +184,11 @@ class FewStepError:
 
     @property
     def mean(self) -> float:
+        """Mean of the per-image RMSE."""
         return float(sum(self.rmse) / len(self.rmse))
 
     def to_dict(self) -> dict:
+        """JSON-ready fields."""
         return {
             "steps": self.steps,
             "reference_steps": self.reference_steps,

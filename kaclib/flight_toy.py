@@ -135,16 +135,20 @@ class FlightToyConfig:
         return cls(**{**d, **({"steps": tuple(d["steps"])} if "steps" in d else {})})
 
     def to_json(self) -> str:
+        """The config as JSON text."""
         return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> FlightToyConfig:
+        """A config from JSON text."""
         return cls.from_dict(json.loads(text))
 
 
 @dataclass
 class StepMetrics:
-    """One path at ``steps`` Euler steps: ``energy`` to held-out data, ``near`` (share within 3 std
+    """Quality of one path at one number of Euler steps.
+
+    One path at ``steps`` Euler steps: ``energy`` to held-out data, ``near`` (share within 3 std
     of a mode), ``modes`` (modes hit) and ``rmse`` to the reference end points (same latents).
     """
 
@@ -157,7 +161,9 @@ class StepMetrics:
 
 @dataclass
 class PathResult:
-    """One trained path: its config, the reference's quality, the straightness of its trajectories,
+    """One trained path of the flight toy and its measurements.
+
+    One trained path: its config, the reference's quality, the straightness of its trajectories,
     the per-step metrics and ``trajectory`` ``(traj_frames, n_traj, 2)`` at ``times`` for a figure.
     """
 
@@ -172,6 +178,7 @@ class PathResult:
     final_loss: float
 
     def to_dict(self, with_trajectory: bool = False) -> dict:
+        """JSON-ready fields; the trajectory only when asked."""
         d = {k: v for k, v in asdict(self).items() if k not in ("trajectory", "times")}
         if with_trajectory:
             d["times"] = [round(t, 4) for t in self.times]
@@ -188,7 +195,9 @@ class FlightToyResult:
     paths: dict = field(default_factory=dict)
 
     def metric(self, name: str, key: str) -> float:
-        """``key`` of path ``name``: ``"straightness"``, ``"<m>_ref"`` or ``"<m>_<S>"`` with ``m`` in
+        """One measurement of one path, by name.
+
+        ``key`` of path ``name``: ``"straightness"``, ``"<m>_ref"`` or ``"<m>_<S>"`` with ``m`` in
         ``energy``, ``near``, ``modes``, ``rmse``.
         """
         r = self.paths[name]

@@ -1,4 +1,6 @@
-"""The pieces every training loop of the package shares: teacher training (:func:`kaclib.train.fit`)
+"""The pieces every training loop of the package shares.
+
+Teacher training (:func:`kaclib.train.fit`)
 and each distillation stage (:func:`kaclib.distill.train_stage`, which the few-step methods of
 :mod:`kaclib.fewstep` drive with their own losses).
 
@@ -71,6 +73,7 @@ class EpochOrder:
         self.n, self.seed, self._cache = n, seed, {}
 
     def perm(self, epoch: int) -> torch.Tensor:
+        """The data permutation of ``epoch`` (cached)."""
         if epoch not in self._cache:
             if len(self._cache) > 2:
                 self._cache.pop(min(self._cache))
@@ -90,7 +93,9 @@ class EpochOrder:
 def batch_indices(
     order: EpochOrder, step: int, batch_size: int, rank: int = 0, world_size: int = 1
 ) -> torch.Tensor:
-    """Data indices of rank ``rank`` at step ``step`` (0-based): its slice of global positions
+    """Data indices of one rank at one step.
+
+    Data indices of rank ``rank`` at step ``step`` (0-based): its slice of global positions
     ``[step * B, (step + 1) * B)`` of the epoch sequence (``B`` = global batch).
     """
     per_rank = batch_size // world_size
@@ -99,7 +104,9 @@ def batch_indices(
 
 
 def rng_devices(device: torch.device) -> list:
-    """The CUDA devices whose RNG a loop forks (``torch.random.fork_rng(devices=...)``): the
+    """The CUDA devices whose RNG a loop forks.
+
+    For ``torch.random.fork_rng(devices=...)``: the
     device's index, or the current CUDA device for a bare ``"cuda"`` (the one
     ``torch.cuda.manual_seed`` seeds); none on the CPU.
     """
@@ -111,7 +118,9 @@ def rng_devices(device: torch.device) -> list:
 
 
 def seed_step(device: torch.device, s_global: int, s_batch: int) -> torch.Generator:
-    """Seed one step: the global RNG (dropout and other users of it; CUDA's too on a CUDA device)
+    """Seed one step; return the generator for the step's own draws.
+
+    Seeds the global RNG (dropout and other users of it; CUDA's too on a CUDA device)
     with ``s_global``; returns a generator on ``device`` seeded with ``s_batch`` for the step's
     own draws (batch, times, noise).
     """
@@ -125,7 +134,9 @@ def seed_step(device: torch.device, s_global: int, s_batch: int) -> torch.Genera
 
 
 def optimizer_step(model, ema, optimizer, loss: torch.Tensor, grad_clip: float | None) -> torch.Tensor:
-    """Zero-grad, backward ``loss``, clip the gradient norm of ``model`` to ``grad_clip`` (``None``:
+    """One optimiser step with clipping and EMA update; returns the gradient norm.
+
+    Zero-grad, backward ``loss``, clip the gradient norm of ``model`` to ``grad_clip`` (``None``:
     no clipping), step ``optimizer``, update ``ema`` (an ``AveragedModel``) and copy the buffers
     into it (buffers are copied, not averaged: integer buffers cannot be).  Returns the gradient
     norm before clipping (a detached tensor: no synchronisation).
@@ -164,13 +175,16 @@ class LogWindow:
         self.last_t, self.last_step = self.t0, start
 
     def add(self, loss) -> None:
+        """Add one step's loss to the window."""
         self.total += loss
         self.n += 1
 
     def mean(self):
+        """Mean loss of the window."""
         return self.total / self.n
 
     def record(self, step: int, loss, grad_norm, lr, rate_key: str, **fields) -> dict:
+        """Log record of the window ending at ``step``; starts a new window."""
         now = time.perf_counter()
         rec = {"step": step, "loss": float(loss), "grad_norm": float(grad_norm), "lr": lr, **fields}
         rec["elapsed_s"] = now - self.t0
@@ -218,7 +232,9 @@ def _dist_info() -> tuple[int, int]:
 
 
 class FiniteGuard:
-    """Stops training at the first non-finite loss (checked at every log step, before every
+    """Stop training at the first non-finite loss or weight.
+
+    Stops training at the first non-finite loss (checked at every log step, before every
     checkpoint and at the end: no extra GPU synchronisation) or non-finite weights (before every
     checkpoint and at the end), naming the step and the last good checkpoint, which is kept: a
     NaN is never saved.
@@ -240,6 +256,7 @@ class FiniteGuard:
         )
 
     def check_losses(self, losses: torch.Tensor, step: int) -> None:
+        """Stop at the first non-finite loss up to ``step``."""
         seg = losses[self.checked - self.start : step - self.start]
         bad = ~torch.isfinite(seg)
         if bool(bad.any()):
@@ -247,6 +264,7 @@ class FiniteGuard:
         self.checked = max(self.checked, step)
 
     def check_weights(self, step: int, *modules) -> None:
+        """Stop when a module's weights are non-finite at ``step``."""
         for m in modules:
             try:
                 runs.check_finite(m, "the model")
@@ -260,7 +278,9 @@ class FiniteGuard:
 def save_checkpoint(
     run_dir: Path, model, ema, optimizer, step: int, extra: dict, config: dict | None = None
 ) -> None:
-    """Write a verified checkpoint of ``run_dir`` (:func:`kaclib.runs.save_checkpoint`): ``model``
+    """Write a verified checkpoint of a training run.
+
+    Write a verified checkpoint of ``run_dir`` (:func:`kaclib.runs.save_checkpoint`): ``model``
     and ``ema.module`` weights, and ``state.pt`` = ``{"step", "optimizer", "ema_n_averaged",
     **extra}`` (``extra``: the loop's own fields); ``config`` is recorded in the manifest.
     """
@@ -284,7 +304,9 @@ def save_checkpoint(
 
 
 def load_checkpoint_into(run_dir: Path, model, ema, optimizer) -> tuple["runs.Checkpoint", dict]:
-    """Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` (an ``AveragedModel``) and
+    """Load the verified checkpoint of a run into model, EMA and optimizer.
+
+    Load the verified checkpoint of ``run_dir`` into ``model``, ``ema`` (an ``AveragedModel``) and
     ``optimizer``; returns the checkpoint and its ``state.pt`` dict (for a loop's own fields).  Used
     by teacher training and by every distillation stage.
     """

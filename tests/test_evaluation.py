@@ -231,7 +231,10 @@ def test_teacher_config_follows_the_profile():
         "g": prof.path.g,
         "T": 1.0,
     }
-    assert k.model == {"preset": prof.teacher.model_preset, "head": prof.teacher.head} and k.steps == prof.teacher.train_steps
+    assert (
+        k.model == {"preset": prof.teacher.model_preset, "head": prof.teacher.head}
+        and k.steps == prof.teacher.train_steps
+    )
     g = teacher_config("cpu", path="gaussian", seed=1)
     assert g.path.to_dict() == {"kind": "gaussian", "T": 1.0} and g.model["head"] == "free" and g.seed == 1
     assert (g.steps, g.batch_size, g.model["preset"]) == (k.steps, k.batch_size, k.model["preset"])

@@ -1,4 +1,6 @@
-"""Progressive distillation (Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion
+"""Progressive distillation (Salimans & Ho 2022) in this project's velocity parameterisation.
+
+Progressive distillation (Salimans & Ho, "Progressive Distillation for Fast Sampling of Diffusion
 Models", ICLR 2022, arXiv:2202.00512), in the velocity parameterisation of this project.
 
 A halving ladder ``S -> S/2 -> ... -> 1`` (:func:`progressive_schedule`).  In every stage the
@@ -110,14 +112,18 @@ class ProgressiveConfig(TrainFields):
         self.stages()
 
     def stages(self) -> list[StageSpec]:
+        """The stage schedule of this run."""
         return progressive_schedule(self.start_steps, self.end_steps, self.iters, self.lr)
 
     @property
     def total_iters(self) -> int:
+        """Student iterations over all stages."""
         return sum(s.iters for s in self.stages())
 
     def planned_budget(self, evals_per_step: int = 1) -> dict:
-        """Stage 1: ``iters * batch_size * 2`` flow-teacher steps; later stages ``* 2`` Euler steps of
+        """Planned evaluation budget of the whole schedule.
+
+        Stage 1: ``iters * batch_size * 2`` flow-teacher steps; later stages ``* 2`` Euler steps of
         the previous student (1 pass each).  See :meth:`TrainFields.planned_budget`.
         """
         specs = self.stages()
@@ -134,7 +140,9 @@ class ProgressiveConfig(TrainFields):
 def progressive_target(
     velocity, x: torch.Tensor, k: torch.Tensor, y, student_steps: int, T: float = 1.0, method: str = "euler"
 ) -> torch.Tensor:
-    """The teacher's average velocity ``(x - x_end)/Delta`` over student step ``k``, ``x_end`` two
+    """The teacher's average velocity over one student step (two half steps).
+
+    The teacher's average velocity ``(x - x_end)/Delta`` over student step ``k``, ``x_end`` two
     teacher steps of size ``Delta/2`` (:func:`kaclib.distill.segment_endpoint` with 2 substeps).
     """
     end = segment_endpoint(velocity, x, k, y, student_steps, 2, T, method)
@@ -143,7 +151,9 @@ def progressive_target(
 
 @dataclass(frozen=True)
 class ProgressiveLoss:
-    """``mean || u_phi(x, t_k, y) - (x - x_end)/Delta ||^2`` for ``target = x_end``, the teacher's end
+    """Progressive distillation's loss: student velocity against the two-half-step target.
+
+    ``mean || u_phi(x, t_k, y) - (x - x_end)/Delta ||^2`` for ``target = x_end``, the teacher's end
     point after two half steps (a callable in the style of :class:`kaclib.distill.EndpointLoss`).
     """
 
@@ -153,6 +163,7 @@ class ProgressiveLoss:
     def __call__(
         self, student: nn.Module, x: torch.Tensor, k: torch.Tensor, y, target: torch.Tensor
     ) -> torch.Tensor:
+        """Loss of ``student`` on a batch at grid indices ``k``."""
         t = grid_times(k.to(x.device), self.student_steps, self.T, x.dtype)
         u_target = (x - target) * (self.student_steps / self.T)
         return torch.mean((student(x, t, y).to(target.dtype) - u_target) ** 2)

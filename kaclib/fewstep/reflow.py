@@ -1,4 +1,6 @@
-"""Rectified-flow reflow (Liu, Gong & Liu, "Flow Straight and Fast: Learning to Generate and
+"""Rectified-flow reflow (Liu, Gong & Liu 2023) on the teacher's couplings.
+
+Rectified-flow reflow (Liu, Gong & Liu, "Flow Straight and Fast: Learning to Generate and
 Transfer Data with Rectified Flow", ICLR 2023, arXiv:2209.03003), on the teacher's couplings.
 
 Three phases, in the project's time convention (data at ``t = 0``, latent at ``t = T``, sampling
@@ -69,7 +71,9 @@ _S_COUPLINGS = 7  # step_seed stream of the couplings' latents and labels
 
 @dataclass(frozen=True)
 class ReflowConfig(TrainFields):
-    """A reflow run: ``n_pairs`` couplings from ``coupling_steps`` teacher steps; ``reflow_iters``
+    """Configuration of a reflow run.
+
+    A reflow run: ``n_pairs`` couplings from ``coupling_steps`` teacher steps; ``reflow_iters``
     iterations of the 2-rectified flow; ``distill_iters`` iterations of the optional final 1-step
     endpoint stage, whose teacher is the 2-rectified flow with ``distill_teacher_steps`` Euler
     steps.  Other fields: :class:`TrainFields`.
@@ -94,10 +98,13 @@ class ReflowConfig(TrainFields):
 
     @property
     def total_iters(self) -> int:
+        """Student iterations over both phases."""
         return self.reflow_iters + self.distill_iters
 
     def planned_budget(self, evals_per_step: int = 1) -> dict:
-        """Couplings ``n_pairs * coupling_steps`` flow-teacher steps; the final stage
+        """Planned evaluation budget: couplings plus the optional final stage.
+
+        Couplings ``n_pairs * coupling_steps`` flow-teacher steps; the final stage
         ``distill_iters * batch_size * distill_teacher_steps`` Euler steps of the 2-rectified flow
         (:meth:`TrainFields.planned_budget`).
         """
@@ -123,7 +130,9 @@ def sample_couplings(
     device="cpu",
     dtype=torch.float32,
 ) -> dict:
-    """``{"x_T", "x_0", "y"}``: ``n`` latents of ``path``, uniform labels and the teacher's ODE
+    """Teacher couplings ``(x_T, x_0, y)``, deterministic in ``seed``.
+
+    ``{"x_T", "x_0", "y"}``: ``n`` latents of ``path``, uniform labels and the teacher's ODE
     solutions ``x_0 = Phi_teacher(x_T; T -> 0)`` with ``steps`` steps of ``teacher.solver``
     (:func:`kaclib.distill.segment_endpoint` over the whole of ``[0, T]``).  Deterministic in ``seed``.
     """
@@ -156,7 +165,9 @@ def straight_interpolation(x_0: torch.Tensor, x_T: torch.Tensor, t: torch.Tensor
 
 
 def reflow_batch(couplings: dict, batch_size: int, T: float = 1.0):
-    """The ``batch_fn(it, g)`` hook of :func:`kaclib.distill.train_stage` for the reflow phase:
+    """Batch hook of the reflow phase: pairs and uniform times.
+
+    The ``batch_fn(it, g)`` hook of :func:`kaclib.distill.train_stage` for the reflow phase:
     ``batch_size`` pairs and times ``t ~ U[0, T]`` drawn from ``g``; returns ``(x_t, t, y, u)`` (the
     loop hands them to :class:`ReflowLoss`, ``t`` in the place of the grid index).
     """
@@ -174,13 +185,16 @@ def reflow_batch(couplings: dict, batch_size: int, T: float = 1.0):
 
 @dataclass(frozen=True)
 class ReflowLoss:
-    """``mean || u_phi(x_t, t, y) - u ||^2`` with ``t`` (continuous times) in the place of the grid
+    """Reflow's loss: student velocity against the straight-line velocity of a pair.
+
+    ``mean || u_phi(x_t, t, y) - u ||^2`` with ``t`` (continuous times) in the place of the grid
     index and ``target = u = (x_T - x_0)/T`` (:func:`reflow_batch`).
     """
 
     def __call__(
         self, student: nn.Module, x: torch.Tensor, t: torch.Tensor, y, target: torch.Tensor
     ) -> torch.Tensor:
+        """Loss of ``student`` on a batch at continuous times ``t``."""
         return torch.mean((student(x, t, y).to(target.dtype) - target) ** 2)
 
 
@@ -323,7 +337,9 @@ def run_reflow(
 
 
 def _distill_to_one_step(res, teacher, path, final, config, data, labels, num_classes, info, w, run: dict):
-    """The optional last stage of :func:`run_reflow`: the reflowed student ``res.student`` as an
+    """Distil the reflowed student into a 1-step student (the optional last stage).
+
+    The optional last stage of :func:`run_reflow`: the reflowed student ``res.student`` as an
     unguided Euler teacher, distilled into a 1-step student (``run``: ``run_dir``, ``device``,
     ``progress``, ``callback`` of :func:`~kaclib.fewstep.common.run_stage`).
     """
