@@ -156,14 +156,10 @@ def cached_ladder_dir(profile, path: str = "kac"):
     ``profile`` on ``path``, or ``None`` when its teacher or any of its stages is not cached: the
     chapter then trains nothing.
     """
-    from .distill import RESULT_FILE, config_for_profile, ladder_cache_dir, stage_dir_name
-    from .evaluation import teacher_config, teacher_dir
+    from .teachers import ladder_dirs
 
-    tdir = teacher_dir(teacher_config(profile, path=path))
-    cfg = config_for_profile(profile)
-    ldir = ladder_cache_dir(tdir, cfg)
-    done = tdir.is_dir() and all((ldir / stage_dir_name(s) / RESULT_FILE).is_file() for s in cfg.stages())
-    return ldir if done else None
+    cached = ladder_dirs(profile, path)
+    return cached.ladder if cached.complete else None
 
 
 def scatter_agreement(study, traj: dict, family: str) -> float:

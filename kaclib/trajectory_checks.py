@@ -462,8 +462,10 @@ def deviation_study(
     for item in stages:
         if not (isinstance(item, tuple) and len(item) == 3):
             raise ValueError("stages must be (spec, teacher_field, student) triples")
-        spec, tf, student = item
-        out.append(StageDeviation(path_deviation(tf, student, path, spec, x_T, y, batch_size=batch_size)))
+        spec, teacher_field, student = item
+        out.append(
+            StageDeviation(path_deviation(teacher_field, student, path, spec, x_T, y, batch_size=batch_size))
+        )
     if not out:
         raise ValueError("stages must not be empty")
     deltas = [s.deviation.delta for s in out]
@@ -511,7 +513,7 @@ def load_ladder_stages(ladder, device="cpu"):
         if spec.student_steps not in students:
             break
         first_flow = spec.index == 1 and tinfo.get("distilled") is None
-        tf = TeacherField(
+        teacher_field = TeacherField(
             teacher,
             guided=first_flow,
             w=cfg.w,
@@ -519,7 +521,7 @@ def load_ladder_stages(ladder, device="cpu"):
             solver=cfg.teacher_solver if first_flow else "euler",
         )
         student = students[spec.student_steps].model
-        stages.append((spec, tf, student))
+        stages.append((spec, teacher_field, student))
         teacher = student
     return flow.path, stages, num_classes, (mc.in_channels, mc.image_size, mc.image_size)
 

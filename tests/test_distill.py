@@ -70,11 +70,11 @@ def _stage(
 ):
     x, y = toy_data()
     spec = cfg.stages()[0]
-    ho = hand_off(teacher_model, lr=spec.lr, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup)
-    tf = TeacherField(ho.teacher, guided=guided, w=cfg.w, num_classes=2, solver=solver)
+    handoff = hand_off(teacher_model, lr=spec.lr, ema_decay=cfg.ema_decay, ema_warmup=cfg.ema_warmup)
+    tf = TeacherField(handoff.teacher, guided=guided, w=cfg.w, num_classes=2, solver=solver)
     return train_stage(
         tf,
-        ho,
+        handoff,
         KacPath(),
         spec,
         cfg,
@@ -169,21 +169,21 @@ def test_profiles_give_consistent_ladders():
 
 def test_hand_off_gives_a_fresh_student_optimizer_and_warm_started_ema():
     teacher = Affine()
-    ho = hand_off(teacher, lr=0.1, ema_decay=0.99)
-    assert ho.student is not teacher and ho.teacher is not teacher and ho.student.training
-    assert all(p.requires_grad for p in ho.student.parameters())
-    assert not ho.optimizer.state and ho.optimizer.param_groups[0]["lr"] == 0.1
+    handoff = hand_off(teacher, lr=0.1, ema_decay=0.99)
+    assert handoff.student is not teacher and handoff.teacher is not teacher and handoff.student.training
+    assert all(p.requires_grad for p in handoff.student.parameters())
+    assert not handoff.optimizer.state and handoff.optimizer.param_groups[0]["lr"] == 0.1
     thetas = []
     for i in range(6):  # the EMA after n updates: d_n = min(0.99, (1 + n)/(10 + n)) (n = previous updates)
         with torch.no_grad():
-            ho.student.lam.add_(1.0 + i)
-        ho.ema.update_parameters(ho.student)
-        thetas.append(ho.student.lam.detach().clone())
+            handoff.student.lam.add_(1.0 + i)
+        handoff.ema.update_parameters(handoff.student)
+        thetas.append(handoff.student.lam.detach().clone())
     ema = thetas[0]
     for n, th in enumerate(thetas[1:], start=1):
         d = min(0.99, (1 + n) / (10 + n))
         ema = d * ema + (1 - d) * th
-    torch.testing.assert_close(ho.ema.module.lam, ema)
+    torch.testing.assert_close(handoff.ema.module.lam, ema)
     plain = hand_off(teacher, ema_decay=0.99, ema_warmup=False)
     plain.ema.update_parameters(plain.student)
     with torch.no_grad():

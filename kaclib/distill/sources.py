@@ -37,8 +37,8 @@ POOL_FILE = "pool.safetensors"
 
 # generator streams of step_seed(seed, stage, iteration, stream)
 _S_BATCH, _S_GLOBAL, _S_POOL, _S_WALKERS, _S_ORDER = 0, 1, 2, 3, 4
-_POOL_ITER = -2  # "iteration" keys of one-off draws (pool, initial roll-out population)
-_WALKER_ITER = -3
+_ONE_OFF_ITERATION = -2  # "iteration" keys of one-off draws (pool, initial roll-out population)
+_WALKER_ITERATION = -3
 
 
 class _Source:
@@ -95,7 +95,7 @@ class _RolloutOnline(_Source):
         c = self.ctx
         B, M = c.batch_size, c.spec.student_steps
         g = torch.Generator(device=c.device).manual_seed(
-            step_seed(c.seed, c.spec.index, _WALKER_ITER, _S_WALKERS)
+            step_seed(c.seed, c.spec.index, _WALKER_ITERATION, _S_WALKERS)
         )
         x = c.path.sample_latent((B,) + c.shape, generator=g, device=c.device, dtype=c.dtype)
         y = torch.randint(c.num_classes, (B,), generator=g, device=c.device)
@@ -152,7 +152,9 @@ class _Pool(_Source):
 
     def _build(self):
         c = self.ctx
-        g = torch.Generator(device=c.device).manual_seed(step_seed(c.seed, c.spec.index, _POOL_ITER, _S_POOL))
+        g = torch.Generator(device=c.device).manual_seed(
+            step_seed(c.seed, c.spec.index, _ONE_OFF_ITERATION, _S_POOL)
+        )
         chunk = max(1, 4 * c.batch_size)
         if c.states == "forward":
             xs, ks, ys, ts = self._build_forward(g, chunk)
@@ -172,7 +174,7 @@ class _Pool(_Source):
         c = self.ctx
         M, P = c.spec.student_steps, c.pool_size
         xs, ks, ys, ts = [], [], [], []
-        order = EpochOrder(c.data.shape[0], step_seed(c.seed, c.spec.index, _POOL_ITER, _S_ORDER))
+        order = EpochOrder(c.data.shape[0], step_seed(c.seed, c.spec.index, _ONE_OFF_ITERATION, _S_ORDER))
         n_chunks = math.ceil(P / chunk)
         for i in tqdm(
             range(n_chunks), desc=f"stage {c.spec.index} pool", disable=not c.progress, leave=False
@@ -238,7 +240,12 @@ class _Pool(_Source):
 
 
 @dataclass
-class _Ctx:
+class StageContext:
+    """What a stage's batch sources share: teacher, path, stage, data, seeds and sizes.
+
+    ``counter[0]`` counts the teacher's network passes spent on targets.
+    """
+
     teacher: TeacherField
     path: object
     spec: StageSpec
@@ -257,16 +264,17 @@ class _Ctx:
     counter: list = field(default_factory=lambda: [0])
 
     def target(self, x, k, y):
-        tf = self.teacher
+        """The teacher's end point of student step ``k`` from ``x`` (passes added to ``counter``)."""
+        teacher = self.teacher
         self.counter[0] += (
-            x.shape[0] * self.spec.substeps * _evals_per_substep(tf.solver) * tf.passes_per_eval()
+            x.shape[0] * self.spec.substeps * _evals_per_substep(teacher.solver) * teacher.passes_per_eval()
         )
         return segment_endpoint(
-            tf.velocity, x, k, y, self.spec.student_steps, self.spec.substeps, self.T, tf.solver
+            teacher.velocity, x, k, y, self.spec.student_steps, self.spec.substeps, self.T, teacher.solver
         )
 
 
-def make_source(ctx: _Ctx, run_dir: Path | None, states: str, targets: str, batch_fn=None) -> _Source:
+def make_source(ctx: StageContext, run_dir: Path | None, states: str, targets: str, batch_fn=None) -> _Source:
     """The batch source of a stage: the ``batch_fn`` hook when given, else by ``targets``/``states``."""
     if batch_fn is not None:
         return _HookSource(batch_fn)

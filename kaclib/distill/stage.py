@@ -42,7 +42,7 @@ from ..loop import (
 )
 from .config import DistillConfig, StageSpec
 from .endpoint import EndpointLoss
-from .sources import _S_BATCH, _S_GLOBAL, _Ctx, make_source
+from .sources import _S_BATCH, _S_GLOBAL, StageContext, make_source
 from .teacher import Handoff, TeacherField, freeze
 
 RESULT_FILE = "result.json"
@@ -77,7 +77,7 @@ def _lr_at(it: int, lr: float, warmup: int) -> float:
 
 
 def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num_classes, device, progress):
-    """Validate a stage's data and return the :class:`_Ctx` its batch sources work in.
+    """Validate a stage's data and return the :class:`StageContext` its batch sources work in.
 
     Forward states' data are validated on ``device``.
     """
@@ -94,7 +94,7 @@ def _stage_context(teacher, path, spec, config: DistillConfig, data, labels, num
     shape = tuple(data.shape[1:]) if data is not None else None
     if shape is None:
         raise ValueError("data (or at least one example of the state shape) is needed")
-    return _Ctx(
+    return StageContext(
         teacher=teacher,
         path=path,
         spec=spec,
@@ -376,22 +376,22 @@ class _StageLoop:
         return it
 
 
-def load_finished_stage(spec: StageSpec, sdir: Path, ho: Handoff) -> StageResult:
+def load_finished_stage(spec: StageSpec, sdir: Path, handoff: Handoff) -> StageResult:
     """The :class:`StageResult` of a stage finished before.
 
-    Its weights are loaded into ``ho``'s student and EMA; its ``losses`` are empty.
+    Its weights are loaded into ``handoff``'s student and EMA; its ``losses`` are empty.
     """
     done = sdir / RESULT_FILE
     summary = runs.read_json_object(done)
     ckpt = runs.read_checkpoint(sdir, names=(runs.MODEL_FILE, runs.EMA_FILE))
-    ckpt.load_into(ho.student, runs.MODEL_FILE)
-    ckpt.load_into(ho.ema.module, runs.EMA_FILE)
+    ckpt.load_into(handoff.student, runs.MODEL_FILE)
+    ckpt.load_into(handoff.ema.module, runs.EMA_FILE)
     try:
         return StageResult(
             spec=spec,
-            student=ho.ema.module.eval(),
-            model=ho.student.eval(),
-            teacher=ho.teacher,
+            student=handoff.ema.module.eval(),
+            model=handoff.student.eval(),
+            teacher=handoff.teacher,
             iters=int(summary["iters"]),
             losses=torch.zeros(0),
             teacher_passes=int(summary["teacher_passes"]),

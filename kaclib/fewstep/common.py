@@ -170,23 +170,25 @@ def one_step_map(student: nn.Module, x_T: torch.Tensor, T: float = 1.0, y=None) 
     return x_T - T * student(x_T, t, y)
 
 
-def student_handoff(student: nn.Module, teacher: nn.Module, tf: TrainFields, device="cpu"):
+def student_handoff(student: nn.Module, teacher: nn.Module, fields: TrainFields, device="cpu"):
     """A :class:`kaclib.distill.Handoff` from a trainable ``student`` to a frozen ``teacher``.
 
-    The trainable student starts from ``student`` (a deep copy; fresh Adam (fused where ``tf.accel``
+    The trainable student starts from ``student`` (a deep copy; fresh Adam (fused where ``fields.accel``
     says so on ``device``), fresh EMA, exactly :func:`kaclib.distill.hand_off`) and the frozen teacher
     is ``teacher`` (frozen in place).  With ``student is teacher`` this is ``hand_off(teacher)``.
     """
     same = student is teacher
     device = torch.device(device)
-    accel = tf.accel.resolve(device)
+    accel = fields.accel.resolve(device)
     params = list(student.parameters())
     if (
         params and params[0].device != device
     ):  # the optimizer must hold the student's parameters on ``device``
         student = copy.deepcopy(student).to(device)
-    ho = hand_off(student, lr=tf.lr, ema_decay=tf.ema_decay, ema_warmup=tf.ema_warmup, accel=accel)
-    return ho if same else dataclasses.replace(ho, teacher=freeze(teacher))
+    handoff = hand_off(
+        student, lr=fields.lr, ema_decay=fields.ema_decay, ema_warmup=fields.ema_warmup, accel=accel
+    )
+    return handoff if same else dataclasses.replace(handoff, teacher=freeze(teacher))
 
 
 def stage_config(
@@ -235,7 +237,7 @@ def open_run_dir(run_dir, top: dict, resume: bool) -> Path:
 def run_stage(
     name: str,
     teacher: TeacherField,
-    ho,
+    handoff,
     path,
     spec: StageSpec,
     config: TrainFields,
@@ -244,7 +246,7 @@ def run_stage(
     num_classes: int,
     *,
     run_dir: Path | None,
-    scfg: dict,
+    run_config: dict,
     device="cpu",
     progress=False,
     callback: Callable | None = None,
@@ -261,15 +263,15 @@ def run_stage(
         (spec.teacher_steps, spec.student_steps) if spec.teacher_steps > spec.student_steps else (2, 1)
     )
     if run_dir is None:
-        return train_stage(teacher, ho, path, spec, dcfg, data, labels, num_classes, **kw)
+        return train_stage(teacher, handoff, path, spec, dcfg, data, labels, num_classes, **kw)
     sdir = run_dir / name
     with runs.writer(sdir):
-        runs.prepare_run_dir(sdir, scfg, resume=True)
+        runs.prepare_run_dir(sdir, run_config, resume=True)
     if (sdir / RESULT_FILE).is_file():
-        return load_finished_stage(spec, sdir, ho)
+        return load_finished_stage(spec, sdir, handoff)
     res = train_stage(
         teacher,
-        ho,
+        handoff,
         path,
         spec,
         dcfg,
@@ -278,7 +280,7 @@ def run_stage(
         num_classes,
         run_dir=sdir,
         resume=True,
-        run_config=scfg,
+        run_config=run_config,
         **kw,
     )
     write_stage_result(res, spec, sdir)

@@ -191,13 +191,15 @@ def run_consistency(
             resume,
         )
     spec = consistency_spec(config)
-    ho = student_handoff(student if student is not None else teacher.model, teacher.model, config, device)
-    loss = ConsistencyLoss(config.N, ho.ema.module, float(path.T))
-    scfg = stage_config(METHOD, config, spec, path, info, 1, teacher.w if teacher.guided else 1.0)
+    handoff = student_handoff(
+        student if student is not None else teacher.model, teacher.model, config, device
+    )
+    loss = ConsistencyLoss(config.N, handoff.ema.module, float(path.T))
+    run_config = stage_config(METHOD, config, spec, path, info, 1, teacher.w if teacher.guided else 1.0)
     res = run_stage(
         "stage-1-consistency",
         teacher,
-        ho,
+        handoff,
         path,
         spec,
         config,
@@ -205,7 +207,7 @@ def run_consistency(
         labels,
         num_classes,
         run_dir=run_dir,
-        scfg=scfg,
+        run_config=run_config,
         device=device,
         progress=progress,
         callback=callback,

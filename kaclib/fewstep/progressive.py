@@ -215,15 +215,15 @@ def run_progressive(
     current, stages = student if student is not None else teacher.model, []
     flow_passes = 0
     for spec in config.stages():
-        ho = student_handoff(current, teacher.model if spec.index == 1 else current, config, device)
-        tf = _stage_teacher(teacher, ho.teacher, spec.index)
-        scfg = stage_config(
+        handoff = student_handoff(current, teacher.model if spec.index == 1 else current, config, device)
+        stage_teacher = _stage_teacher(teacher, handoff.teacher, spec.index)
+        run_config = stage_config(
             METHOD, config, spec, path, info, spec.student_steps, teacher.w if teacher.guided else 1.0
         )
         res = run_stage(
             f"stage-{spec.index}-{spec.student_steps}steps",
-            tf,
-            ho,
+            stage_teacher,
+            handoff,
             path,
             spec,
             config,
@@ -231,7 +231,7 @@ def run_progressive(
             labels,
             num_classes,
             run_dir=run_dir,
-            scfg=scfg,
+            run_config=run_config,
             device=device,
             progress=progress,
             callback=callback,

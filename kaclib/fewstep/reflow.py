@@ -296,11 +296,13 @@ def run_reflow(
     coupling_passes = config.n_pairs * config.coupling_steps * teacher_evals_per_step(teacher)
     spec, final = _reflow_specs(config)
     w = teacher.w if teacher.guided else 1.0
-    ho = student_handoff(student if student is not None else teacher.model, teacher.model, config, device)
+    handoff = student_handoff(
+        student if student is not None else teacher.model, teacher.model, config, device
+    )
     res = run_stage(
         "stage-1-reflow",
         teacher,
-        ho,
+        handoff,
         path,
         spec,
         config,
@@ -308,7 +310,7 @@ def run_reflow(
         labels,
         num_classes,
         run_dir=run_dir,
-        scfg=stage_config(METHOD, config, spec, path, info, 1, w),
+        run_config=stage_config(METHOD, config, spec, path, info, 1, w),
         device=device,
         progress=progress,
         callback=callback,
@@ -356,7 +358,7 @@ def _distill_to_one_step(res, teacher, path, final, config, data, labels, num_cl
         labels,
         num_classes,
         run_dir=run["run_dir"],
-        scfg=stage_config(METHOD, config, final, path, info, 1, w),
+        run_config=stage_config(METHOD, config, final, path, info, 1, w),
         device=run["device"],
         progress=run["progress"],
         callback=run["callback"],
