@@ -81,47 +81,26 @@ def parse_args(argv):
 def find_ladders(args, prof, smoke: bool) -> tuple:
     """``(base config, {(family, seed): (teacher_dir, ladder_dir)})``: the ladders ladder.py caches for
     these flags (trained here in the smoke profile; otherwise they must exist)."""
-    from kaclib.distill import config_for_profile, ladder_cache_dir
-    from kaclib.evaluation import get_teacher, teacher_config, teacher_dir
-    from kaclib.teachers import get_ladder
+    from ladder import ladder_setup, teacher_cfg
 
-    seeds = (
-        args.seeds
-        if args.seeds is not None
-        else list(prof.evaluation.seeds)
-        if len(prof.evaluation.seeds) > 1
-        else [0, 1]
-    )
+    from kaclib.distill import ladder_cache_dir
+    from kaclib.evaluation import get_teacher, teacher_dir
+    from kaclib.teachers import CachedLadder, get_ladder
+
     if smoke and args.seeds is None:
-        seeds = [0]
-    gseeds = args.gaussian_seeds if args.gaussian_seeds is not None else seeds
-    changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
-    if args.iters:
-        changes["iters"] = tuple(int(s) for s in args.iters.split(","))
-    base = config_for_profile(prof, **changes)
-    model_cfg = {
-        "preset": prof.teacher.model_preset,
-        "head": prof.teacher.head,
-        **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.teacher_model)},
-    }
+        args = argparse.Namespace(**{**vars(args), "seeds": [0]})
+    seeds, gseeds, _, base, model_cfg = ladder_setup(args, prof)
     out, missing = {}, []
     for fam in ["kac"] + ([] if args.no_gaussian else ["gaussian"]):
         for s in seeds if fam == "kac" else gseeds:
-            tcfg = (
-                teacher_config(prof, seed=s, model=model_cfg)
-                if fam == "kac"
-                else teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"})
-            )
-            cfg = base.replace(seed=s)
+            tcfg, cfg = teacher_cfg(prof, fam, s, model_cfg), base.replace(seed=s)
             if smoke:
-                tdir = get_teacher(tcfg, progress=not args.quiet)
-                get_ladder(tdir, cfg, progress=not args.quiet)
+                get_ladder(get_teacher(tcfg, progress=not args.quiet), cfg, progress=not args.quiet)
             tdir = teacher_dir(tcfg)
-            ldir = ladder_cache_dir(tdir, cfg)
-            last = cfg.stages()[-1]
-            if not (ldir / f"stage-{last.index}-{last.student_steps}steps" / "result.json").is_file():
-                missing.append(f"{fam} seed {s}: {ldir}")
-            out[(fam, s)] = (tdir, ldir)
+            cached = CachedLadder(teacher=tdir, ladder=ladder_cache_dir(tdir, cfg), config=cfg)
+            if not cached.complete:
+                missing.append(f"{fam} seed {s}: {cached.ladder}")
+            out[(fam, s)] = (tdir, cached.ladder)
     if missing:
         raise SystemExit(
             "beyond.py: error: these ladders are not (fully) trained; run benchmarks/ladder.py with the "

@@ -276,7 +276,7 @@ def ladder_setup(args, prof) -> tuple:
         else [0, 1]
     )
     gseeds = args.gaussian_seeds if args.gaussian_seeds is not None else seeds
-    n_eval = args.n_eval or prof.evaluation.n
+    n_eval = getattr(args, "n_eval", None) or prof.evaluation.n
     changes = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.iters:
         changes["iters"] = tuple(int(s) for s in args.iters.split(","))
@@ -288,21 +288,24 @@ def ladder_setup(args, prof) -> tuple:
     return seeds, gseeds, n_eval, base, model_cfg
 
 
+def teacher_cfg(prof, fam: str, s: int, model_cfg: dict):
+    """The teacher config of family ``fam`` (``"kac"`` or ``"gaussian"``, whose head is free), seed ``s``."""
+    from kaclib.evaluation import teacher_config
+
+    if fam == "kac":
+        return teacher_config(prof, seed=s, model=model_cfg)
+    return teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"})
+
+
 def train_teachers(prof, seeds, gseeds, model_cfg: dict, no_gaussian: bool, progress: bool) -> dict:
     """``{(family, seed): teacher run dir}``: seed s has teachers trained with seed s, ladders and
     single stage distilled with seed s, and every row of seed s sampled from the same latents
     (seed 1000 + s): paired differences across rows."""
-    from kaclib.evaluation import get_teacher, teacher_config
+    from kaclib.evaluation import get_teacher
 
     families = ["kac"] + ([] if no_gaussian else ["gaussian"])
-
-    def teacher_cfg(fam, s):
-        if fam == "kac":
-            return teacher_config(prof, seed=s, model=model_cfg)
-        return teacher_config(prof, path="gaussian", seed=s, model={**model_cfg, "head": "free"})
-
     return {
-        (fam, s): get_teacher(teacher_cfg(fam, s), progress=progress)
+        (fam, s): get_teacher(teacher_cfg(prof, fam, s, model_cfg), progress=progress)
         for s in seeds
         for fam in families
         if fam == "kac" or s in gseeds
