@@ -5,47 +5,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from kaclib.results import machine_info
 from kaclib.tables import format_table, markdown_table  # noqa: F401  (re-exported for the scripts)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine_info() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "git_commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
 
 
 def write_results(name: str, payload: dict, command: str | None = None) -> Path:

@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -53,6 +51,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from kaclib.accel import AccelConfig, compile_unavailable_reason, prepare_model  # noqa: E402
+from kaclib.results import machine_info  # noqa: E402
 
 MODES = {
     "fp32": AccelConfig(amp_dtype="fp32", channels_last=False, compile=False, fused_adam="auto", tf32=False),
@@ -153,36 +152,6 @@ def peak_memory(device: torch.device) -> dict:
         "bytes": b,
         "gib": round(b / 2**30, 3),
     }
-
-
-def machine(device: torch.device) -> dict:
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=10
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    info = {
-        "device": str(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "git_commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        info.update(
-            gpu=p.name,
-            gpu_memory_gib=round(p.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-            capability=f"{p.major}.{p.minor}",
-        )
-    return info
 
 
 def prepare_mnist(path: str) -> Path:
@@ -553,7 +522,7 @@ def main(argv=None) -> int:
         "command": command,
         "profile": args.profile,
         "plan": asdict(plan),
-        "machine": machine(device),
+        "machine": machine_info(device),
         "modes": {},
         "errors": {},
         "skipped": {},
