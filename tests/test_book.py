@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import sys
 from pathlib import Path
 
+import ci_scripts
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,11 +253,7 @@ def test_claim_validation():
 
 
 def _checker():
-    spec = importlib.util.spec_from_file_location("check_book_html", ROOT / ".ci" / "check_book_html.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["check_book_html"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return ci_scripts.load("check_book_html")
 
 
 def test_checker_static_problems_and_page_list(tmp_path):

@@ -2,7 +2,6 @@
 evaluate (teacher and distilled-student defaults), distill, one-line errors that leave run
 directories untouched, and --help."""
 
-import hashlib
 import json
 import shutil
 import sys
@@ -10,27 +9,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from smoke_runs import TRAIN, cli, distill_argv, tree_hash
 
 from kaclib.cli import build_parser, main
 from kaclib.train import load_run
 
 torch.set_num_threads(1)
-
-
-def run(capsys, *argv):
-    rc = main(["--threads", "1", *argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def tree_hash(folder) -> str:
-    """Names and contents of every file under ``folder``."""
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +49,13 @@ def test_train_smoke(teacher, capsys):
     assert cfg["path"]["kind"] == "kac"
     assert load_run(teacher).step == 12
     # resume continues to a larger step count in the same directory
-    rc, out, err = run(
+    rc, out, err = cli(
         capsys,
-        "train",
-        "--profile",
-        "smoke",
+        *TRAIN,
         "--run-dir",
         str(teacher),
         "--steps",
         "14",
-        "--no-progress",
         "--set",
         "ema_decay=0.5",
         "--resume",
@@ -85,11 +66,9 @@ def test_train_smoke(teacher, capsys):
 
 def test_train_overrides_and_gaussian(tmp_path, capsys):
     d = tmp_path / "g"
-    rc, out, err = run(
+    rc, out, err = cli(
         capsys,
-        "train",
-        "--profile",
-        "smoke",
+        *TRAIN,
         "--run-dir",
         str(d),
         "--path",
@@ -102,7 +81,6 @@ def test_train_overrides_and_gaussian(tmp_path, capsys):
         "model.base_channels=16",
         "--set",
         "lr=0.001",
-        "--no-progress",
     )
     assert rc == 0, err
     cfg = json.loads((d / "config.json").read_text())
@@ -110,24 +88,15 @@ def test_train_overrides_and_gaussian(tmp_path, capsys):
     assert (cfg["seed"], cfg["lr"], cfg["model"]["base_channels"]) == (3, 0.001, 16)
 
 
-def test_evaluate_table_and_json(teacher, capsys):
-    rc, out, err = run(
-        capsys,
-        "evaluate",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(teacher),
-        "--steps",
-        "2,3",
-        "--method",
-        "euler,midpoint",
-        "--w",
-        "1,2",
-        "--n",
-        "16",
-        "--no-progress",
+def evaluate_16(capsys, teacher, *settings):
+    """``evaluate`` of ``teacher`` at ``settings``, 16 images per row (smoke profile)."""
+    return cli(
+        capsys, *"evaluate --profile smoke --n 16 --no-progress".split(), "--run-dir", str(teacher), *settings
     )
+
+
+def test_evaluate_table_and_json(teacher, capsys):
+    rc, out, err = evaluate_16(capsys, teacher, "--steps", "2,3", "--method", "euler,midpoint", "--w", "1,2")
     assert rc == 0, err
     assert "FID-digits" in out and "floor" in out
     rows = json.loads((teacher / "evaluation.json").read_text())["rows"]
@@ -139,30 +108,14 @@ def test_evaluate_table_and_json(teacher, capsys):
         assert r["metric_name"] == "FID-digits" and r["n"] == 16 and r["fid"] > 0 and r["floor"] > 0
         assert 0 <= r["accuracy"] <= 1 and r["seconds_per_image"] > 0
     # a second call merges (same keys are replaced, new ones added)
-    rc, out, err = run(
-        capsys,
-        "evaluate",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(teacher),
-        "--steps",
-        "2",
-        "--method",
-        "euler",
-        "--w",
-        "1,0,none",
-        "--n",
-        "16",
-        "--no-progress",
-    )
+    rc, out, err = evaluate_16(capsys, teacher, "--steps", "2", "--method", "euler", "--w", "1,0,none")
     assert rc == 0, err
     rows = json.loads((teacher / "evaluation.json").read_text())["rows"]
     assert len(rows) == 10
     uncond = rows[-1]
     assert uncond["w"] is None and uncond["accuracy"] is None and uncond["network_passes"] == 2
     # profile defaults: smoke teacher_steps with AB-2
-    rc, out, err = run(
+    rc, out, err = cli(
         capsys, "evaluate", "--profile", "smoke", "--run-dir", str(teacher), "--n", "8", "--no-progress"
     )
     assert rc == 0, err
@@ -172,7 +125,7 @@ def test_evaluate_table_and_json(teacher, capsys):
 
 def test_sample_writes_png_and_npz(teacher, tmp_path, capsys):
     out = tmp_path / "grid"
-    rc, o, err = run(
+    rc, o, err = cli(
         capsys,
         "sample",
         "--profile",
@@ -201,7 +154,7 @@ def test_sample_writes_png_and_npz(teacher, tmp_path, capsys):
     s = json.loads(str(z["settings"]))
     assert (s["steps"], s["w"], s["nfe"], s["network_passes"]) == (3, 1.5, 3, 6)
     # default output lives in the run directory
-    rc, o, err = run(
+    rc, o, err = cli(
         capsys, "sample", "--profile", "smoke", "--run-dir", str(teacher), "--n", "4", "--no-progress"
     )
     assert rc == 0, err
@@ -220,7 +173,7 @@ def test_student_run_defaults(teacher, tmp_path, capsys):
     ckpt = runs.read_checkpoint(student)
     runs.save_checkpoint(student, ckpt.blobs, config=cfg, step=ckpt.step)
     (student / "evaluation.json").unlink(missing_ok=True)
-    rc, out, err = run(
+    rc, out, err = cli(
         capsys, "evaluate", "--profile", "smoke", "--run-dir", str(student), "--n", "8", "--no-progress"
     )
     assert rc == 0, err
@@ -245,9 +198,7 @@ BAD = [
     (["train", "--profile", "smoke", "--steps", "99", "--set", "lr=0.1"], "different config"),
     (
         [
-            "train",
-            "--profile",
-            "smoke",
+            *TRAIN,
             "--dataset",
             "cifar10",
             "--preset",
@@ -273,7 +224,7 @@ BAD = [
 def test_bad_input_one_line_and_run_dir_untouched(teacher, tmp_path, capsys, argv, match):
     argv = [a.replace("{missing}", str(tmp_path / "no-data")) for a in argv]
     before = tree_hash(teacher)
-    rc, out, err = run(capsys, *argv, "--run-dir", str(teacher), "--no-progress")
+    rc, out, err = cli(capsys, *argv, "--run-dir", str(teacher), "--no-progress")
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -283,17 +234,17 @@ def test_bad_input_one_line_and_run_dir_untouched(teacher, tmp_path, capsys, arg
 
 
 def test_missing_run_dir_and_no_command(tmp_path, capsys):
-    rc, out, err = run(capsys, "evaluate", "--run-dir", str(tmp_path / "nothing"))
+    rc, out, err = cli(capsys, "evaluate", "--run-dir", str(tmp_path / "nothing"))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "no such directory" in err
-    rc, out, err = run(capsys)
+    rc, out, err = cli(capsys)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "command is required" in err
-    rc, out, err = run(capsys, "bogus")
+    rc, out, err = cli(capsys, "bogus")
     assert rc == 2 and len(err.strip().splitlines()) == 1
 
 
 def test_distill_without_module_is_a_clear_error(teacher, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "kaclib.distill", None)  # import fails
-    rc, out, err = run(capsys, "distill", "--teacher", str(teacher), "--run-dir", str(tmp_path / "ladder"))
+    rc, out, err = cli(capsys, "distill", "--teacher", str(teacher), "--run-dir", str(tmp_path / "ladder"))
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "kaclib.distill could not be imported" in err
     assert not (tmp_path / "ladder").exists()
@@ -302,21 +253,7 @@ def test_distill_without_module_is_a_clear_error(teacher, tmp_path, capsys, monk
 def test_distill_ladder(teacher, tmp_path, capsys):
     pytest.importorskip("kaclib.distill")
     d = tmp_path / "ladder"
-    rc, out, err = run(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(teacher),
-        "--run-dir",
-        str(d),
-        "--ladder",
-        "4,2",
-        "--set",
-        "iters=2",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(teacher, d, "--set", "iters=2"))
     assert rc == 0, err
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["distill"]["ladder"] == [4, 2] and cfg["distill"]["iters"] == 2
@@ -324,7 +261,7 @@ def test_distill_ladder(teacher, tmp_path, capsys):
     stage = next(d.glob("stage-1-*"))
     assert json.loads((stage / "config.json").read_text())["distilled"]["steps"] == 2
     # the student evaluates with its own defaults (2 Euler steps, w = 1)
-    rc, out, err = run(
+    rc, out, err = cli(
         capsys, "evaluate", "--profile", "smoke", "--run-dir", str(stage), "--n", "8", "--no-progress"
     )
     assert rc == 0, err
@@ -332,21 +269,7 @@ def test_distill_ladder(teacher, tmp_path, capsys):
     assert (r["steps"], r["method"], r["w"], r["network_passes"]) == (2, "euler", 1.0, 2)
     # an existing ladder is refused without --resume, and left as it was
     before = tree_hash(d)
-    rc, out, err = run(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(teacher),
-        "--run-dir",
-        str(d),
-        "--ladder",
-        "4,2",
-        "--set",
-        "iters=2",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(teacher, d, "--set", "iters=2"))
     assert rc == 2 and len(err.strip().splitlines()) == 1 and tree_hash(d) == before
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from smoke_runs import KAC_9_3, train_tiny_teacher
 from torch import nn
 
 from kaclib import runs
@@ -27,7 +28,7 @@ from kaclib.distill import (
 from kaclib.models import MLPVelocity
 from kaclib.paths import GaussianPath, KacPath
 from kaclib.solvers import sample
-from kaclib.train import TrainConfig, load_run, train
+from kaclib.train import load_run
 
 torch.set_num_threads(1)
 
@@ -340,24 +341,10 @@ def test_quality_gate_extends_training_until_it_passes_and_respects_the_cap():
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    out = {}
-    for name, path in [
-        ("kac", {"kind": "kac", "a": 9.0, "c": 3.0, "f": "linear", "g": "t", "T": 1.0}),
-        ("gaussian", {"kind": "gaussian"}),
-    ]:
-        cfg = TrainConfig(
-            dataset="digits",
-            model={"preset": "smoke"},
-            path=path,
-            steps=4,
-            batch_size=16,
-            checkpoint_every=0,
-            log_every=10,
-        )
-        d = tmp_path_factory.mktemp(f"teacher-{name}")
-        train(cfg, d, progress=False)
-        out[name] = d
-    return out
+    return {
+        name: train_tiny_teacher(tmp_path_factory.mktemp(f"teacher-{name}"), path)
+        for name, path in [("kac", KAC_9_3), ("gaussian", {"kind": "gaussian"})]
+    }
 
 
 SMALL = dict(

@@ -63,6 +63,11 @@ def fresh_student(seed=0):
     return MLPVelocity(dim=2, hidden=64, depth=3)
 
 
+def on_toy(run_method, toy, cfg, **kwargs):
+    """``run_method`` (a few-step method) on the toy teacher and data, from a fresh student."""
+    return run_method(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), **kwargs)
+
+
 def rand_net(seed=0):
     """An MLP with a non-zero (random) output layer."""
     net = fresh_student(seed)
@@ -163,7 +168,7 @@ def test_progressive_approaches_the_exact_map(toy):
     errs = []
     for iters in (BUDGETS[0] // 3, BUDGETS[1] // 3):  # 3 halving stages 8 -> 4 -> 2 -> 1
         cfg = fs.ProgressiveConfig(start_steps=8, end_steps=1, iters=iters, batch_size=256, lr=2e-3)
-        r = fs.run_progressive(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
+        r = on_toy(fs.run_progressive, toy, cfg)
         errs.append(endpoint_error(r.student, toy))
         assert r.budget() == {
             "method": r.method,
@@ -248,7 +253,7 @@ def test_consistency_approaches_the_exact_map(toy):
     errs = []
     for iters in BUDGETS:
         cfg = fs.ConsistencyConfig(N=8, iters=iters, batch_size=256, lr=2e-3, ema_decay=0.9)
-        r = fs.run_consistency(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
+        r = on_toy(fs.run_consistency, toy, cfg)
         errs.append(endpoint_error(r.student, toy))
         assert r.budget() == {
             "method": r.method,
@@ -331,7 +336,7 @@ def test_reflow_approaches_the_exact_map(toy):
             batch_size=256,
             lr=1e-3,
         )
-        r = fs.run_reflow(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
+        r = on_toy(fs.run_reflow, toy, cfg)
         errs.append(endpoint_error(r.student, toy))
         assert r.budget() == {
             "method": r.method,
@@ -391,15 +396,7 @@ def test_run_dir_saves_the_config_and_resumes(toy, tmp_path):
         log_every=2,
     )
     run = tmp_path / "reflow"
-    r = fs.run_reflow(
-        toy["teacher"],
-        toy["path"],
-        toy["data"],
-        config=cfg,
-        student=fresh_student(),
-        run_dir=run,
-        info={"dataset": "toy"},
-    )
+    r = on_toy(fs.run_reflow, toy, cfg, run_dir=run, info={"dataset": "toy"})
     top = json.loads((run / "config.json").read_text())
     assert top["method"] == "reflow" and fs.ReflowConfig.from_dict(top["fewstep"]) == cfg
     assert top["path"] == {"kind": "gaussian", "T": 1.0} and top["dataset"] == "toy"
@@ -410,19 +407,8 @@ def test_run_dir_saves_the_config_and_resumes(toy, tmp_path):
         load_file(str(run / "couplings.safetensors"))["x_0"], r.extra["couplings"]["x_0"]
     )
     with pytest.raises(FileExistsError):
-        fs.run_reflow(
-            toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student(), run_dir=run
-        )
-    again = fs.run_reflow(
-        toy["teacher"],
-        toy["path"],
-        toy["data"],
-        config=cfg,
-        student=fresh_student(),
-        run_dir=run,
-        resume=True,
-        info={"dataset": "toy"},
-    )
+        on_toy(fs.run_reflow, toy, cfg, run_dir=run)
+    again = on_toy(fs.run_reflow, toy, cfg, run_dir=run, resume=True, info={"dataset": "toy"})
     for a, b in zip(r.student.state_dict().values(), again.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert again.budget() == r.budget()
@@ -430,7 +416,7 @@ def test_run_dir_saves_the_config_and_resumes(toy, tmp_path):
 
 def test_an_interrupted_consistency_run_resumes_bit_for_bit(toy, tmp_path):
     cfg = fs.ConsistencyConfig(N=4, iters=8, batch_size=16, checkpoint_every=4, log_every=2)
-    whole = fs.run_consistency(toy["teacher"], toy["path"], toy["data"], config=cfg, student=fresh_student())
+    whole = on_toy(fs.run_consistency, toy, cfg)
 
     class Stop(Exception):
         pass
@@ -441,24 +427,8 @@ def test_an_interrupted_consistency_run_resumes_bit_for_bit(toy, tmp_path):
 
     run = tmp_path / "cd"
     with pytest.raises(Stop):
-        fs.run_consistency(
-            toy["teacher"],
-            toy["path"],
-            toy["data"],
-            config=cfg,
-            student=fresh_student(),
-            run_dir=run,
-            callback=interrupt,
-        )
-    resumed = fs.run_consistency(
-        toy["teacher"],
-        toy["path"],
-        toy["data"],
-        config=cfg,
-        student=fresh_student(),
-        run_dir=run,
-        resume=True,
-    )
+        on_toy(fs.run_consistency, toy, cfg, run_dir=run, callback=interrupt)
+    resumed = on_toy(fs.run_consistency, toy, cfg, run_dir=run, resume=True)
     assert resumed.stages[0].resumed_from == 4
     for a, b in zip(whole.student.state_dict().values(), resumed.student.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

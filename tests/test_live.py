@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import ci_scripts
 import numpy as np
 import pytest
 import torch
@@ -202,16 +203,7 @@ def test_cost_hours_figure_moves_with_the_sliders():
 
 
 def _page_checker():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / ".ci" / "check_book_html.py"
-    spec = importlib.util.spec_from_file_location("check_book_html", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["check_book_html"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return ci_scripts.load("check_book_html")
 
 
 def _write_page(folder, figs):
@@ -293,16 +285,7 @@ def test_page_checker_clicks_every_static_slider(tmp_path, chromium, capsys):
 
 
 def _live_checker():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / ".ci" / "check_live_book.py"
-    spec = importlib.util.spec_from_file_location("check_live_book", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["check_live_book"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return ci_scripts.load("check_live_book")
 
 
 def test_live_checker_serves_copies_of_the_chapters(tmp_path):

@@ -8,7 +8,6 @@ that turns non-finite stops and keeps the last good checkpoint.  A property test
 corrupts random bytes of each artifact: the result is refused or bit-identical, never wrong.
 """
 
-import hashlib
 import json
 import os
 import pickle
@@ -23,6 +22,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from smoke_runs import (
+    TRAIN,
+    assert_one_line_error,
+    cli,
+    distill_argv,
+    evaluate_argv,
+    sample_argv,
+    train_argv,
+    tree_hash,
+)
 
 from kaclib import runs
 from kaclib.cli import main
@@ -32,51 +41,9 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(capsys, *argv):
-    rc = main(["--threads", "1", *argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc != 0, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kaclib: error:"), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def tree_hash(folder) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(folder).rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-TRAIN = ["train", "--profile", "smoke", "--no-progress"]
-
-
 def train_cli(run_dir, *extra, steps=4):
-    return main(
-        [
-            "--threads",
-            "1",
-            *TRAIN,
-            "--run-dir",
-            str(run_dir),
-            "--steps",
-            str(steps),
-            "--set",
-            "checkpoint_every=2",
-            "--set",
-            "log_every=1",
-            *extra,
-        ]
-    )
+    """Exit code of :func:`~smoke_runs.train_argv` run in-process."""
+    return main(["--threads", "1", *train_argv(run_dir, *extra, steps=steps)])
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +91,7 @@ def flip(path: Path, at: float = 0.5):
 def test_evaluate_out_never_overwrites_an_input(run, capsys, target):
     (run.parent / "notes.txt").write_text("my notes\n")
     before, notes = tree_hash(run), (run.parent / "notes.txt").read_bytes()
-    rc, out, err = cli(
-        capsys,
-        "evaluate",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--out",
-        str(run / target),
-        "--n",
-        "4",
-        "--steps",
-        "1",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *evaluate_argv(run, run / target))
     assert_one_line_error(rc, err, "--out")
     assert tree_hash(run) == before and (run.parent / "notes.txt").read_bytes() == notes
     assert load_run(run).step == 4
@@ -146,34 +99,10 @@ def test_evaluate_out_never_overwrites_an_input(run, capsys, target):
 
 def test_sample_out_never_overwrites_an_input(run, capsys, tmp_path):
     before = tree_hash(run)
-    rc, out, err = cli(
-        capsys,
-        "sample",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--out",
-        str(run / "config"),
-        "--n",
-        "2",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *sample_argv(run, run / "config"))
     assert_one_line_error(rc, err, "--out", "inside the run directory")
     (tmp_path / "x.npz").write_bytes(b"not an npz")
-    rc, out, err = cli(
-        capsys,
-        "sample",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--out",
-        str(tmp_path / "x"),
-        "--n",
-        "2",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *sample_argv(run, tmp_path / "x"))
     assert_one_line_error(rc, err, "x.npz", "not a kaclib sample file")
     assert tree_hash(run) == before and (tmp_path / "x.npz").read_bytes() == b"not an npz"
 
@@ -181,25 +110,7 @@ def test_sample_out_never_overwrites_an_input(run, capsys, tmp_path):
 def test_results_file_shared_by_runs_keeps_every_runs_rows(base, other, tmp_path, capsys):
     out = tmp_path / "results.json"
     for d in (base, other, base):
-        rc, _, err = cli(
-            capsys,
-            "evaluate",
-            "--profile",
-            "smoke",
-            "--run-dir",
-            str(d),
-            "--out",
-            str(out),
-            "--n",
-            "16",
-            "--steps",
-            "1",
-            "--method",
-            "euler",
-            "--w",
-            "1",
-            "--no-progress",
-        )
+        rc, _, err = cli(capsys, *evaluate_argv(d, out, "--method", "euler", "--w", "1", n=16))
         assert rc == 0, err
     rows = json.loads(out.read_text())["rows"]
     assert sorted(r["run"] for r in rows) == sorted(
@@ -260,21 +171,7 @@ def test_readers_read_a_committed_checkpoint_without_touching_anything(run, tmp_
     (run / "notes.tmp").write_text("a user's file")
     before = tree_hash(run)
     assert load_run(run).step == 6 and runs.load_state(run)["step"] == 6
-    rc, out, err = cli(
-        capsys,
-        "sample",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--n",
-        "2",
-        "--steps",
-        "1",
-        "--out",
-        str(tmp_path / "s"),
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *sample_argv(run, tmp_path / "s", "--steps", "1"))
     assert rc == 0, err
     assert tree_hash(run) == before  # nothing deleted, renamed or written
     assert resume(run, steps=8) == 0  # the writer rolls forward, then continues
@@ -335,36 +232,10 @@ def test_one_writer_at_a_time_readers_welcome(run, tmp_path, capsys):
     holder = _hold_lock(run)
     try:
         before = tree_hash(run)
-        rc, out, err = cli(
-            capsys,
-            *TRAIN,
-            "--run-dir",
-            str(run),
-            "--steps",
-            "6",
-            "--set",
-            "checkpoint_every=2",
-            "--set",
-            "log_every=1",
-            "--resume",
-        )
+        rc, out, err = cli(capsys, *train_argv(run, "--resume", steps=6))
         assert_one_line_error(rc, err, "another process", f"pid {holder.pid}", "elsewhere")
         assert tree_hash(run) == before
-        rc, out, err = cli(
-            capsys,
-            "sample",
-            "--profile",
-            "smoke",
-            "--run-dir",
-            str(run),
-            "--n",
-            "2",
-            "--steps",
-            "1",
-            "--out",
-            str(tmp_path / "s"),
-            "--no-progress",
-        )
+        rc, out, err = cli(capsys, *sample_argv(run, tmp_path / "s", "--steps", "1"))
         assert rc == 0, err  # a reader needs no lock
     finally:
         holder.kill()
@@ -445,46 +316,9 @@ DAMAGE = {
     "an edited config": (_edit_config, "config"),  # config.json, or the field path.c
 }
 COMMANDS = {
-    "sample": lambda run, tmp: [
-        "sample",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--n",
-        "2",
-        "--steps",
-        "1",
-        "--out",
-        str(tmp / "s"),
-        "--no-progress",
-    ],
-    "evaluate": lambda run, tmp: [
-        "evaluate",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--n",
-        "4",
-        "--steps",
-        "1",
-        "--out",
-        str(tmp / "e.json"),
-        "--no-progress",
-    ],
-    "resume": lambda run, tmp: [
-        *TRAIN,
-        "--run-dir",
-        str(run),
-        "--steps",
-        "6",
-        "--set",
-        "checkpoint_every=2",
-        "--set",
-        "log_every=1",
-        "--resume",
-    ],
+    "sample": lambda run, tmp: sample_argv(run, tmp / "s", "--steps", "1"),
+    "evaluate": lambda run, tmp: evaluate_argv(run, tmp / "e.json"),
+    "resume": lambda run, tmp: train_argv(run, "--resume", steps=6),
 }
 
 
@@ -561,58 +395,16 @@ def _nan_checkpoint(run):
 
 def test_sample_and_distill_refuse_a_non_finite_model(run, tmp_path, capsys):
     _nan_checkpoint(run)
-    rc, out, err = cli(
-        capsys,
-        "sample",
-        "--profile",
-        "smoke",
-        "--run-dir",
-        str(run),
-        "--n",
-        "2",
-        "--out",
-        str(tmp_path / "s"),
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *sample_argv(run, tmp_path / "s"))
     assert_one_line_error(rc, err, "non-finite", runs.EMA_FILE)
     assert not (tmp_path / "s.npz").exists()
-    rc, out, err = cli(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(run),
-        "--run-dir",
-        str(tmp_path / "l"),
-        "--ladder",
-        "4,2",
-        "--set",
-        "iters=2",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(run, tmp_path / "l", "--set", "iters=2"))
     assert_one_line_error(rc, err, "non-finite")
     assert not (tmp_path / "l").exists()
 
 
 def test_distill_with_an_absurd_guidance_weight_stops_with_one_line(base, tmp_path, capsys):
-    rc, out, err = cli(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(base),
-        "--run-dir",
-        str(tmp_path / "l"),
-        "--ladder",
-        "4,2",
-        "--set",
-        "iters=2",
-        "--set",
-        "w=1e30",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(base, tmp_path / "l", "--set", "iters=2", "--set", "w=1e30"))
     assert_one_line_error(rc, err, "non-finite", "stage 1")
     assert not list((tmp_path / "l").rglob("*.safetensors"))
 
@@ -792,21 +584,7 @@ def test_absurd_sizes_are_refused_before_any_work(tmp_path, capsys, argv, needle
 
 @pytest.mark.parametrize("setting", ["pool_size=1000000000", "batch_size=100000"])
 def test_absurd_distill_sizes_are_refused(base, tmp_path, capsys, setting):
-    rc, out, err = cli(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(base),
-        "--run-dir",
-        str(tmp_path / "l"),
-        "--ladder",
-        "4,2",
-        "--set",
-        setting,
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(base, tmp_path / "l", "--set", setting))
     assert_one_line_error(rc, err, setting.split("=")[0], "GiB")
     assert not (tmp_path / "l").exists()
 
@@ -828,58 +606,16 @@ def test_a_bad_config_file_is_named(tmp_path, capsys):
 
 def test_a_failed_distill_writes_nothing_and_the_corrected_command_runs(base, tmp_path, capsys):
     ladder = tmp_path / "ladder"
-    rc, out, err = cli(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(base),
-        "--run-dir",
-        str(ladder),
-        "--ladder",
-        "4,2",
-        "--set",
-        "iters=2",
-        "--dataset",
-        "mnist5k",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(base, ladder, "--set", "iters=2", "--dataset", "mnist5k"))
     assert rc != 0 and not ladder.exists()
-    rc, out, err = cli(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(base),
-        "--run-dir",
-        str(ladder),
-        "--ladder",
-        "4,2",
-        "--set",
-        "iters=2",
-        "--no-progress",
-    )
+    rc, out, err = cli(capsys, *distill_argv(base, ladder, "--set", "iters=2"))
     assert rc == 0, err
 
 
 def test_a_failed_resume_leaves_config_json_as_it_was(run, tmp_path, capsys):
     flip(run / runs.METRICS_FILE, 0.5)  # resume is refused after the config check
     before = (run / runs.CONFIG_FILE).read_bytes()
-    rc, out, err = cli(
-        capsys,
-        *TRAIN,
-        "--run-dir",
-        str(run),
-        "--steps",
-        "40",
-        "--set",
-        "checkpoint_every=2",
-        "--set",
-        "log_every=1",
-        "--resume",
-    )
+    rc, out, err = cli(capsys, *train_argv(run, "--resume", steps=40))
     assert_one_line_error(rc, err, runs.METRICS_FILE)
     assert (run / runs.CONFIG_FILE).read_bytes() == before
     assert json.loads(before)["steps"] == 4
@@ -889,19 +625,7 @@ def test_a_moved_ladder_and_teacher_resume(base, tmp_path, capsys):
     work = tmp_path / "a"
     shutil.copytree(base, work / "teacher")
     rc, out, err = cli(
-        capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(work / "teacher"),
-        "--run-dir",
-        str(work / "ladder"),
-        "--ladder",
-        "4,2,1",
-        "--set",
-        "iters=2",
-        "--no-progress",
+        capsys, *distill_argv(work / "teacher", work / "ladder", "--set", "iters=2", ladder="4,2,1")
     )
     assert rc == 0, err
     for cfg in (work / "ladder").rglob(runs.CONFIG_FILE):
@@ -911,19 +635,7 @@ def test_a_moved_ladder_and_teacher_resume(base, tmp_path, capsys):
     shutil.move(str(work), str(moved))
     rc, out, err = cli(
         capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(moved / "teacher"),
-        "--run-dir",
-        str(moved / "ladder"),
-        "--ladder",
-        "4,2,1",
-        "--set",
-        "iters=2",
-        "--resume",
-        "--no-progress",
+        *distill_argv(moved / "teacher", moved / "ladder", "--set", "iters=2", "--resume", ladder="4,2,1"),
     )
     assert rc == 0, err
     assert load_run(moved / "ladder" / "stage-2-1steps").step == 2
@@ -931,19 +643,7 @@ def test_a_moved_ladder_and_teacher_resume(base, tmp_path, capsys):
     assert train_cli(tmp_path / "twin", "--set", "seed=1") == 0
     rc, out, err = cli(
         capsys,
-        "distill",
-        "--profile",
-        "smoke",
-        "--teacher",
-        str(tmp_path / "twin"),
-        "--run-dir",
-        str(moved / "ladder"),
-        "--ladder",
-        "4,2,1",
-        "--set",
-        "iters=2",
-        "--resume",
-        "--no-progress",
+        *distill_argv(tmp_path / "twin", moved / "ladder", "--set", "iters=2", "--resume", ladder="4,2,1"),
     )
     assert_one_line_error(rc, err, "teacher.ema_sha256")
 
