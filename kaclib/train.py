@@ -24,18 +24,14 @@ optimised with Adam, gradient-norm clipping and an exponential moving average of
   across ranks (each rank reads a different slice of the data order and its own noise stream),
   gradients are averaged, and only rank 0 writes checkpoints and logs.
 
-Command line: use ``python -m kaclib train`` (:mod:`kaclib.cli`), the package's training command.
-``python -m kaclib.train`` (:func:`main`) is kept as a thin entry for scripts and ``torchrun``: it
-builds a :class:`TrainConfig` from ``--config`` (default ``TrainConfig()``) and ``--set`` overrides
-and calls :func:`train`::
+Command line: ``python -m kaclib train`` (:mod:`kaclib.cli`), under ``torchrun`` too::
 
-    python -m kaclib.train --config cfg.json --run-dir runs/x [--resume] [--set steps=2000 ...]
-    torchrun --nproc_per_node=4 -m kaclib.train --config cfg.json --run-dir runs/x
+    python -m kaclib train --profile cpu --run-dir runs/x [--config cfg.json] [--set steps=2000 ...]
+    torchrun --standalone --nproc_per_node=4 -m kaclib train --config cfg.json --run-dir runs/x
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -98,7 +94,6 @@ __all__ = [
     "step_seed",
     "batch_indices",
     "MUTABLE_FIELDS",
-    "main",
 ]
 
 # the run's configuration lives in kaclib.train_config (re-exported here)
@@ -516,57 +511,3 @@ def train(
         seconds_per_step=res.seconds_per_step,
         run_dir=Path(run_dir) if run_dir is not None else None,
     )
-
-
-# =============================================================================== command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m kaclib.train``: the thin entry for scripts and ``torchrun``.
-
-    Users run ``python -m kaclib train``; both start from the same default, the current recipe's
-    teacher (:meth:`kaclib.recipe.Recipe.teacher_config`).  ``--config`` (a :class:`TrainConfig`
-    JSON file) replaces that default; ``--set key=value`` overrides fields (dotted keys) ->
-    :func:`train` into ``--run-dir``; rank 0 prints ``{"run_dir", "step", "seconds_per_step"}``
-    as JSON.
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m kaclib.train",
-        description="Train a velocity model from a TrainConfig JSON (the CLI is `python -m kaclib train`).",
-    )
-    parser.add_argument("--config", help="TrainConfig JSON file (default: the current recipe's teacher)")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field (dotted keys)"
-    )
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.config:
-        base = json.loads(Path(args.config).read_text())
-    else:  # the same default as `python -m kaclib train`
-        from .teachers import teacher_config
-
-        base = teacher_config().to_dict()
-    cfg = TrainConfig.from_dict(runs.apply_overrides(base, args.set))
-    res = train(
-        cfg,
-        args.run_dir,
-        device=args.device,
-        resume=args.resume,
-        progress=not args.no_progress,
-        data_root=args.data_root,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            json.dumps(
-                {"run_dir": str(res.run_dir), "step": res.step, "seconds_per_step": res.seconds_per_step}
-            )
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from smoke_runs import TRAIN, cli, distill_argv, tree_hash
+from smoke_runs import TRAIN, assert_one_line_error, cli, distill_argv, tree_hash
 
 from kaclib.cli import build_parser, main
 from kaclib.train import load_run
@@ -86,6 +86,31 @@ def test_train_overrides_and_gaussian(tmp_path, capsys):
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["path"] == {"kind": "gaussian", "T": 1.0} or cfg["path"]["kind"] == "gaussian"
     assert (cfg["seed"], cfg["lr"], cfg["model"]["base_channels"]) == (3, 0.001, 16)
+
+
+def test_train_from_a_runs_config(teacher, tmp_path, capsys):
+    """``--config`` reruns a saved config.json: the same config but for what the options change."""
+    d = tmp_path / "again"
+    argv = [*TRAIN, "--run-dir", str(d), "--config", str(teacher / "config.json")]
+    rc, out, err = cli(capsys, *argv, "--steps", "2", "--set", "lr=0.002")
+    assert rc == 0, err
+    saved = json.loads((teacher / "config.json").read_text())
+    again = json.loads((d / "config.json").read_text())
+    assert (again["steps"], again["lr"]) == (2, 0.002)
+    assert {k: v for k, v in again.items() if k not in ("steps", "lr")} == {
+        k: v for k, v in saved.items() if k not in ("steps", "lr")
+    }
+    assert saved["ema_decay"] == 0.5  # the file's value, not the profile's default
+    # a missing file, a file that is not an object and --path beside --config: one line each
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for config, extra, needles in [
+        (tmp_path / "absent.json", [], ("--config", "cannot read")),
+        (tmp_path / "list.json", [], ("--config", "is an object")),
+        (teacher / "config.json", ["--path", "gaussian"], ("--path", '"path" field')),
+    ]:
+        rc, _, err = cli(capsys, *TRAIN, "--run-dir", str(tmp_path / "x"), "--config", str(config), *extra)
+        assert_one_line_error(rc, err, *needles)
+        assert not (tmp_path / "x").exists()
 
 
 def evaluate_16(capsys, teacher, *settings):

@@ -88,16 +88,19 @@ def test_cli_under_torchrun(tmp_path):
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
         "-m",
-        "kaclib.train",
+        "kaclib",
+        "train",
+        "--profile",
+        "smoke",
         "--run-dir",
         str(run),
         "--no-progress",
         "--device",
         "cpu",
-        "--set",
-        'model={"preset": "smoke"}',
-        "--set",
-        "steps=2",
+        "--preset",
+        "smoke",
+        "--steps",
+        "2",
         "--set",
         "batch_size=8",
         "--set",
@@ -108,8 +111,7 @@ def test_cli_under_torchrun(tmp_path):
     )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(out) == 1 and out[0]["step"] == 2  # only rank 0 reports
+    assert proc.stdout.count(str(run)) == 1  # only rank 0 reports (one summary table)
     state = runs.load_state(run)
     assert state["step"] == 2 and state["world_size"] == 2
     cfg = json.loads((run / runs.CONFIG_FILE).read_text())

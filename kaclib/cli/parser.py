@@ -201,7 +201,8 @@ def _add_train_command(sub) -> None:
         "train",
         help="train a teacher into a run directory",
         description="Train a class-conditional velocity model (label dropout for guidance) on a "
-        "Kac-flow or Gaussian path. Defaults: the profile's teacher (kaclib.evaluation.teacher_config).",
+        "Kac-flow or Gaussian path. Defaults: the profile's teacher (kaclib.recipe.Recipe.teacher_config), "
+        "or --config. Under torchrun every process joins the run (DDP); rank 0 reports.",
     )
     p.add_argument(
         "--run-dir",
@@ -210,6 +211,13 @@ def _add_train_command(sub) -> None:
         help="run directory (created; an existing run needs --resume)",
     )
     _add_profile(p)
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a TrainConfig JSON (e.g. a run's config.json) instead of the profile's teacher; "
+        "the options below still apply",
+    )
     p.add_argument(
         "--preset",
         default=None,
@@ -221,7 +229,10 @@ def _add_train_command(sub) -> None:
         help="data set: digits, mnist5k, cifar10, celeba64 (default: the profile's)",
     )
     p.add_argument(
-        "--path", choices=("kac", "gaussian"), default="kac", help="probability path (default kac)"
+        "--path",
+        choices=("kac", "gaussian"),
+        default=None,
+        help="probability path (default kac; not with --config)",
     )
     p.add_argument(
         "--steps", type=_steps_int, default=None, help="training steps (default: the profile's train_steps)"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 from .. import runs
 from ..runs import apply_overrides
 from ..tables import format_table
@@ -12,13 +16,20 @@ from .parser import CLIError
 def train_config_from_args(args, prof):
     """The resolved :class:`~kaclib.train.TrainConfig` a ``train`` command runs.
 
-    It is the recipe's teacher on ``--path`` (:meth:`kaclib.recipe.Recipe.teacher_config`) with
-    ``--dataset``, ``--preset``, ``--steps`` and ``--set`` applied (validated: data set, preset,
-    path, every field).
+    It is the recipe's teacher on ``--path`` (:meth:`kaclib.recipe.Recipe.teacher_config`), or the
+    ``--config`` JSON file, with ``--dataset``, ``--preset``, ``--steps`` and ``--set`` applied
+    (validated: data set, preset, path, every field).
     """
     from ..train import TrainConfig
 
-    d = prof.teacher_config(path=args.path, seed=args.seed).to_dict()
+    if args.config is not None:
+        if args.path is not None:
+            raise CLIError(f'--path cannot change the path of --config {args.config}: edit its "path" field')
+        d = _read_config(args.config)
+        if args.seed is not None:
+            d["seed"] = args.seed
+    else:
+        d = prof.teacher_config(path=args.path or "kac", seed=args.seed).to_dict()
     if args.dataset is not None:
         d["dataset"] = args.dataset
     if args.preset is not None:
@@ -28,8 +39,23 @@ def train_config_from_args(args, prof):
     return TrainConfig.from_dict(apply_overrides(d, args.set)).resolved()
 
 
+def _read_config(file) -> dict:
+    """The dict of the TrainConfig JSON ``file``; a one-line :class:`CLIError` when unreadable."""
+    try:
+        d = json.loads(Path(file).read_text())
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--config {file}: cannot read a TrainConfig JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CLIError(f"--config {file}: a TrainConfig JSON is an object, not {type(d).__name__}")
+    return d
+
+
 def cmd_train(args) -> int:
-    """Run ``train``: train a teacher into ``--run-dir`` and print a summary table; returns 0."""
+    """Run ``train``: train a teacher into ``--run-dir``; rank 0 prints a summary table; returns 0.
+
+    Under ``torchrun`` every process runs this command and joins the process group
+    (:func:`kaclib.train.init_distributed`); only rank 0 reports.
+    """
     from ..train import train
 
     prof = _profile(args.profile)
@@ -46,6 +72,8 @@ def cmd_train(args) -> int:
         progress=not args.no_progress,
         data_root=args.data_root,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     losses = res.losses
     tail = float(losses[-min(len(losses), 50) :].mean()) if len(losses) else None
     print(
