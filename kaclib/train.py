@@ -194,8 +194,10 @@ def _open_run_dir(run_dir, config, acc, resume, model, ema, optimizer, lock, is_
         if world > 1:
             dist.barrier()  # rank 0 has recovered / written the directory
             exists = runs.has_checkpoint(run_dir)
-        ckpt = load_checkpoint_into(run_dir, model, ema, optimizer)[0] if exists else None
-        if ckpt is not None:
+        ckpt = None
+        if exists:
+            ckpt, state = load_checkpoint_into(run_dir, model, ema, optimizer)
+            _check_world_size(run_dir, state, world)
             start = last_good = ckpt.step
         if is_main:
             runs.rewind_metrics(run_dir, ckpt)  # checked against the checkpoint, cut back to it
@@ -203,6 +205,20 @@ def _open_run_dir(run_dir, config, acc, resume, model, ema, optimizer, lock, is_
         lock.__exit__(*sys.exc_info())
         raise
     return config, start, last_good
+
+
+def _check_world_size(run_dir, state: dict, world: int) -> None:
+    """Refuse to resume on another number of processes than the checkpoint was written by.
+
+    Each rank draws its own slice of the batch and its own noise stream, so the continuation on
+    another world size would silently differ from the uninterrupted run.
+    """
+    saved = state.get("world_size", 1)
+    if saved != world:
+        raise runs.RunDirError(
+            f"{run_dir}: the checkpoint was written by {saved} process(es), this run has {world}; "
+            f"resume with the same number (the batch split and noise streams depend on it)"
+        )
 
 
 def _wrap_model(model, labels, world, device, acc):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from smoke_runs import assert_one_line_error, cli, tree_hash
 
 from kaclib import runs
 from kaclib.models import MLPVelocity
@@ -78,7 +79,7 @@ def test_two_gloo_ranks_end_bit_identical(tmp_path):
     assert [r["step"] for r in runs.read_jsonl(run / runs.METRICS_FILE)] == [1, 2, 3, 4, 5]
 
 
-def test_cli_under_torchrun(tmp_path):
+def test_cli_under_torchrun(tmp_path, capsys):
     run = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -116,3 +117,10 @@ def test_cli_under_torchrun(tmp_path):
     assert state["step"] == 2 and state["world_size"] == 2
     cfg = json.loads((run / runs.CONFIG_FILE).read_text())
     assert cfg["model"]["base_channels"] == 8 and cfg["batch_size"] == 8
+    # resuming the 2-process run in one process would not continue it bit for bit: refused
+    before = tree_hash(run)
+    argv = cmd[cmd.index("train") :] + ["--resume"]
+    argv[argv.index("--steps") + 1] = "3"
+    rc, _, err = cli(capsys, *argv)
+    assert_one_line_error(rc, err, "2 process(es)", "this run has 1")
+    assert tree_hash(run) == before
