@@ -41,7 +41,10 @@ def this_machine() -> str:
 
     cpu = committed.cpu_name()
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"this build: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), {now}"
+    threads = torch.get_num_threads()
+    return (
+        f"this build: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} thread(s)), {now}"
+    )
 
 
 def committed_or_note(name: str, command: str, require: str | None = None) -> dict | None:

@@ -118,7 +118,8 @@ class ImageData:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
             raise ValueError(
-                f"labels must lie in [0, {self.num_classes}), got [{int(self.labels.min())}, {int(self.labels.max())}]"
+                f"labels must lie in [0, {self.num_classes}), "
+                f"got [{int(self.labels.min())}, {int(self.labels.max())}]"
             )
 
     @property

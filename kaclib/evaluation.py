@@ -493,7 +493,7 @@ def evaluate_grid(
 
 
 def score_fields(row: dict) -> dict:
-    """The scores of an :func:`evaluate_run` row (the :class:`Scores` fields but ``metric_name`` and ``n``)."""
+    """The scores of an :func:`evaluate_run` row: the :class:`Scores` fields but ``metric_name``, ``n``."""
     return {k: row[k] for k in _SCORE_KEYS if k in row}
 
 

@@ -5,7 +5,8 @@ For a small labelled 2D point set ``{x_i}`` (uniform weights) the Kac path
 exact marginal velocity, the posterior average of the conditional targets::
 
     u(x, t) = sum_i p_t(x | x_i) u_t(x | x_i) / sum_i p_t(x | x_i),
-    p_t(x | x_i) = prod_k p(x_k - f(t) x_ik, g(t)),     u_t(x | x_i) = f'(t) x_i + g'(t) v(x - f(t) x_i, g(t)),
+    p_t(x | x_i) = prod_k p(x_k - f(t) x_ik, g(t)),
+    u_t(x | x_i) = f'(t) x_i + g'(t) v(x - f(t) x_i, g(t)),
 
 with the Kac density ``p`` and field ``v`` of :mod:`kaclib.kac` (chapter 3 builds the same field in
 1D).  Integrating it from the Kac latent ``K_{g(T)}`` with a few Euler steps shows how ``c``, the

@@ -27,9 +27,10 @@ four uniforms per value), the Poisson count by inversion (a per-call CDF table o
 entries when the time is a scalar or constant along rows, as for a latent or a path's times), or
 transformed rejection where rates vary elementwise (:mod:`kaclib.poisson_gamma`); everything is
 written with tensor operations, so it honours a ``torch.Generator`` (or given uniforms:
-counter-based latents, :mod:`kaclib.latents`) and runs on any device.  There is no set-up beyond that per-call CDF (``lam + 12 sqrt(lam) + 20``
-terms for a rate ``lam = a s``, fewer than ``24 sqrt(lam) + 26`` above ``lam ~ 180``; a single
-rate's, with its bucket index of 2^14 entries, is kept in a small cache for the next call):
+counter-based latents, :mod:`kaclib.latents`) and runs on any device.  There is no set-up
+beyond that per-call CDF (``lam + 12 sqrt(lam) + 20`` terms for a rate ``lam = a s``, fewer
+than ``24 sqrt(lam) + 26`` above ``lam ~ 180``; a single rate's, with its bucket index of 2^14
+entries, is kept in a small cache for the next call):
 ``a`` and ``c`` may change between calls.
 """
 

@@ -57,7 +57,7 @@ class KacTrajectories:
         return self.direction.shape[0]
 
     def position(self, s) -> torch.Tensor:
-        """Exact positions ``X_s``, shape ``(n, len(s))`` (``s`` a number or a 1D tensor in ``[0, s_max]``)."""
+        """Exact positions ``X_s``, shape ``(n, len(s))`` (``s``: a number or a 1D tensor in [0, s_max])."""
         s = torch.as_tensor(s, dtype=self.flips.dtype).reshape(-1)
         if (s < 0).any() or (s > self.s_max * (1 + 1e-12)).any():
             raise ValueError(f"times must lie in [0, s_max] = [0, {self.s_max}]")

@@ -88,7 +88,7 @@ def counter_uniforms(keys: torch.Tensor, coords: int, k: int) -> torch.Tensor:
 
 
 def box_muller(u: torch.Tensor, dtype=None) -> torch.Tensor:
-    """Standard normals from uniforms ``u`` ``(2, *shape)`` in ``(0, 1]``: ``sqrt(-2 log u[0]) cos(2 pi u[1])``."""
+    """Standard normals from uniforms ``u`` ``(2, *shape)`` in (0, 1]: sqrt(-2 log u[0]) cos(2 pi u[1])."""
     u = u.to(dtype or u.dtype)
     return torch.sqrt(torch.log(u[0]).mul_(-2.0)).mul_(torch.cos(u[1] * (2 * math.pi)))
 

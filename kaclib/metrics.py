@@ -139,7 +139,8 @@ class FeatureNet(nn.Module):
         c = self._config
         if x.ndim != 4 or x.shape[1] != c["in_channels"] or x.shape[2:] != (c["image_size"], c["image_size"]):
             raise ValueError(
-                f"images must have shape (N, {c['in_channels']}, {c['image_size']}, {c['image_size']}), got {tuple(x.shape)}"
+                f"images must have shape (N, {c['in_channels']}, {c['image_size']}, {c['image_size']}), "
+                f"got {tuple(x.shape)}"
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -54,8 +54,8 @@ class UNetConfig:
     ``attn_resolutions`` are feature-map sizes in pixels: ``(16,)`` puts self-attention after
     every residual block whose feature map is 16 x 16 (on the way down and up).  Each must be one
     of the UNet's resolutions ``image_size / 2**i``.  ``mid_block`` adds the usual bottleneck
-    (residual block, attention if ``mid_attention``, residual block) at the lowest resolution.  The class embedding has
-    ``num_classes + 1`` rows; row ``num_classes`` is the null class.
+    (residual block, attention if ``mid_attention``, residual block) at the lowest resolution.
+    The class embedding has ``num_classes + 1`` rows; row ``num_classes`` is the null class.
     """
 
     in_channels: int = 1
@@ -371,7 +371,8 @@ def _prepare_y(y, batch: int, num_classes: int, device) -> torch.Tensor:
         raise ValueError(f"y must be None, a scalar or have shape ({batch},), got {tuple(y.shape)}")
     if batch and (y.min() < 0 or y.max() > num_classes):
         raise ValueError(
-            f"labels must lie in [0, {num_classes}] ({num_classes} = null class), got [{int(y.min())}, {int(y.max())}]"
+            f"labels must lie in [0, {num_classes}] ({num_classes} = null class), "
+            f"got [{int(y.min())}, {int(y.max())}]"
         )
     return y
 
@@ -385,9 +386,10 @@ class UNet(nn.Module):
     Embedding ``e = MLP(sinusoid(time_scale t)) + Embed(y)`` (``num_classes + 1`` rows, the last
     is null).  Down path: per level ``num_res_blocks`` residual blocks (GroupNorm, SiLU, ``e``
     added), attention where the map size is in ``attn_resolutions``, then a stride-2 conv.
-    Bottleneck (``mid_block``): res, attention (``mid_attention``), res.  Up path: ``num_res_blocks + 1`` residual
-    blocks per level, each on the concatenation with a skip, attention as on the way down, then
-    nearest upsampling.  The output conv is zero-initialised (the model starts at ``u = 0``).
+    Bottleneck (``mid_block``): res, attention (``mid_attention``), res.  Up path:
+    ``num_res_blocks + 1`` residual blocks per level, each on the concatenation with a skip,
+    attention as on the way down, then nearest upsampling.  The output conv is zero-initialised
+    (the model starts at ``u = 0``).
     """
 
     def __init__(self, cfg: UNetConfig, path=None):

@@ -48,7 +48,9 @@ COMMANDS = {
     "flights": "python benchmarks/open_questions.py --flights --profile cpu",
     "limit": "python benchmarks/open_questions.py --limit --profile cpu",
     "rules": "python benchmarks/open_questions.py --rules --profile cpu",
-    "students": "python benchmarks/open_questions_students.py --train-steps 300 --ema-decay 0.99 --n-eval 300",
+    "students": (
+        "python benchmarks/open_questions_students.py --train-steps 300 --ema-decay 0.99 --n-eval 300"
+    ),
 }
 """The commands that produce each section of the committed JSON (the ``cpu`` profile)."""
 
@@ -330,7 +332,10 @@ def rules_claim(outcomes: dict, min_datasets: int = 2):
     """
     from .claims import Claim
 
-    text = "A rule computed from the data (c, xi) lands within the CI of the grid search's best on every data set"
+    text = (
+        "A rule computed from the data (c, xi) lands within the CI of the grid search's best "
+        "on every data set"
+    )
     if not outcomes:
         return _not_run_claim(text, "rules", "DistillKac (open question 3)")
     rules = set.intersection(*(set(o) for o in outcomes.values()))

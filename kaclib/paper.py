@@ -51,7 +51,7 @@ def ladder_ratio(dataset: str, key) -> float | None:
 
 
 def key_label(key) -> str:
-    """What a key of :data:`LADDER_FID` names: ``"teacher, 100 AB-2 steps, guided"``, ``"student, 4 steps"``, ..."""
+    """What a key of :data:`LADDER_FID` names: ``"teacher, 100 AB-2 steps, guided"``, ..."""
     labels = {
         "teacher": f"teacher, {TEACHER_STEPS} AB-2 steps, guided",
         "single_stage": f"single stage {TEACHER_STEPS} -> 1",

@@ -80,7 +80,8 @@ def recipe_commands(recipe, gpus: int = 8, root: str = "runs") -> dict[str, str]
         f"distil: the ladder {steps} (one GPU)": (
             f"python -m kaclib {_distill_args(recipe, teacher, ladder, d.ladder, d.iters)}"
         ),
-        f"ablation: one stage {d.ladder[0]} -> 1, the same student iterations, a pool of teacher end points": (
+        f"ablation: one stage {d.ladder[0]} -> 1, the same student iterations, "
+        "a pool of teacher end points": (
             "python -m kaclib "
             + _distill_args(
                 recipe, teacher, f"{root}/{ds}-single-stage", (d.ladder[0], 1), d.iters * stages, pool
@@ -96,7 +97,8 @@ def recipe_commands(recipe, gpus: int = 8, root: str = "runs") -> dict[str, str]
     }
     if DATASETS[ds].num_classes > 1:  # the feature-net FID needs class labels to train its classifier
         cmds[f"quick check: FID-{ds}, solvers at {s.steps} steps"] = (
-            f"python -m kaclib evaluate --run-dir {teacher} --steps {s.steps} --method euler,midpoint,ab2 --w {s.w:g}"
+            f"python -m kaclib evaluate --run-dir {teacher} --steps {s.steps} "
+            f"--method euler,midpoint,ab2 --w {s.w:g}"
         )
     return cmds
 

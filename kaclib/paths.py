@@ -165,7 +165,7 @@ class KacPath(_KacSchedule):
         return self.process.sample(s, generator=generator)
 
     latent_uniforms = 4
-    """Uniforms per coordinate of :meth:`latent_from_uniforms` (counter-based latents, :mod:`kaclib.latents`)."""
+    """Uniforms per coordinate of :meth:`latent_from_uniforms` (counter-based latents)."""
 
     def latent_from_uniforms(self, u: torch.Tensor, dtype=None) -> torch.Tensor:
         """The latent ``K_{g(T)}`` from independent uniforms ``u`` ``(4, *shape)``.

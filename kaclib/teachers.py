@@ -18,7 +18,7 @@ __all__ = ["CachedLadder", "get_ladder", "get_teacher", "ladder_dirs", "teacher_
 
 
 def teacher_config(profile=None, path="kac", seed: int | None = None, **changes):
-    """The :class:`~kaclib.train.TrainConfig` of a recipe's teacher (:meth:`kaclib.recipe.Recipe.teacher_config`).
+    """The :class:`~kaclib.train.TrainConfig` of a recipe's teacher (``Recipe.teacher_config``).
 
     ``profile``: a :class:`~kaclib.recipe.Recipe` or its name (default: the current profile).
     ``path``: ``"kac"`` (the recipe's path and head), ``"gaussian"`` (the Gaussian peer, free head)

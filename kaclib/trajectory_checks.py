@@ -184,7 +184,7 @@ def interval_deviation(
     )
 
 
-# =============================================================================== a stage along the sampler's path
+# ========================================================================= a stage along the sampler's path
 
 
 @torch.no_grad()
@@ -210,7 +210,7 @@ def sampler_states(teacher_field: TeacherField, path, spec: StageSpec, x_T: torc
 
 @dataclass(frozen=True)
 class PathDeviation:
-    """All intervals of one stage along the sampler's path: ``(B, M)`` arrays, interval ``k`` in column ``k``."""
+    """All intervals of one stage along the sampler's path: ``(B, M)`` arrays, interval k in column k."""
 
     spec: StageSpec
     delta: float

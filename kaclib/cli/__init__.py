@@ -26,7 +26,7 @@ Examples::
     python -m kaclib train --profile smoke --run-dir runs/smoke
     python -m kaclib evaluate --run-dir runs/smoke --steps 4,8 --method euler,ab2
     python -m kaclib sample --run-dir runs/smoke --n 40 --w 1.5
-    python -m kaclib distill --teacher runs/teacher --run-dir runs/ladder --ladder 100,20,4,2,1 --set iters=300
+    python -m kaclib distill --teacher runs/teacher --run-dir runs/ladder --ladder 100,20,4,2,1
 
 Modules: :mod:`~kaclib.cli.parser` (arguments and :class:`CLIError`), :mod:`~kaclib.cli.common`
 (what the commands share), one module per command (:mod:`~kaclib.cli.train`,

@@ -104,7 +104,8 @@ def _add_profile(p):
         "--profile",
         choices=("smoke", "cpu", "gpu"),
         default=None,
-        help="defaults for budgets, model and sampling (default: $KACLIB_PROFILE, else gpu with CUDA, else cpu)",
+        help="defaults for budgets, model and sampling "
+        "(default: $KACLIB_PROFILE, else gpu with CUDA, else cpu)",
     )
 
 

@@ -450,7 +450,8 @@ def html_table(header: list[str], rows: list[list], caption: str | None = None) 
     body = "".join("<tr>" + "".join(f"<td>{_html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
     cap = f"<caption style='caption-side:top'>{_html.escape(caption)}</caption>" if caption else ""
     return (
-        f"<div style='overflow-x:auto'><table class='table' style='font-size:0.9em'>{cap}<thead><tr>{head}</tr></thead>"
+        "<div style='overflow-x:auto'><table class='table' style='font-size:0.9em'>"
+        f"{cap}<thead><tr>{head}</tr></thead>"
         f"<tbody>{body}</tbody></table></div>"
     )
 

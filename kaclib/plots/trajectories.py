@@ -39,8 +39,8 @@ def deviation_figure(studies: dict, title: str | None = None, max_points: int = 
 def scatter_panels_figure(panels: dict, title: str | None, x_title: str, opacity: float = 0.6):
     """The end-point / interior-deviation scatter itself, whatever holds the points.
 
-    The points come from a live :class:`~kaclib.trajectory_checks.DeviationStudy` or a committed benchmark: ``panels`` maps a
-    panel title to its stages
+    The points come from a live :class:`~kaclib.trajectory_checks.DeviationStudy` or a committed
+    benchmark: ``panels`` maps a panel title to its stages
     ``[(student_steps, trace name, end-point errors, interior deviations), ...]``; one colour per
     student step count (shared across panels), log axes, the diagonal ``interior = end point``.
     """
