@@ -23,6 +23,7 @@ __all__ = [
     "load",
     "provenance",
     "find_comparison",
+    "verdict_text",
     "show_comparisons",
     "cpu_name",
     "machine_info",
@@ -59,6 +60,18 @@ def find_comparison(res: dict | None, claim: str, metric: str = "fid") -> dict |
         if c["claim"].startswith(claim) and c["metric"] == metric:
             return c
     return None
+
+
+def verdict_text(res: dict | None, claim: str, metric: str = "fid") -> str:
+    """``"holds (-0.12, CI [-0.20, -0.04])"`` for the comparison :func:`find_comparison` finds.
+
+    ``"not measured"`` when ``res`` has no such comparison.
+    """
+    c = find_comparison(res, claim, metric)
+    if c is None:
+        return "not measured"
+    lo, hi = c["ci95"]
+    return f"{c['verdict']} ({c['diff_mean']:+.2f}, CI [{lo:+.2f}, {hi:+.2f}])"
 
 
 def show_comparisons(res: dict, contains: str = "", metrics=("fid", "kid")) -> list[dict]:

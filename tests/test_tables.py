@@ -38,3 +38,18 @@ def test_cells_and_tables():
     lines = text.splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines}) == 1 and lines[3].endswith("-")
     assert markdown_table(["a", "b"], [[1, 0.5]]) == "| a | b |\n|---|---|\n| 1 | 0.5 |"
+
+
+def test_verdict_text_reads_the_matching_comparison():
+    from kaclib.results import verdict_text
+
+    comparison = {"claim": "w = 2.2 beats w = 1 (4 steps)", "verdict": "holds", "diff_mean": -0.123}
+    res = {
+        "comparisons": [
+            {**comparison, "metric": "kid", "verdict": "fails", "ci95": [0.1, 0.2]},
+            {**comparison, "metric": "fid", "ci95": [-0.2, -0.04]},
+        ]
+    }
+    assert verdict_text(res, "w = 2.2 beats w = 1") == "holds (-0.12, CI [-0.20, -0.04])"
+    assert verdict_text(res, "w = 2.2 beats w = 1", metric="kid").startswith("fails")
+    assert verdict_text(res, "w = 1.2 beats") == verdict_text(None, "anything") == "not measured"
