@@ -105,7 +105,7 @@ def test_train_from_a_runs_config(teacher, tmp_path, capsys):
     (tmp_path / "list.json").write_text("[1, 2]")
     for config, extra, needles in [
         (tmp_path / "absent.json", [], ("--config", "cannot read")),
-        (tmp_path / "list.json", [], ("--config", "is an object")),
+        (tmp_path / "list.json", [], ("--config", "expected a JSON object")),
         (teacher / "config.json", ["--path", "gaussian"], ("--path", '"path" field')),
     ]:
         rc, _, err = cli(capsys, *TRAIN, "--run-dir", str(tmp_path / "x"), "--config", str(config), *extra)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from .. import runs
 from ..runs import apply_overrides
@@ -40,14 +38,11 @@ def train_config_from_args(args, prof):
 
 
 def _read_config(file) -> dict:
-    """The dict of the TrainConfig JSON ``file``; a one-line :class:`CLIError` when unreadable."""
+    """The dict of the TrainConfig JSON ``file``; a one-line :class:`CLIError` naming the flag."""
     try:
-        d = json.loads(Path(file).read_text())
-    except (OSError, ValueError) as e:
+        return runs.read_json_object(file)
+    except (OSError, runs.RunDirError) as e:
         raise CLIError(f"--config {file}: cannot read a TrainConfig JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise CLIError(f"--config {file}: a TrainConfig JSON is an object, not {type(d).__name__}")
-    return d
 
 
 def cmd_train(args) -> int:
